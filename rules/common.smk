@@ -1,0 +1,84 @@
+# Config lookups and input functions; the rules themselves stay declarative.
+import shlex
+
+from workflow_scripts.workflow import resources as sizing
+
+RESULTS = config["results"]
+WORK = config["work"]
+VERIFY = config["verify"]
+
+
+wildcard_constraints:
+    model="[^/]+",
+    source="[^/]+",
+
+
+def model_config(model):
+    return config["models"][model]
+
+
+def hf_model_dir(model):
+    return f"{RESULTS}/models/{model}/hf"
+
+
+def verification_report(model):
+    return f"{RESULTS}/models/{model}/verification.json"
+
+
+def tiny_source_dir(name):
+    return f"{WORK}/sources/{name}"
+
+
+def source_path(wildcards):
+    return model_config(wildcards.model)["source"]["path"]
+
+
+def reference_path(wildcards):
+    """The numeric reference for verify_model: the model's own source by default."""
+    reference = (
+        model_config(wildcards.model).get("verify", {}).get("reference", "source")
+    )
+    if reference == "none":
+        return []
+    return source_path(wildcards) if reference == "source" else reference
+
+
+def reference_flag(wildcards, input):
+    return f"--reference {input.reference}" if input.get("reference") else ""
+
+
+def consolidate_flags(wildcards):
+    settings = model_config(wildcards.model)
+    flags = [f"--max-shard-size {settings['max_shard_size']}"]
+    if settings["dtype"] == "original":
+        flags.append("--keep-original-precision")
+    else:
+        flags.append(f"--dtype {settings['dtype']}")
+    if settings["weights_format"] == "pytorch_bin":
+        flags.append("--pytorch-bin")
+    if settings.get("base_model"):
+        flags.append(f"--base-model-name {settings['base_model']}")
+    return " ".join(flags)
+
+
+def verify_flags(wildcards):
+    flags = [
+        f"--probe-prompt {shlex.quote(prompt)}" for prompt in VERIFY["probe_prompts"]
+    ]
+    flags += [
+        f"--tolerance {dtype}={value}" for dtype, value in VERIFY["tolerances"].items()
+    ]
+    if VERIFY["expect_single_file"]:
+        flags.append("--expect-single-file")
+    return " ".join(flags)
+
+
+def tiny_model_flags(wildcards):
+    settings = config["tiny_models"][wildcards.source]
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}" for key, value in settings.items()
+    )
+
+
+def all_outputs():
+    return [verification_report(model) for model in config["models"]]

@@ -1,0 +1,211 @@
+"""`distillery <command>`: one subcommand per workflow step, with the flags of the scripts users migrate from.
+
+Heavy libraries are imported inside the commands, so `distillery --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
+from .errors import DistilleryError
+
+log = logging.getLogger("distillery")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_consolidate(commands) -> None:
+    parser = commands.add_parser(
+        "consolidate",
+        help="merge a sharded or DeepSpeed checkpoint into one vLLM-ready HF model folder",
+        description="Merge an HF model folder (sharded safetensors or .bin, nested shards, single file) into "
+        "one vLLM-ready folder: weights streamed tensor by tensor, config, tokenizer and provenance.json.",
+    )
+    parser.add_argument("--input", required=True, type=Path, help="input folder (a model or a training run)")
+    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    parser.add_argument("--type", dest="input_type", default="auto", choices=CONSOLIDATE_INPUT_TYPES)
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
+    parser.add_argument(
+        "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
+    )
+    parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
+    fmt.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
+    parser.set_defaults(weights_format="safetensors")
+    parser.add_argument(
+        "--base-model-name",
+        help="local folder (or model in the local HF cache) for config and tokenizer files the input lacks",
+    )
+    parser.add_argument(
+        "--validate-vllm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="check the output before it is moved into place (default: on)",
+    )
+    parser.set_defaults(handler=_run_consolidate)
+
+
+def _run_consolidate(args: argparse.Namespace) -> int:
+    from .convert.consolidate import ConsolidateOptions, consolidate
+
+    result = consolidate(
+        ConsolidateOptions(
+            input=args.input,
+            output=args.output,
+            input_type=args.input_type,
+            force=args.force,
+            dtype=args.dtype,
+            keep_original_precision=args.keep_original_precision,
+            max_shard_size=args.max_shard_size,
+            weights_format=args.weights_format,
+            base_model_name=args.base_model_name,
+            validate_vllm=args.validate_vllm,
+            command=["distillery", *sys.argv[1:]],
+        )
+    )
+    files = ", ".join(f.name for f in result.files)
+    print(f"✓ {result.output}: {result.num_tensors} tensors from {result.input_type} input into {files}")
+    if result.dropped_tied:
+        print(f"  tied weights left to the loader: {', '.join(result.dropped_tied)}")
+    return 0
+
+
+def _add_verify(commands) -> None:
+    parser = commands.add_parser(
+        "verify",
+        help="check a model folder for vLLM: files, headers, config, tensors, NaN/Inf, logits vs a reference",
+    )
+    parser.add_argument("model", nargs="?", type=Path, help="model folder (or use --model-path)")
+    parser.add_argument("--model-path", type=Path, help="model folder, as verify_model.py takes it")
+    parser.add_argument("--reference", type=Path, help="source checkpoint or verified model to compare logits with")
+    parser.add_argument("--report", type=Path, help="write the JSON report here (a .md is written beside it)")
+    parser.add_argument("--markdown", type=Path, help="where to write the Markdown report")
+    parser.add_argument(
+        "--expect-single-file", action="store_true", help="fail if the weights are split over several files"
+    )
+    parser.add_argument("--probe-prompt", action="append", dest="probe_prompts", help="a prompt for the logits check")
+    parser.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="DTYPE=VALUE",
+        help="max relative logit difference for weights stored in DTYPE, e.g. bfloat16=0.04",
+    )
+    parser.set_defaults(handler=_run_verify)
+
+
+def _parse_tolerances(items: list[str]) -> dict[str, float]:
+    tolerances = {}
+    for item in items:
+        dtype, _, value = item.partition("=")
+        try:
+            tolerances[dtype] = float(value)
+        except ValueError:
+            raise DistilleryError(f"--tolerance {item!r} is not DTYPE=NUMBER", hint="e.g. bfloat16=0.04") from None
+    return tolerances
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .verify.numerics import DEFAULT_PROBE_PROMPTS
+    from .verify.run import verify_model
+
+    model_path = args.model_path or args.model
+    if model_path is None:
+        raise DistilleryError("no model given", hint="pass --model-path FOLDER")
+    report = verify_model(
+        model_path,
+        reference_path=args.reference,
+        expect_single_file=args.expect_single_file,
+        probe_prompts=args.probe_prompts or DEFAULT_PROBE_PROMPTS,
+        tolerances=_parse_tolerances(args.tolerance),
+    )
+    if args.report:
+        report.write(args.report, args.markdown)
+    print("\n".join(report.console_lines()))
+    return 0 if report.passed else 1
+
+
+def _add_make_tiny_model(commands) -> None:
+    parser = commands.add_parser(
+        "make-tiny-model", help="build a tiny random Llama or Qwen3 with a locally trained tokenizer (for tests)"
+    )
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--architecture", default="llama", choices=TINY_ARCHITECTURES)
+    parser.add_argument("--layout", default="safetensors", choices=TINY_LAYOUTS)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-shard-size", default="40KB", help="shard size for the sharded layouts")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--intermediate-size", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--num-kv-heads", type=int, default=2)
+    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--force", action="store_true")
+    parser.set_defaults(handler=_run_make_tiny_model)
+
+
+def _run_make_tiny_model(args: argparse.Namespace) -> int:
+    from .atomic import atomic_output_dir
+    from .models.tiny import TinyModelSpec, build_tiny_model
+
+    spec = TinyModelSpec(
+        architecture=args.architecture,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        vocab_size=args.vocab_size,
+    )
+    with atomic_output_dir(args.output, force=args.force) as staging:
+        build_tiny_model(staging, spec, args.layout, args.seed, args.dtype, args.max_shard_size)
+    print(f"✓ {args.output}: tiny {args.architecture} ({args.layout}, {args.dtype})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="distillery", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"distillery {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_consolidate(commands)
+    _add_verify(commands)
+    _add_make_tiny_model(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except DistilleryError as exc:
+        if args.debug:
+            raise
+        print(f"distillery {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"distillery {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Conversions from training checkpoints to HF model folders, one module per source format."""

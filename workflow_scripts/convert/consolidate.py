@@ -1,0 +1,199 @@
+"""`distillery consolidate`: any HF weight layout in, one vLLM-ready model folder out.
+
+The merge streams: each tensor is read from its source shard, converted and written before the next is read,
+so memory stays near the largest tensor. The output is assembled in a hidden sibling folder and renamed into
+place only when complete (and, by default, statically verified), so a failed or killed run leaves nothing that
+looks like a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..atomic import atomic_output_dir
+from ..choices import OUTPUT_DTYPES
+from ..errors import DistilleryError
+from ..formats import detect, hf_checkpoint, hf_writer
+from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
+from ..formats.safetensors_file import TensorSpec
+from ..models.architecture import load_config, read_config_json, tied_weights
+from ..progress import progress_bar
+from ..provenance import describe_source_files, write_provenance
+from ..sizes import format_size, parse_size
+from .model_files import copy_model_files, resolve_base_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsolidateOptions:
+    input: Path
+    output: Path
+    input_type: str = "auto"
+    force: bool = False
+    dtype: str = "float32"
+    keep_original_precision: bool = False
+    max_shard_size: str = "40GB"
+    weights_format: str = "safetensors"
+    base_model_name: str | None = None
+    validate_vllm: bool = True
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConsolidationResult:
+    output: Path
+    input_type: str
+    num_tensors: int
+    total_bytes: int
+    files: list[hf_writer.WrittenFile]
+    dropped_tied: list[str]
+
+
+def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
+    if options.dtype not in OUTPUT_DTYPES:
+        raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
+    if options.weights_format not in hf_writer.WEIGHTS_FORMATS:
+        raise DistilleryError(f"unknown weights format {options.weights_format!r}")
+    max_shard_bytes = parse_size(options.max_shard_size)
+    input_type = _resolve_input_type(options.input_type, options.input)
+    if input_type == "deepspeed":
+        raise DistilleryError(
+            "is a DeepSpeed checkpoint; this version of distillery consolidates Hugging Face layouts only",
+            options.input,
+            "run DeepSpeed's zero_to_fp32.py in it first, then consolidate its output with --type hf_sharded",
+        )
+    if options.output.exists() and not options.force:
+        raise DistilleryError("output already exists", options.output, "pass --force to replace it")
+
+    checkpoint = hf_checkpoint.open_checkpoint(options.input)
+    base_model = resolve_base_model(options.base_model_name)
+    config_folder = options.input if (options.input / "config.json").is_file() else base_model
+    if config_folder is None:
+        read_config_json(options.input / "config.json")  # raises the missing-config error
+    config = load_config(config_folder)
+    tied = tied_weights(config)
+    target_dtype = None if options.keep_original_precision else getattr(torch, options.dtype)
+
+    plan, dropped = _plan_tensors(checkpoint, tied, target_dtype)
+    total_bytes = sum(spec.nbytes for spec, _ in plan)
+    log.info(
+        "%s: %d tensors (%s) from %s layout, %s",
+        options.input,
+        len(plan),
+        format_size(total_bytes),
+        checkpoint.layout,
+        "keeping original precision" if target_dtype is None else f"as {options.dtype}",
+    )
+
+    sources = {spec.name: source for spec, source in plan}
+    with (
+        atomic_output_dir(options.output, force=options.force) as staging,
+        progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="consolidate") as bar,
+    ):
+
+        def produce(spec: TensorSpec) -> torch.Tensor:
+            tensor = sources[spec.name].load()
+            return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+
+        files = hf_writer.write_weights(
+            staging,
+            [spec for spec, _ in plan],
+            produce,
+            max_shard_bytes,
+            options.weights_format,
+            progress=lambda spec: bar.update(spec.nbytes),
+        )
+        copy_model_files(options.input, staging, base_model)
+        _write_config(config_folder / "config.json", staging / "config.json", options, target_dtype)
+        write_provenance(
+            staging,
+            source={
+                "path": str(options.input.resolve()),
+                "type": input_type,
+                "layout": checkpoint.layout,
+                "files": describe_source_files(checkpoint.weight_files),
+                "base_model": str(base_model) if base_model else None,
+            },
+            conversion={
+                "dtype": "original" if target_dtype is None else options.dtype,
+                "source_dtypes": _dtype_counts(checkpoint.tensors.values()),
+                "dropped_tied_weights": dropped,
+                "max_shard_size": options.max_shard_size,
+                "weights_format": options.weights_format,
+            },
+            outputs=[vars(f) for f in files],
+            command=options.command,
+            tool_version=__version__,
+        )
+        if options.validate_vllm:
+            _validate_for_vllm(staging, options.output)
+    return ConsolidationResult(options.output, input_type, len(plan), total_bytes, files, dropped)
+
+
+def _resolve_input_type(requested: str, folder: Path) -> str:
+    if requested == "auto":
+        return detect.detect_input_type(folder)
+    if requested == "deepspeed":
+        if not detect.looks_like_deepspeed(folder):
+            raise DistilleryError(
+                "is not a DeepSpeed checkpoint (no zero_to_fp32.py, latest, global_step* or checkpoint-*)",
+                folder,
+                "use --type hf_sharded or --type auto",
+            )
+        return "deepspeed"
+    # An HF Trainer checkpoint can hold both DeepSpeed state and saved HF weights: hf_sharded reads the latter.
+    hf_checkpoint.open_checkpoint(folder)
+    return "hf_sharded"
+
+
+def _plan_tensors(
+    checkpoint: HFCheckpoint, tied: dict[str, str], target_dtype: torch.dtype | None
+) -> tuple[list[tuple[TensorSpec, SourceTensor]], list[str]]:
+    """Output specs in source order; tied copies are dropped because loaders rebuild them from their source."""
+    dropped = [name for name, source in tied.items() if name in checkpoint.tensors and source in checkpoint.tensors]
+    plan = []
+    for name, source in checkpoint.tensors.items():
+        if name in dropped:
+            continue
+        dtype = source.dtype
+        if target_dtype is not None and dtype.is_floating_point:
+            dtype = target_dtype
+        plan.append((TensorSpec(name, dtype, source.shape), source))
+    return plan, dropped
+
+
+def _write_config(source: Path, destination: Path, options: ConsolidateOptions, target_dtype) -> None:
+    config = read_config_json(source)
+    if target_dtype is not None:
+        # transformers 5 names the key `dtype`, older releases `torch_dtype`; keep whichever the source used.
+        key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
+        config[key] = options.dtype
+    destination.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _dtype_counts(tensors) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for tensor in tensors:
+        key = str(tensor.dtype).removeprefix("torch.")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _validate_for_vllm(folder: Path, output: Path) -> None:
+    from ..verify.static_checks import run_static_checks
+
+    failed = [check for check in run_static_checks(folder, expect_single_file=False) if check.status == "fail"]
+    if failed:
+        first = failed[0]
+        raise DistilleryError(
+            f"the consolidated model fails the check '{first.name}': {first.detail}",
+            output,
+            "nothing was written; run `distillery verify` on the input to see every problem",
+        )

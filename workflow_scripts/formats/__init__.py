@@ -1,0 +1,1 @@
+"""Readers and writers of checkpoint formats, one module per format."""

@@ -1,0 +1,211 @@
+"""Streaming reader and writer of the safetensors format.
+
+Format (https://huggingface.co/docs/safetensors): 8 bytes little-endian header length N, N bytes of JSON
+mapping each tensor name to `dtype`, `shape` and `data_offsets` [begin, end) into the byte buffer that
+follows, plus an optional `__metadata__` of strings. The buffer is contiguous with no holes.
+
+The reader parses and checks the header itself, so that a truncated file or a corrupt header is reported with
+its file name before any tensor is read, and reads one tensor at a time with plain reads rather than mmap, so
+that the pages of tensors already written do not count against the process's memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DistilleryError
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def dtype_itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor lives in a safetensors file; `load()` reads only its bytes."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    path: Path
+    offset: int
+    nbytes: int
+
+    def load(self) -> torch.Tensor:
+        if self.nbytes == 0:
+            return torch.empty(self.shape, dtype=self.dtype)
+        buffer = bytearray(self.nbytes)
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            read = handle.readinto(buffer)
+        if read != self.nbytes:
+            raise DistilleryError(
+                f"tensor {self.name!r} ends past the end of the file (truncated)",
+                self.path,
+                "copy or download the file again",
+            )
+        return torch.frombuffer(buffer, dtype=torch.uint8).view(self.dtype).reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    path: Path
+    tensors: dict[str, TensorRef]
+    metadata: dict[str, str]
+
+
+def read_header(path: str | Path) -> SafetensorsHeader:
+    """Parse and check a safetensors header; raise DistilleryError naming the file for anything wrong."""
+    path = Path(path)
+    file_size = path.stat().st_size
+
+    def corrupt(what: str) -> DistilleryError:
+        return DistilleryError(f"not a valid safetensors file: {what}", path, "re-export or re-download this file")
+
+    if file_size < 8:
+        raise corrupt(f"only {file_size} bytes, shorter than the 8-byte header length")
+    with open(path, "rb") as handle:
+        (header_len,) = struct.unpack("<Q", handle.read(8))
+        if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
+            raise corrupt(f"header length {header_len} does not fit in a file of {file_size} bytes")
+        raw = handle.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise corrupt(f"header is not JSON ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise corrupt("header is not a JSON object")
+
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    tensors: dict[str, TensorRef] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        try:
+            dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise corrupt(f"entry {name!r} lacks dtype, shape or data_offsets") from None
+        if dtype_name not in DTYPES:
+            raise corrupt(f"tensor {name!r} has unknown dtype {dtype_name!r}")
+        dtype = DTYPES[dtype_name]
+        if not all(isinstance(dim, int) and dim >= 0 for dim in shape):
+            raise corrupt(f"tensor {name!r} has an invalid shape {shape}")
+        expected = math.prod(shape) * dtype_itemsize(dtype)
+        if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != expected or begin < 0:
+            raise corrupt(
+                f"tensor {name!r} spans bytes [{begin}, {end}) but its shape {shape} of {dtype_name} needs {expected}"
+            )
+        spans.append((begin, end, name))
+        tensors[name] = TensorRef(name, dtype, tuple(shape), path, data_start + begin, expected)
+
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise corrupt(f"tensor {name!r} starts at byte {begin}, expected {position} (overlap or hole)")
+        position = end
+    if data_start + position > file_size:
+        raise DistilleryError(
+            f"file is truncated: its header promises {data_start + position} bytes, it has {file_size}",
+            path,
+            "copy or download the file again",
+        )
+    if data_start + position < file_size:
+        raise corrupt(f"{file_size - data_start - position} trailing bytes after the last tensor")
+    return SafetensorsHeader(path=path, tensors=tensors, metadata=dict(metadata))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * dtype_itemsize(self.dtype)
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file whose tensors are declared up front and then given one at a time.
+
+    Declaring the specs first lets the header be written before any data, so no tensor has to wait in memory
+    for the others. The SHA-256 of the file is computed on the way out.
+    """
+
+    def __init__(self, path: str | Path, specs: Iterable[TensorSpec], metadata: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self._specs = list(specs)
+        self._next = 0
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = metadata
+        offset = 0
+        for spec in self._specs:
+            header[spec.name] = {
+                "dtype": DTYPE_NAMES[spec.dtype],
+                "shape": list(spec.shape),
+                "data_offsets": [offset, offset + spec.nbytes],
+            }
+            offset += spec.nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        # The reference implementation pads the header with spaces to a multiple of 8 bytes.
+        encoded += b" " * (-len(encoded) % 8)
+        self._hash = hashlib.sha256()
+        self._handle = open(self.path, "wb")  # noqa: SIM115 - closed by close() or abort()
+        self._write(struct.pack("<Q", len(encoded)))
+        self._write(encoded)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self._handle.write(data)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        spec = self._specs[self._next]
+        if name != spec.name or tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+            raise ValueError(
+                f"expected {spec.name} {spec.dtype} {spec.shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+            )
+        if spec.nbytes:
+            raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            self._write(memoryview(raw))
+        self._next += 1
+
+    def close(self) -> str:
+        """Close the file and return its SHA-256; all declared tensors must have been written."""
+        self._handle.close()
+        if self._next != len(self._specs):
+            missing = self._specs[self._next].name
+            raise ValueError(f"{self.path}: closed before tensor {missing!r} was written")
+        return self._hash.hexdigest()
+
+    def abort(self) -> None:
+        self._handle.close()

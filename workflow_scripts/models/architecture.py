@@ -1,0 +1,75 @@
+"""What an HF config implies about a checkpoint, computed on the meta device so no weights are allocated."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DistilleryError
+
+
+def read_config_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DistilleryError(
+            "config.json is missing", path.parent, "pass --base-model-name with a folder that has one"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DistilleryError(f"is not valid JSON ({exc})", path, "fix or replace the file") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise DistilleryError("has no 'model_type'", path, "it is not a transformers model config")
+    return config
+
+
+def load_config(folder: str | Path):
+    """The transformers config of a local model folder (nothing is downloaded)."""
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    read_config_json(folder / "config.json")
+    try:
+        return AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise DistilleryError(f"transformers cannot read it ({message})", folder / "config.json") from None
+
+
+@dataclass(frozen=True)
+class ExpectedWeights:
+    """The tensors a checkpoint for `config` must hold, and which output tensors are tied to input ones."""
+
+    shapes: dict[str, tuple[int, ...]]
+    tied: dict[str, str]
+    architecture: str
+
+
+def expected_weights(config) -> ExpectedWeights:
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        try:
+            model = AutoModelForCausalLM.from_config(config)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DistilleryError(
+                f"transformers cannot build a causal LM for model_type {config.model_type!r} ({exc})"
+            ) from None
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
+    return ExpectedWeights(shapes=shapes, tied=tied, architecture=type(model).__name__)
+
+
+def tied_weights(config) -> dict[str, str]:
+    """{tied tensor: the tensor it repeats}, e.g. {'lm_head.weight': 'model.embed_tokens.weight'}."""
+    try:
+        return expected_weights(config).tied
+    except DistilleryError:
+        if getattr(config, "tie_word_embeddings", False):
+            return {"lm_head.weight": "model.embed_tokens.weight"}
+        return {}

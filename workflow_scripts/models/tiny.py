@@ -1,0 +1,168 @@
+"""Tiny Llama and Qwen3 models built locally: random weights and a byte-level BPE tokenizer trained here.
+
+They stand in for real checkpoints in the default config and the tests, so nothing is downloaded. Weights are
+generated one tensor at a time from a seed and the tensor's name, so a model of several GB (the benchmarks)
+is written without ever being held in memory, and the same seed gives the same model in any layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..choices import TINY_ARCHITECTURES as ARCHITECTURES
+from ..choices import TINY_LAYOUTS as LAYOUTS
+from ..formats import hf_writer, torch_bin
+from ..formats.safetensors_file import TensorSpec
+from ..sizes import parse_size
+from .architecture import expected_weights
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS_SEEDS = [
+    "The teacher model writes completions for every row of the dataset.",
+    "Distillation turns a large model's outputs into training data for a small one.",
+    "Checkpoints are converted to safetensors and verified before serving.",
+    "Tensor parallel inference splits attention heads across GPUs.",
+    "A resumable job continues after the last complete line of its output.",
+    "Question: what is two plus two? Answer: four.",
+    "The quick brown fox jumps over the lazy dog, 0123456789 times!",
+    "def main():\n    return {'status': 'ok', 'rows': [1, 2, 3]}\n",
+]
+
+
+@dataclass
+class TinyModelSpec:
+    """Sizes of a tiny model; the defaults build in well under a second."""
+
+    architecture: str = "llama"
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 512
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def train_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in-process on a small built-in corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [f"{line} {i}" for i in range(50) for line in _CORPUS_SEEDS]
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def make_config(spec: TinyModelSpec, tokenizer=None):
+    from transformers import LlamaConfig, Qwen3Config
+
+    if spec.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {spec.architecture!r}; choose from {ARCHITECTURES}")
+    common = dict(
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        vocab_size=spec.vocab_size,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id if tokenizer else 0,
+        eos_token_id=tokenizer.eos_token_id if tokenizer else 2,
+        pad_token_id=tokenizer.pad_token_id if tokenizer else 0,
+        **spec.extra,
+    )
+    if spec.architecture == "llama":
+        tie = False if spec.tie_word_embeddings is None else spec.tie_word_embeddings
+        config = LlamaConfig(tie_word_embeddings=tie, rope_theta=500000.0, **common)
+    else:
+        tie = True if spec.tie_word_embeddings is None else spec.tie_word_embeddings
+        config = Qwen3Config(tie_word_embeddings=tie, head_dim=spec.hidden_size // spec.num_attention_heads, **common)
+    config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
+    return config
+
+
+def random_tensor(name: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """The same tensor for the same (name, seed), whatever order tensors are made in."""
+    if name.endswith("norm.weight"):
+        return torch.ones(shape, dtype=dtype)
+    name_seed = int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") >> 1
+    generator = torch.Generator().manual_seed(name_seed)
+    return (torch.randn(shape, generator=generator) * 0.02).to(dtype)
+
+
+def build_tiny_model(
+    output: str | Path,
+    spec: TinyModelSpec | None = None,
+    layout: str = "safetensors",
+    seed: int = 0,
+    dtype: str = "float32",
+    max_shard_size: str = "40KB",
+) -> Path:
+    """Write a complete HF model folder: config, generation config, tokenizer and weights in `layout`."""
+    from transformers import GenerationConfig
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {LAYOUTS}")
+    spec = spec or TinyModelSpec()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(min(spec.vocab_size, 4096))
+    tokenizer.save_pretrained(output)
+    config = make_config(spec, tokenizer)
+    torch_dtype = getattr(torch, dtype)
+    config.dtype = dtype
+    config.save_pretrained(output)
+    GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+    ).save_pretrained(output)
+
+    expected = expected_weights(config)
+    specs = [TensorSpec(name, torch_dtype, shape) for name, shape in expected.shapes.items()]
+
+    def produce(tensor_spec: TensorSpec) -> torch.Tensor:
+        return random_tensor(tensor_spec.name, tensor_spec.shape, seed, torch_dtype)
+
+    weights_format = "safetensors" if layout.startswith("safetensors") else "pytorch_bin"
+    if layout == "bin":
+        # As torch.save of a tied model's state dict: the tied tensor shares the embedding's storage.
+        state = {s.name: produce(s) for s in specs}
+        for tied_name, source_name in expected.tied.items():
+            state[tied_name] = state[source_name]
+        torch_bin.save_state_dict(state, output / "pytorch_model.bin")
+        return output
+    weights_folder = output / "pytorch_model.bin" if layout == "bin_nested" else output
+    weights_folder.mkdir(exist_ok=True)
+    shard_bytes = parse_size(max_shard_size) if layout != "safetensors" else sum(s.nbytes for s in specs) + 1
+    hf_writer.write_weights(weights_folder, specs, produce, shard_bytes, weights_format)
+    return output

@@ -1,0 +1,1 @@
+"""The verification report: files, headers, config, tensors, numerics and parallel plans of a model folder."""

@@ -1,0 +1,149 @@
+"""The numeric check: logits of probe prompts from the converted model against a reference.
+
+Both models run in float32 on the CPU, so the difference measures what the conversion did to the weights (a
+dtype cast, a wrong transpose) and not the arithmetic of a low-precision forward pass. The tolerance is
+relative to the reference's largest logit and depends on the dtype the converted weights are stored in.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import DistilleryError
+from ..formats import hf_checkpoint
+from ..models.architecture import load_config
+from .report import FAIL, PASS, Check
+
+DEFAULT_PROBE_PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Question: What is 17 + 25?\nAnswer:",
+)
+# Largest |a - b| / max|reference| accepted, by the dtype the converted weights are stored in.
+DEFAULT_TOLERANCES = {"float32": 1e-5, "float16": 5e-3, "bfloat16": 4e-2}
+
+
+@dataclass(frozen=True)
+class LogitComparison:
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float
+    num_positions: int
+
+
+def load_model_float32(folder: Path, config_folder: Path | None = None, own_reader: bool = False):
+    """Load a model folder in float32 with transformers, as a user of the folder would.
+
+    With `own_reader` (for a reference, i.e. a conversion's source) a folder transformers cannot open, such as
+    shards nested in `pytorch_model.bin/` or weights without a config.json, is read through distillery's
+    reader into the architecture that `config_folder`'s config.json describes.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    loadable = (folder / "config.json").is_file() and not (folder / "pytorch_model.bin").is_dir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if loadable or not own_reader:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+            except (OSError, ValueError, RuntimeError, KeyError) as exc:
+                message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                raise DistilleryError(f"transformers cannot load it ({message})", folder) from None
+            return model.eval()
+        config = load_config(folder if (folder / "config.json").is_file() else config_folder)
+        checkpoint = hf_checkpoint.open_checkpoint(folder)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        state = {name: tensor.load().float() for name, tensor in checkpoint.tensors.items()}
+        result = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+        missing = sorted(set(result.missing_keys) - tied)
+        if missing or result.unexpected_keys:
+            raise DistilleryError(
+                f"does not fit its architecture (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})",
+                folder,
+            )
+        model.tie_weights()
+        return model.eval()
+
+
+def probe_token_ids(folder: Path, prompts: tuple[str, ...] | list[str], vocab_size: int) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return [tokenizer(prompt)["input_ids"] for prompt in prompts]
+    except Exception:  # noqa: BLE001 - without a tokenizer, fixed token ids still exercise every weight
+        generator = torch.Generator().manual_seed(0)
+        return [torch.randint(0, vocab_size, (16,), generator=generator).tolist() for _ in prompts]
+
+
+@torch.no_grad()
+def compare_logits(model, reference, token_ids: list[list[int]]) -> LogitComparison:
+    max_abs = 0.0
+    max_ref = 0.0
+    agree = 0
+    positions = 0
+    for ids in token_ids:
+        batch = torch.tensor([ids])
+        ours = model(batch).logits.float()
+        theirs = reference(batch).logits.float()
+        max_abs = max(max_abs, float((ours - theirs).abs().max()))
+        max_ref = max(max_ref, float(theirs.abs().max()))
+        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        positions += ours.shape[1]
+    return LogitComparison(
+        max_abs_diff=max_abs,
+        max_rel_diff=max_abs / max_ref if max_ref else max_abs,
+        top1_agreement=agree / positions if positions else 1.0,
+        num_positions=positions,
+    )
+
+
+def stored_float_dtype(folder: Path) -> str:
+    checkpoint = hf_checkpoint.open_checkpoint(folder)
+    dtypes = [t.dtype for t in checkpoint.tensors.values() if t.dtype.is_floating_point]
+    # The least precise dtype present sets the tolerance.
+    for candidate in (torch.bfloat16, torch.float16, torch.float32):
+        if candidate in dtypes:
+            return str(candidate).removeprefix("torch.")
+    return "float32"
+
+
+def check_numerics(
+    model_path: Path,
+    reference_path: Path,
+    prompts: tuple[str, ...] | list[str] = DEFAULT_PROBE_PROMPTS,
+    tolerances: dict[str, float] | None = None,
+) -> Check:
+    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    title = "logits match the reference"
+    try:
+        model = load_model_float32(model_path)
+        reference = load_model_float32(reference_path, config_folder=model_path, own_reader=True)
+    except DistilleryError as exc:
+        return Check("numerics", FAIL, title, str(exc))
+    token_ids = probe_token_ids(model_path, prompts, model.config.vocab_size)
+    try:
+        comparison = compare_logits(model, reference, token_ids)
+    except RuntimeError as exc:
+        return Check("numerics", FAIL, title, f"the models cannot run the same input ({exc})")
+    dtype = stored_float_dtype(model_path)
+    tolerance = tolerances.get(dtype, DEFAULT_TOLERANCES["float32"])
+    passed = comparison.max_rel_diff <= tolerance
+    detail = (
+        f"max abs diff {comparison.max_abs_diff:.3g}, max rel diff {comparison.max_rel_diff:.3g} "
+        f"({'within' if passed else 'above'} the {dtype} tolerance {tolerance:g}), "
+        f"top-1 agreement {comparison.top1_agreement:.1%} over {comparison.num_positions} positions"
+    )
+    return Check(
+        "numerics",
+        PASS if passed else FAIL,
+        title,
+        detail,
+        {**vars(comparison), "dtype": dtype, "tolerance": tolerance, "reference": str(reference_path)},
+    )

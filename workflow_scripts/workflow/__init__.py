@@ -1,0 +1,1 @@
+"""Helpers the Snakemake rules call: resource sizing from the artifacts themselves."""
