@@ -72,7 +72,7 @@ def _run_consolidate(args: argparse.Namespace) -> int:
             weights_format=args.weights_format,
             base_model_name=args.base_model_name,
             validate_vllm=args.validate_vllm,
-            command=["distillery", *sys.argv[1:]],
+            command=["distillery", *args.argv],
         )
     )
     files = ", ".join(f.name for f in result.files)
@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

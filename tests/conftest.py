@@ -1,0 +1,66 @@
+"""Shared fixtures: real tiny checkpoints built locally, and a way to run the CLI as a user would."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from workflow_scripts.cli import main
+from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `distillery ARGS...` in-process and capture what it prints."""
+
+    def run(*args: str | Path) -> CliResult:
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exc:  # argparse exits on usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_store(tmp_path_factory):
+    """Builds each (architecture, layout, dtype) once per session; tests get their own copy."""
+    store = tmp_path_factory.mktemp("tiny-models")
+    built: dict[tuple, Path] = {}
+
+    def get(architecture: str = "llama", layout: str = "safetensors", dtype: str = "float32", **sizes) -> Path:
+        key = (architecture, layout, dtype, tuple(sorted(sizes.items())))
+        if key not in built:
+            folder = store / "-".join(str(part) for part in key[:3]) / str(len(built))
+            build_tiny_model(folder, TinyModelSpec(architecture=architecture, **sizes), layout, seed=7, dtype=dtype)
+            built[key] = folder
+        return built[key]
+
+    return get
+
+
+@pytest.fixture
+def tiny_model(tiny_model_store, tmp_path):
+    """A fresh copy of a tiny model folder that the test may damage."""
+
+    def make(architecture: str = "llama", layout: str = "safetensors", dtype: str = "float32", **sizes) -> Path:
+        source = tiny_model_store(architecture, layout, dtype, **sizes)
+        destination = tmp_path / f"{architecture}-{layout}-{dtype}"
+        shutil.copytree(source, destination)
+        return destination
+
+    return make
