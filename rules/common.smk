@@ -81,4 +81,13 @@ def tiny_model_flags(wildcards):
 
 
 def all_outputs():
-    return [verification_report(model) for model in config["models"]]
+    # The models are targets too, so deleting one rebuilds it (and its report), not only a missing report.
+    return [
+        path
+        for model in config["models"]
+        for path in (
+            hf_model_dir(model),
+            verification_report(model),
+            verification_report(model).replace(".json", ".md"),
+        )
+    ]

@@ -1,0 +1,131 @@
+"""The Snakemake workflow end to end on the default config: reports, no-op reruns, targeted rebuilds."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(configfile or REPO / "config" / "config.yaml"), "--cores", "2", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each job a dry run would execute."""
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", result.stdout):
+        rule = re.match(r"rule (\w+):", block)
+        if rule and rule.group(1) != "all":
+            wildcards = re.search(r"wildcards: (.*)", block)
+            jobs.append((rule.group(1), wildcards.group(1) if wildcards else ""))
+    return sorted(jobs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_default_config_leaves_a_passing_report_per_model(finished_run):
+    for model in ("tiny-llama", "tiny-qwen3"):
+        report = json.loads((finished_run / f"results/models/{model}/verification.json").read_text())
+        assert report["passed"], report["failed_checks"]
+        numerics = next(c for c in report["checks"] if c["name"] == "numerics")
+        assert numerics["status"] == "pass"
+        assert (finished_run / f"results/models/{model}/hf/model.safetensors").is_file()
+        assert (finished_run / f"logs/verify_model/{model}.log").read_text().rstrip().endswith("Ready for vLLM")
+        assert (finished_run / f"results/benchmarks/hf_merge/{model}.tsv").is_file()
+
+
+def test_finished_run_has_nothing_to_do(finished_run):
+    result = snakemake(finished_run, "-n")
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    shutil.rmtree(workdir / "results/models/tiny-llama/hf")
+    assert planned_jobs(snakemake(workdir, "-n")) == [
+        ("hf_merge", "model=tiny-llama"),
+        ("verify_model", "model=tiny-llama"),
+    ]
+
+
+def test_deleting_a_report_reruns_only_its_verification(finished_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    (workdir / "results/models/tiny-qwen3/verification.md").unlink()
+    assert planned_jobs(snakemake(workdir, "-n")) == [("verify_model", "model=tiny-qwen3")]
+
+
+def test_deleted_source_is_not_rebuilt_while_its_model_is_up_to_date(finished_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    shutil.rmtree(workdir / "work/sources/tiny-qwen3-src")
+    assert planned_jobs(snakemake(workdir, "-n")) == []
+
+
+def test_shell_lines_are_distillery_commands_a_person_can_rerun(finished_run):
+    result = snakemake(finished_run, "-n", "-p", "--forcerun", "hf_merge")
+    assert "distillery consolidate --input work/sources/tiny-llama-src --output results/models/tiny-llama/hf" in (
+        result.stdout
+    )
+
+
+def write_config(tmp_path: Path, change) -> Path:
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    change(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_invalid_config_is_refused_by_the_schema(tmp_path):
+    def bad_dtype(config):
+        config["models"]["tiny-llama"]["dtype"] = "float8"
+
+    result = snakemake(tmp_path, "-n", configfile=write_config(tmp_path, bad_dtype))
+    assert result.returncode != 0
+    assert "float8" in result.stdout + result.stderr and "is not one of" in result.stdout + result.stderr
+
+
+def test_model_without_numeric_reference_is_verified_statically(tmp_path):
+    def no_reference(config):
+        config["tiny_models"] = {"src": {"architecture": "qwen3", "layout": "safetensors"}}
+        config["models"] = {
+            "m": {"source": {"format": "hf", "path": "work/sources/src"}, "verify": {"reference": "none"}}
+        }
+
+    result = snakemake(tmp_path, configfile=write_config(tmp_path, no_reference))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "results/models/m/verification.json").read_text())
+    assert report["passed"]
+    assert next(c for c in report["checks"] if c["name"] == "numerics")["status"] == "skip"
+
+
+def test_lint_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint", "-s", str(REPO / "Snakefile")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
