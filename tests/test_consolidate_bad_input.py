@@ -75,9 +75,7 @@ def test_index_naming_a_tensor_absent_from_its_shard(tiny_model, run_cli, output
     index = json.loads(index_path.read_text())
     index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = "pytorch_model-00001-of-00012.bin"
     index_path.write_text(json.dumps(index))
-    assert_refused(
-        consolidate(run_cli, source, output), output, str(index_path), "model.layers.9.mlp.up_proj.weight"
-    )
+    assert_refused(consolidate(run_cli, source, output), output, str(index_path), "model.layers.9.mlp.up_proj.weight")
 
 
 def test_two_shards_holding_the_same_tensor(tiny_model, run_cli, output):
@@ -140,8 +138,11 @@ def test_pickle_with_code_is_refused(tiny_model, run_cli, output, tmp_path):
 
     import torch
 
-    torch.save({"model.embed_tokens.weight": torch.zeros(1), "x": Payload()}, source / "pytorch_model.bin",
-               pickle_module=pickle)
+    torch.save(
+        {"model.embed_tokens.weight": torch.zeros(1), "x": Payload()},
+        source / "pytorch_model.bin",
+        pickle_module=pickle,
+    )
     assert_refused(consolidate(run_cli, source, output), output, "pytorch_model.bin", "refused to unpickle")
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
-
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
