@@ -8,7 +8,6 @@ Safetensors shards are streamed tensor by tensor; a `.bin` shard has to be pickl
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import torch_bin
-from .safetensors_file import SafetensorsWriter, TensorSpec
+from .safetensors_file import ByteRange, ConvertedRange, SafetensorsWriter, TensorSpec
 
 WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
 
@@ -26,7 +25,6 @@ WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
 class WrittenFile:
     name: str
     size: int
-    sha256: str
 
 
 def plan_shards(specs: Sequence[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
@@ -56,7 +54,7 @@ def index_file_name(weights_format: str) -> str:
 def write_weights(
     folder: Path,
     specs: Sequence[TensorSpec],
-    produce: Callable[[TensorSpec], torch.Tensor],
+    produce: Callable[[TensorSpec], torch.Tensor | ByteRange | ConvertedRange],
     max_shard_bytes: int,
     weights_format: str = "safetensors",
     progress: Callable[[TensorSpec], None] | None = None,
@@ -77,17 +75,19 @@ def write_weights(
             except BaseException:
                 writer.abort()
                 raise
-            digest = writer.close()
+            writer.close()
         else:
             state = {}
             for spec in shard_specs:
-                state[spec.name] = produce(spec)
+                tensor = produce(spec)
+                if not isinstance(tensor, torch.Tensor):
+                    raise TypeError(f"{spec.name}: a .bin shard is pickled from tensors, not byte ranges")
+                state[spec.name] = tensor
                 if progress:
                     progress(spec)
             torch_bin.save_state_dict(state, path)
             del state
-            digest = sha256_of_file(path)
-        written.append(WrittenFile(name, path.stat().st_size, digest))
+        written.append(WrittenFile(name, path.stat().st_size))
     if len(shards) > 1:
         weight_map = {spec.name: name for shard_specs, name in zip(shards, names, strict=True) for spec in shard_specs}
         index = {
@@ -97,11 +97,3 @@ def write_weights(
         index_path = folder / index_file_name(weights_format)
         index_path.write_text(json.dumps(index, indent=2) + "\n")
     return written
-
-
-def sha256_of_file(path: Path, block_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(block_size):
-            digest.update(block)
-    return digest.hexdigest()

@@ -6,14 +6,15 @@ follows, plus an optional `__metadata__` of strings. The buffer is contiguous wi
 
 The reader parses and checks the header itself, so that a truncated file or a corrupt header is reported with
 its file name before any tensor is read, and reads one tensor at a time with plain reads rather than mmap, so
-that the pages of tensors already written do not count against the process's memory.
+that the pages of tensors already written do not count against the process's memory. A tensor copied without
+change goes from file to file inside the kernel (`copy_file_range`), never through the process at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -50,6 +51,26 @@ def dtype_itemsize(dtype: torch.dtype) -> int:
 
 
 @dataclass(frozen=True)
+class ByteRange:
+    """A tensor's raw bytes inside a file, for copying without loading."""
+
+    path: Path
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ConvertedRange:
+    """A tensor's raw bytes in `source_dtype`, to be written cast to the declared dtype, a chunk at a time."""
+
+    source: ByteRange
+    source_dtype: torch.dtype
+
+
+_CHUNK_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
 class TensorRef:
     """Where one tensor lives in a safetensors file; `load()` reads only its bytes."""
 
@@ -59,6 +80,9 @@ class TensorRef:
     path: Path
     offset: int
     nbytes: int
+
+    def byte_range(self) -> ByteRange:
+        return ByteRange(self.path, self.offset, self.nbytes)
 
     def load(self) -> torch.Tensor:
         if self.nbytes == 0:
@@ -158,13 +182,14 @@ class SafetensorsWriter:
     """Writes a safetensors file whose tensors are declared up front and then given one at a time.
 
     Declaring the specs first lets the header be written before any data, so no tensor has to wait in memory
-    for the others. The SHA-256 of the file is computed on the way out.
+    for the others. A tensor is given either as a tensor or as the `ByteRange` of identical bytes elsewhere.
     """
 
     def __init__(self, path: str | Path, specs: Iterable[TensorSpec], metadata: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         self._specs = list(specs)
         self._next = 0
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         header: dict[str, object] = {}
         if metadata:
             header["__metadata__"] = metadata
@@ -179,33 +204,86 @@ class SafetensorsWriter:
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
         # The reference implementation pads the header with spaces to a multiple of 8 bytes.
         encoded += b" " * (-len(encoded) % 8)
-        self._hash = hashlib.sha256()
-        self._handle = open(self.path, "wb")  # noqa: SIM115 - closed by close() or abort()
-        self._write(struct.pack("<Q", len(encoded)))
-        self._write(encoded)
+        # Unbuffered, so kernel-side copies and our own writes land in order.
+        self._handle = open(self.path, "wb", buffering=0)  # noqa: SIM115 - closed by close() or abort()
+        self._write_all(struct.pack("<Q", len(encoded)) + encoded)
 
-    def _write(self, data: bytes | memoryview) -> None:
-        self._hash.update(data)
-        self._handle.write(data)
+    def _write_all(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            written = self._handle.write(view)
+            view = view[written:]
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        spec = self._specs[self._next]
-        if name != spec.name or tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
-            raise ValueError(
-                f"expected {spec.name} {spec.dtype} {spec.shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+    def _copy_range(self, source: ByteRange) -> None:
+        with open(source.path, "rb", buffering=0) as handle:
+            offset, remaining = source.offset, source.nbytes
+            while remaining:
+                try:
+                    copied = os.copy_file_range(handle.fileno(), self._handle.fileno(), remaining, offset)
+                except OSError:  # not supported between these file systems: copy through a small buffer
+                    handle.seek(offset)
+                    copied = self._handle.write(handle.read(min(remaining, 64 << 20)))
+                if copied == 0:
+                    raise DistilleryError("ends before the tensor it should hold (truncated)", source.path)
+                offset += copied
+                remaining -= copied
+
+    def _copy_converted(self, converted: ConvertedRange, dtype: torch.dtype) -> None:
+        """Cast chunk by chunk through two reused buffers, so memory does not grow with the tensor."""
+        source_size = dtype_itemsize(converted.source_dtype)
+        chunk_items = max(1, _CHUNK_BYTES // source_size)
+        if self._buffers is None or self._buffers[0].dtype != converted.source_dtype or self._buffers[1].dtype != dtype:
+            self._buffers = (
+                torch.empty(chunk_items, dtype=converted.source_dtype),
+                torch.empty(chunk_items, dtype=dtype),
             )
-        if spec.nbytes:
-            raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-            self._write(memoryview(raw))
+        inbound, outbound = self._buffers
+        raw_in = inbound.view(torch.uint8).numpy()
+        total_items = converted.source.nbytes // source_size
+        with open(converted.source.path, "rb", buffering=0) as handle:
+            handle.seek(converted.source.offset)
+            done = 0
+            while done < total_items:
+                count = min(chunk_items, total_items - done)
+                view = memoryview(raw_in)[: count * source_size]
+                read = 0
+                while read < len(view):
+                    got = handle.readinto(view[read:])
+                    if not got:
+                        raise DistilleryError(
+                            "ends before the tensor it should hold (truncated)", converted.source.path
+                        )
+                    read += got
+                outbound[:count].copy_(inbound[:count])
+                self._write_all(outbound[:count].view(torch.uint8).numpy())
+                done += count
+
+    def write(self, name: str, tensor: torch.Tensor | ByteRange | ConvertedRange) -> None:
+        spec = self._specs[self._next]
+        if isinstance(tensor, ConvertedRange):
+            expected = spec.nbytes // dtype_itemsize(spec.dtype) * dtype_itemsize(tensor.source_dtype)
+            if name != spec.name or tensor.source.nbytes != expected:
+                raise ValueError(f"expected {spec.name} of {expected} source bytes, got {name}")
+            self._copy_converted(tensor, spec.dtype)
+        elif isinstance(tensor, ByteRange):
+            if name != spec.name or tensor.nbytes != spec.nbytes:
+                raise ValueError(f"expected {spec.name} of {spec.nbytes} bytes, got {name} of {tensor.nbytes}")
+            self._copy_range(tensor)
+        else:
+            if name != spec.name or tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+                raise ValueError(
+                    f"expected {spec.name} {spec.dtype} {spec.shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+                )
+            if spec.nbytes:
+                self._write_all(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
         self._next += 1
 
-    def close(self) -> str:
-        """Close the file and return its SHA-256; all declared tensors must have been written."""
+    def close(self) -> None:
+        """Close the file; all declared tensors must have been written."""
         self._handle.close()
         if self._next != len(self._specs):
             missing = self._specs[self._next].name
             raise ValueError(f"{self.path}: closed before tensor {missing!r} was written")
-        return self._hash.hexdigest()
 
     def abort(self) -> None:
         self._handle.close()

@@ -1,0 +1,209 @@
+"""Benchmark: merging a sharded model of several GB, `distillery consolidate` against transformers.
+
+Workload: a random Llama (default 16 layers, hidden 2048, vocab 32000: 3.8 GB in float32) saved as
+safetensors shards of 500 MB. Both tools turn it into one `model.safetensors` of `--dtype` (float32: a pure
+merge; bfloat16: a merge with conversion):
+- distillery: `distillery consolidate --input SRC --output OUT --dtype D` (validation on, as users run it);
+- anchor: transformers `from_pretrained(SRC, dtype=D)` then `save_pretrained(OUT, max_shard_size="40GB")`.
+Each runs in its own child process; wall time and the child's peak RSS (`wait4`'s ru_maxrss) are measured,
+with this parent process kept free of torch (the model is built and compared in helper processes), because
+a child's ru_maxrss starts from its parent's RSS at fork time;
+alternating the two tools over `--repeats` rounds so page-cache effects hit both alike. The two outputs are
+compared tensor by tensor. The table is printed and the numbers saved under benchmarks/results/.
+
+    python benchmarks/merge_memory.py [--dtype float32|bfloat16] [--layers 16] [--repeats 2] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+ANCHOR = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[3]))
+model.save_pretrained(sys.argv[2], max_shard_size="40GB")
+"""
+
+
+def run_measured(command: list[str]) -> dict:
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(command)}\n{stderr[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def in_helper_process(function: str, *args) -> object:
+    """Run one of this module's functions in a fresh interpreter and return its JSON result."""
+    code = f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import merge_memory as m; " \
+           f"print(json.dumps(m.{function}(*json.loads(sys.argv[1]))))"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code, json.dumps([str(a) if isinstance(a, Path) else a
+                                                                      for a in args])],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def build_source(folder: str, layers: int, hidden: int, intermediate: int, vocab: int) -> int:
+    from workflow_scripts.formats.hf_checkpoint import open_checkpoint
+    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
+
+    folder = Path(folder)
+    if not (folder / "model.safetensors.index.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        spec = TinyModelSpec(
+            architecture="llama",
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=hidden // 64,
+            num_key_value_heads=hidden // 256,
+            vocab_size=vocab,
+        )
+        build_tiny_model(folder, spec, layout="safetensors_sharded", seed=0, max_shard_size="500MB")
+    return open_checkpoint(folder).total_bytes
+
+
+def outputs_identical(first: str, second: str) -> bool:
+    from workflow_scripts.formats.hf_checkpoint import open_checkpoint
+
+    ours, theirs = open_checkpoint(first).tensors, open_checkpoint(second).tensors
+    if ours.keys() != theirs.keys():
+        return False
+    return all(ours[name].load().equal(theirs[name].load()) for name in ours)
+
+
+def versions() -> dict:
+    from workflow_scripts.provenance import package_versions
+
+    return package_versions()
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)  # fmt: skip
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+    }
+
+
+def main() -> None:
+    import psutil
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden-size", type=int, default=2048)
+    parser.add_argument("--intermediate-size", type=int, default=5632)
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--work-dir", type=Path, default=HERE / "work" / "merge_memory")
+    parser.add_argument("--results-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--keep", action="store_true", help="keep the source and outputs")
+    args = parser.parse_args()
+
+    source = args.work_dir / "source"
+    print(f"building the source model in {source} ...", flush=True)
+    model_bytes = in_helper_process(
+        "build_source", source, args.layers, args.hidden_size, args.intermediate_size, args.vocab_size
+    )
+    source_bytes = sum(p.stat().st_size for p in source.glob("*.safetensors"))
+    print(f"parent RSS before measuring: {psutil.Process().memory_info().rss / 1e6:.0f} MB")
+    print(f"source: {model_bytes / 1e9:.2f} GB of float32 tensors in {len(list(source.glob('*.safetensors')))} shards")
+
+    distillery = shutil.which("distillery") or "distillery"
+    runs: dict[str, list[dict]] = {"distillery consolidate": [], "transformers from/save_pretrained": []}
+    outputs = {"distillery consolidate": args.work_dir / "out-distillery",
+               "transformers from/save_pretrained": args.work_dir / "out-transformers"}  # fmt: skip
+    commands = {
+        "distillery consolidate": [distillery, "consolidate", "--input", str(source),
+                                   "--output", str(outputs["distillery consolidate"]), "--dtype", args.dtype],
+        "transformers from/save_pretrained": [sys.executable, "-c", ANCHOR, str(source),
+                                              str(outputs["transformers from/save_pretrained"]), args.dtype],
+    }  # fmt: skip
+    for round_index in range(args.repeats):
+        for name, command in commands.items():
+            shutil.rmtree(outputs[name], ignore_errors=True)
+            measured = run_measured(command)
+            runs[name].append(measured)
+            print(f"round {round_index + 1} {name}: {measured['wall_s']} s, "
+                  f"{measured['peak_rss_bytes'] / 1e6:.0f} MB peak RSS", flush=True)  # fmt: skip
+
+    identical = in_helper_process(
+        "outputs_identical", outputs["distillery consolidate"], outputs["transformers from/save_pretrained"]
+    )
+    summary = {}
+    for name, measurements in runs.items():
+        summary[name] = {
+            "best_wall_s": min(m["wall_s"] for m in measurements),
+            "max_peak_rss_bytes": max(m["peak_rss_bytes"] for m in measurements),
+            "runs": measurements,
+        }
+        summary[name]["peak_rss_share_of_model"] = round(summary[name]["max_peak_rss_bytes"] / model_bytes, 3)
+
+    ours, anchor = summary["distillery consolidate"], summary["transformers from/save_pretrained"]
+    print()
+    print("| tool | best wall (s) | peak RSS (MB) | peak RSS / model bytes |")
+    print("|---|---|---|---|")
+    for name, row in summary.items():
+        print(f"| {name} | {row['best_wall_s']} | {row['max_peak_rss_bytes'] / 1e6:.0f} | "
+              f"{row['peak_rss_share_of_model']:.1%} |")  # fmt: skip
+    goal_met = ours["peak_rss_share_of_model"] < 0.25 and ours["best_wall_s"] <= anchor["best_wall_s"]
+    print(f"\nmodel: {model_bytes / 1e9:.2f} GB; outputs identical: {identical}; "
+          f"goal (peak RSS < 25% of model, time <= transformers): {'met' if goal_met else 'NOT met'}")  # fmt: skip
+
+    record = {
+        "benchmark": "merge_memory",
+        "date": datetime.now(timezone.utc).isoformat(),
+        "command": [sys.executable, *sys.argv],
+        "machine": machine(),
+        "versions": versions(),
+        "workload": {
+            "layers": args.layers,
+            "hidden_size": args.hidden_size,
+            "intermediate_size": args.intermediate_size,
+            "vocab_size": args.vocab_size,
+            "model_bytes": model_bytes,
+            "source_file_bytes": source_bytes,
+            "source_layout": "safetensors shards of 500 MB",
+            "output": "one float32 model.safetensors",
+        },  # fmt: skip
+        "outputs_identical": identical,
+        "goal_met": goal_met,
+        "results": summary,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = args.results_dir / f"merge_memory-{args.dtype}-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"saved {path}")
+    if not args.keep:
+        shutil.rmtree(args.work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
