@@ -17,6 +17,7 @@ import math
 import os
 import struct
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +190,8 @@ class SafetensorsWriter:
         self.path = Path(path)
         self._specs = list(specs)
         self._next = 0
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._buffers: tuple | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safetensors-writer")
         header: dict[str, object] = {}
         if metadata:
             header["__metadata__"] = metadata
@@ -229,34 +231,40 @@ class SafetensorsWriter:
                 remaining -= copied
 
     def _copy_converted(self, converted: ConvertedRange, dtype: torch.dtype) -> None:
-        """Cast chunk by chunk through two reused buffers, so memory does not grow with the tensor."""
+        """Cast chunk by chunk through reused buffers, so memory does not grow with the tensor.
+
+        Writing chunk i overlaps reading and casting chunk i+1 (all three release the GIL), with two output
+        buffers taking turns.
+        """
         source_size = dtype_itemsize(converted.source_dtype)
         chunk_items = max(1, _CHUNK_BYTES // source_size)
-        if self._buffers is None or self._buffers[0].dtype != converted.source_dtype or self._buffers[1].dtype != dtype:
+        key = (converted.source_dtype, dtype)
+        if self._buffers is None or self._buffers[0] != key:
             self._buffers = (
+                key,
                 torch.empty(chunk_items, dtype=converted.source_dtype),
-                torch.empty(chunk_items, dtype=dtype),
+                [torch.empty(chunk_items, dtype=dtype), torch.empty(chunk_items, dtype=dtype)],
             )
-        inbound, outbound = self._buffers
-        raw_in = inbound.view(torch.uint8).numpy()
+        _, inbound, outbound = self._buffers
+        raw_in = memoryview(inbound.view(torch.uint8).numpy())
         total_items = converted.source.nbytes // source_size
+        writes: list[Future | None] = [None, None]
         with open(converted.source.path, "rb", buffering=0) as handle:
             handle.seek(converted.source.offset)
-            done = 0
+            done, turn = 0, 0
             while done < total_items:
                 count = min(chunk_items, total_items - done)
-                view = memoryview(raw_in)[: count * source_size]
-                read = 0
-                while read < len(view):
-                    got = handle.readinto(view[read:])
-                    if not got:
-                        raise DistilleryError(
-                            "ends before the tensor it should hold (truncated)", converted.source.path
-                        )
-                    read += got
-                outbound[:count].copy_(inbound[:count])
-                self._write_all(outbound[:count].view(torch.uint8).numpy())
+                _read_exactly(handle, raw_in[: count * source_size], converted.source.path)
+                if writes[turn] is not None:
+                    writes[turn].result()  # this buffer's previous write must be out before it is reused
+                outbound[turn][:count].copy_(inbound[:count])
+                chunk = outbound[turn][:count].view(torch.uint8).numpy()
+                writes[turn] = self._executor.submit(self._write_all, chunk)
                 done += count
+                turn = 1 - turn
+        for write in writes:
+            if write is not None:
+                write.result()
 
     def write(self, name: str, tensor: torch.Tensor | ByteRange | ConvertedRange) -> None:
         spec = self._specs[self._next]
@@ -280,10 +288,21 @@ class SafetensorsWriter:
 
     def close(self) -> None:
         """Close the file; all declared tensors must have been written."""
+        self._executor.shutdown()
         self._handle.close()
         if self._next != len(self._specs):
             missing = self._specs[self._next].name
             raise ValueError(f"{self.path}: closed before tensor {missing!r} was written")
 
     def abort(self) -> None:
+        self._executor.shutdown(cancel_futures=True)
         self._handle.close()
+
+
+def _read_exactly(handle, view: memoryview, path: Path) -> None:
+    read = 0
+    while read < len(view):
+        got = handle.readinto(view[read:])
+        if not got:
+            raise DistilleryError("ends before the tensor it should hold (truncated)", path)
+        read += got
