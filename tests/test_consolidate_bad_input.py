@@ -7,6 +7,8 @@ import struct
 
 import pytest
 
+from workflow_scripts.cli import main
+
 
 def assert_refused(result, output, *fragments: str) -> None:
     assert result.exit_code != 0
@@ -165,6 +167,12 @@ def test_killed_run_leaves_nothing_that_looks_complete(tiny_model, tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not output.exists()
+    abandoned = list(tmp_path.glob(".out.partial-*"))
+    assert len(abandoned) == 1
+
+    # The next run removes what the killed one left behind.
+    assert main(["consolidate", "--input", str(source), "--output", str(output)]) == 0
+    assert not abandoned[0].exists() and (output / "model.safetensors").is_file()
 
 
 def test_truncated_bin_file(tiny_model, run_cli, output):

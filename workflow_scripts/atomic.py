@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +23,15 @@ def atomic_output_dir(output: Path, force: bool = False) -> Iterator[Path]:
     if output.exists() and not force:
         raise DistilleryError("output already exists", output, "pass --force to replace it")
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
+    remove_abandoned_staging(output)
+    staging = output.parent / f".{output.name}.partial-{_this_process()}"
     staging.mkdir()
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    replaced = output.parent / f".{output.name}.replaced-{os.getpid()}"
+    replaced = output.parent / f".{output.name}.replaced-{_this_process()}"
     if output.exists():
         os.replace(output, replaced)
     os.replace(staging, output)
@@ -38,9 +39,36 @@ def atomic_output_dir(output: Path, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _this_process() -> str:
+    # The host name keeps runs on other nodes of a shared file system apart.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_abandoned_staging(output: Path) -> list[Path]:
+    """Remove staging folders of `output` left by killed runs on this host (their process is gone)."""
+    removed = []
+    prefix = f".{output.name}.partial-{socket.gethostname()}-"
+    for candidate in output.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = candidate.name[len(prefix) :]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.partial-{os.getpid()}"
+    temporary = path.parent / f".{path.name}.partial-{_this_process()}"
     temporary.write_text(text)
     os.replace(temporary, path)

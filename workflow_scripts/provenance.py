@@ -22,14 +22,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def describe_source_files(paths: list[Path]) -> list[dict]:
-    """Name, size and modification time of each source file: enough to notice a changed source cheaply."""
+def describe_source_files(paths: list[Path], folder: Path) -> list[dict]:
+    """Name (relative to `folder`), size and modification time of each source file: enough to notice a changed
+    source cheaply, without reading gigabytes to checksum it."""
     described = []
     for path in paths:
         stat = path.stat()
         described.append(
             {
-                "name": str(path),
+                "name": str(path.relative_to(folder)),
                 "size": stat.st_size,
                 "modified": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
             }

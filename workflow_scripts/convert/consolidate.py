@@ -123,7 +123,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
                 "path": str(options.input.resolve()),
                 "type": input_type,
                 "layout": checkpoint.layout,
-                "files": describe_source_files(checkpoint.weight_files),
+                "files": describe_source_files(checkpoint.weight_files, options.input),
                 "base_model": str(base_model) if base_model else None,
             },
             conversion={
@@ -154,7 +154,9 @@ def _resolve_input_type(requested: str, folder: Path) -> str:
             )
         return "deepspeed"
     # An HF Trainer checkpoint can hold both DeepSpeed state and saved HF weights: hf_sharded reads the latter.
-    hf_checkpoint.open_checkpoint(folder)
+    if not folder.is_dir():
+        raise DistilleryError("input folder does not exist", folder, "check --input")
+    hf_checkpoint.weight_layout(folder)  # raises when there are no HF weights
     return "hf_sharded"
 
 

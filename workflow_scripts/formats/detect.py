@@ -31,5 +31,5 @@ def detect_input_type(folder: str | Path) -> str:
         raise DistilleryError("input is not a folder", folder, "pass the model's folder with --input")
     if looks_like_deepspeed(folder):
         return "deepspeed"
-    checkpoint = hf_checkpoint.open_checkpoint(folder)
-    return "hf_single" if checkpoint.layout in ("safetensors", "bin") else "hf_sharded"
+    layout, _, _ = hf_checkpoint.weight_layout(folder)
+    return "hf_single" if layout in ("safetensors", "bin") else "hf_sharded"

@@ -10,6 +10,7 @@ tensor data is read by `SourceTensor.load()`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from ..errors import DistilleryError
 from . import safetensors_file, torch_bin
+from .safetensors_file import dtype_itemsize
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -66,17 +68,10 @@ class HFCheckpoint:
 
     @property
     def total_bytes(self) -> int:
-        return sum(torch.empty((), dtype=t.dtype).element_size() * _numel(t.shape) for t in self.tensors.values())
+        return sum(dtype_itemsize(t.dtype) * math.prod(t.shape) for t in self.tensors.values())
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
-
-
-def _weight_layout(folder: Path) -> tuple[str, Path | None, list[Path]]:
+def weight_layout(folder: Path) -> tuple[str, Path | None, list[Path]]:
     """(layout, index file, weight files) of an HF folder; raises if it holds no weights."""
     safetensors_index = folder / SAFETENSORS_INDEX
     bin_index = folder / BIN_INDEX
@@ -113,16 +108,6 @@ def _weight_layout(folder: Path) -> tuple[str, Path | None, list[Path]]:
     )
 
 
-def has_hf_weights(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    try:
-        _weight_layout(folder)
-    except DistilleryError:
-        return False
-    return True
-
-
 def _shards_from_index(index_path: Path) -> list[Path]:
     index = _read_index(index_path)
     shards: list[Path] = []
@@ -157,7 +142,7 @@ def open_checkpoint(folder: str | Path) -> HFCheckpoint:
         raise DistilleryError("does not exist", folder, "check the path")
     if not folder.is_dir():
         raise DistilleryError("is not a folder", folder, "pass the model's folder, not a file in it")
-    layout, index_file, weight_files = _weight_layout(folder)
+    layout, index_file, weight_files = weight_layout(folder)
 
     tensors: dict[str, SourceTensor] = {}
     owner: dict[str, Path] = {}
