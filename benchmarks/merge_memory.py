@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 ANCHOR = """
 import sys, torch
@@ -113,6 +114,7 @@ def machine() -> dict:
 
 def main() -> None:
     import psutil
+    from results_file import save_result
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16)
@@ -190,17 +192,13 @@ def main() -> None:
             "model_bytes": model_bytes,
             "source_file_bytes": source_bytes,
             "source_layout": "safetensors shards of 500 MB",
-            "output": "one float32 model.safetensors",
+            "output": f"one {args.dtype} model.safetensors",
         },  # fmt: skip
         "outputs_identical": identical,
         "goal_met": goal_met,
         "results": summary,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.results_dir / f"merge_memory-{args.dtype}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"saved {path}")
+    save_result(args.results_dir, f"merge_memory-{args.dtype}", record)
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)
 

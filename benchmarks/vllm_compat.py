@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 PROMPTS = [
@@ -151,6 +152,8 @@ def versions() -> dict:
 
 
 def main() -> None:
+    from results_file import save_result
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-vllm-compat"))
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
@@ -191,11 +194,7 @@ def main() -> None:
         "versions": versions(),
         "cases": rows,
     }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = args.results_dir / f"vllm_compat-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"saved {path}")
+    save_result(args.results_dir, "vllm_compat", record)
 
 
 if __name__ == "__main__":

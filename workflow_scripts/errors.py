@@ -15,3 +15,13 @@ class DistilleryError(Exception):
         if hint:
             parts.append(hint)
         super().__init__("; ".join(parts))
+
+
+def require_folder(path: str | Path, hint: str = "check the path") -> Path:
+    """`path` as a Path if it is an existing folder; otherwise the one-line error users see."""
+    path = Path(path)
+    if not path.exists():
+        raise DistilleryError("does not exist", path, hint)
+    if not path.is_dir():
+        raise DistilleryError("is not a folder", path, "pass the folder, not a file in it")
+    return path

@@ -18,7 +18,7 @@ import torch
 from .. import __version__
 from ..atomic import atomic_output_dir
 from ..choices import OUTPUT_DTYPES
-from ..errors import DistilleryError
+from ..errors import DistilleryError, require_folder
 from ..formats import detect, hf_checkpoint, hf_writer
 from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
 from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
@@ -154,9 +154,7 @@ def _resolve_input_type(requested: str, folder: Path) -> str:
             )
         return "deepspeed"
     # An HF Trainer checkpoint can hold both DeepSpeed state and saved HF weights: hf_sharded reads the latter.
-    if not folder.is_dir():
-        raise DistilleryError("input folder does not exist", folder, "check --input")
-    hf_checkpoint.weight_layout(folder)  # raises when there are no HF weights
+    hf_checkpoint.weight_layout(require_folder(folder, "check --input"))  # raises when there are no HF weights
     return "hf_sharded"
 
 

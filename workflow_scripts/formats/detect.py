@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import DistilleryError
+from ..errors import require_folder
 from . import hf_checkpoint
 
 INPUT_TYPES = ("deepspeed", "hf_sharded", "hf_single")
@@ -24,11 +24,7 @@ def looks_like_deepspeed(folder: Path) -> bool:
 
 
 def detect_input_type(folder: str | Path) -> str:
-    folder = Path(folder)
-    if not folder.exists():
-        raise DistilleryError("input folder does not exist", folder, "check --input")
-    if not folder.is_dir():
-        raise DistilleryError("input is not a folder", folder, "pass the model's folder with --input")
+    folder = require_folder(folder, "check --input")
     if looks_like_deepspeed(folder):
         return "deepspeed"
     layout, _, _ = hf_checkpoint.weight_layout(folder)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DistilleryError
+from ..errors import DistilleryError, require_folder
 from . import safetensors_file, torch_bin
 from .safetensors_file import dtype_itemsize
 
@@ -137,11 +137,7 @@ def _read_index(index_path: Path) -> dict[str, str]:
 
 def open_checkpoint(folder: str | Path) -> HFCheckpoint:
     """Read the structure of an HF model folder: which tensors, where, with which dtype and shape."""
-    folder = Path(folder)
-    if not folder.exists():
-        raise DistilleryError("does not exist", folder, "check the path")
-    if not folder.is_dir():
-        raise DistilleryError("is not a folder", folder, "pass the model's folder, not a file in it")
+    folder = require_folder(folder)
     layout, index_file, weight_files = weight_layout(folder)
 
     tensors: dict[str, SourceTensor] = {}
