@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +68,39 @@ def tiny_model(tiny_model_store, tmp_path):
         return destination
 
     return make
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def deepspeed_run(tmp_path_factory, tiny_model_store):
+    """A real HF Trainer + DeepSpeed run (2 ranks, gloo, on the CPU) per (stage, architecture), made once."""
+    pytest.importorskip("deepspeed")
+    runs: dict[tuple[int, str], Path] = {}
+
+    def get(stage: int, architecture: str = "llama") -> Path:
+        key = (stage, architecture)
+        if key not in runs:
+            base = tiny_model_store(architecture, "safetensors")
+            output = tmp_path_factory.mktemp(f"ds-zero{stage}-{architecture}") / "run"
+            command = [
+                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port()),
+                str(REPO / "tests/helpers/train_with_deepspeed.py"), str(base), str(stage), str(output),
+            ]  # fmt: skip
+            environment = {
+                **os.environ,
+                "DS_ACCELERATOR": "cpu",
+                "OMP_NUM_THREADS": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+            result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+            assert result.returncode == 0, result.stderr[-4000:]
+            runs[key] = output
+        return runs[key]
+
+    return get

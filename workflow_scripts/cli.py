@@ -54,6 +54,16 @@ def _add_consolidate(commands) -> None:
         default=True,
         help="check the output before it is moved into place (default: on)",
     )
+    deepspeed_flags = parser.add_argument_group("DeepSpeed options")
+    deepspeed_flags.add_argument(
+        "--checkpoint-dir", type=Path, help="this checkpoint folder (checkpoint-N or global_stepN), not the latest"
+    )
+    deepspeed_flags.add_argument("--tag", help="global_stepN to use instead of the one 'latest' names")
+    deepspeed_flags.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle optimizer files fully, for classes outside distillery's allow-list (trusted files only)",
+    )
     parser.set_defaults(handler=_run_consolidate)
 
 
@@ -72,6 +82,9 @@ def _run_consolidate(args: argparse.Namespace) -> int:
             weights_format=args.weights_format,
             base_model_name=args.base_model_name,
             validate_vllm=args.validate_vllm,
+            checkpoint_dir=args.checkpoint_dir,
+            tag=args.tag,
+            trust_pickle=args.trust_pickle,
             command=["distillery", *args.argv],
         )
     )

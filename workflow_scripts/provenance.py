@@ -30,7 +30,7 @@ def describe_source_files(paths: list[Path], folder: Path) -> list[dict]:
         stat = path.stat()
         described.append(
             {
-                "name": str(path.relative_to(folder)),
+                "name": str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path.resolve()),
                 "size": stat.st_size,
                 "modified": datetime.fromtimestamp(stat.st_mtime, timezone.utc).isoformat(),
             }

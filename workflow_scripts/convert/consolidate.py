@@ -19,10 +19,10 @@ from .. import __version__
 from ..atomic import atomic_output_dir
 from ..choices import OUTPUT_DTYPES
 from ..errors import DistilleryError, require_folder
-from ..formats import detect, hf_checkpoint, hf_writer
+from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
 from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
 from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
-from ..models.architecture import load_config, read_config_json, tied_weights
+from ..models.architecture import expected_weights, load_config, read_config_json, tied_weights
 from ..progress import progress_bar
 from ..provenance import describe_source_files, write_provenance
 from ..sizes import format_size, parse_size
@@ -43,6 +43,9 @@ class ConsolidateOptions:
     weights_format: str = "safetensors"
     base_model_name: str | None = None
     validate_vllm: bool = True
+    checkpoint_dir: Path | None = None  # DeepSpeed: this checkpoint folder, not the latest of the run
+    tag: str | None = None  # DeepSpeed: global_stepN instead of what `latest` names
+    trust_pickle: bool = False
     command: list[str] = field(default_factory=list)
 
 
@@ -62,22 +65,30 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
     if options.weights_format not in hf_writer.WEIGHTS_FORMATS:
         raise DistilleryError(f"unknown weights format {options.weights_format!r}")
     max_shard_bytes = parse_size(options.max_shard_size)
-    input_type = _resolve_input_type(options.input_type, options.input)
-    if input_type == "deepspeed":
-        raise DistilleryError(
-            "is a DeepSpeed checkpoint; this version of distillery consolidates Hugging Face layouts only",
-            options.input,
-            "run DeepSpeed's zero_to_fp32.py in it first, then consolidate its output with --type hf_sharded",
-        )
+    input_type = "deepspeed" if options.checkpoint_dir else _resolve_input_type(options.input_type, options.input)
     if options.output.exists() and not options.force:
         raise DistilleryError("output already exists", options.output, "pass --force to replace it")
 
-    checkpoint = hf_checkpoint.open_checkpoint(options.input)
     base_model = resolve_base_model(options.base_model_name)
-    config_folder = options.input if (options.input / "config.json").is_file() else base_model
-    if config_folder is None:
-        read_config_json(options.input / "config.json")  # raises the missing-config error
+    if input_type == "deepspeed":
+        location = deepspeed.locate_checkpoint(options.input, options.tag, options.checkpoint_dir)
+        checkpoint = deepspeed.open_deepspeed_checkpoint(location, options.trust_pickle)
+        files_folder = location.step_folder
+        source_details = {
+            "checkpoint": str(location.tag_folder.resolve()),
+            "tag": location.tag,
+            "step": location.step,
+            "zero_stage": checkpoint.zero_stage,
+            "world_size": checkpoint.world_size,
+            "deepspeed_version": checkpoint.ds_version,
+        }
+    else:
+        checkpoint = hf_checkpoint.open_checkpoint(options.input)
+        files_folder = options.input
+        source_details = {}
+    config_folder = _config_folder(files_folder, base_model)
     config = load_config(config_folder)
+    check_fits_architecture(checkpoint.tensors, config, checkpoint_path=files_folder, config_path=config_folder)
     tied = tied_weights(config)
     target_dtype = None if options.keep_original_precision else getattr(torch, options.dtype)
 
@@ -115,7 +126,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
             options.weights_format,
             progress=lambda spec: bar.update(spec.nbytes),
         )
-        copy_model_files(options.input, staging, base_model)
+        copy_model_files(files_folder, staging, base_model)
         _write_config(config_folder / "config.json", staging / "config.json", options, target_dtype)
         write_provenance(
             staging,
@@ -125,6 +136,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
                 "layout": checkpoint.layout,
                 "files": describe_source_files(checkpoint.weight_files, options.input),
                 "base_model": str(base_model) if base_model else None,
+                **source_details,
             },
             conversion={
                 "dtype": "original" if target_dtype is None else options.dtype,
@@ -140,6 +152,60 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
         if options.validate_vllm:
             _validate_for_vllm(staging, options.output)
     return ConsolidationResult(options.output, input_type, len(plan), total_bytes, files, dropped)
+
+
+def _config_folder(files_folder: Path, base_model: Path | None) -> Path:
+    """config.json from the checkpoint itself where it has one, else from the base model."""
+    if (files_folder / "config.json").is_file():
+        if base_model is not None and (base_model / "config.json").is_file():
+            _check_same_architecture(files_folder / "config.json", base_model / "config.json")
+        return files_folder
+    if base_model is None:
+        read_config_json(files_folder / "config.json")  # raises the missing-config error
+    return base_model
+
+
+_ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def _check_same_architecture(own: Path, base: Path) -> None:
+    ours, theirs = read_config_json(own), read_config_json(base)
+    different = [f"{key} {ours.get(key)} vs {theirs.get(key)}" for key in _ARCHITECTURE_KEYS
+                 if ours.get(key) != theirs.get(key)]  # fmt: skip
+    if different:
+        raise DistilleryError(
+            f"the checkpoint is a different model than --base-model-name {base.parent} ({'; '.join(different)})",
+            own,
+            "pass the base model the checkpoint was trained from",
+        )
+
+
+def check_fits_architecture(tensors, config, checkpoint_path: Path, config_path: Path) -> None:
+    """Refuse before writing anything when the weights do not fit the architecture config.json describes."""
+    try:
+        expected = expected_weights(config)
+    except DistilleryError:
+        return  # an architecture transformers cannot build: the weights are passed through unchecked
+    wrong = [
+        f"{name} {list(tensors[name].shape)} (expected {list(shape)})"
+        for name, shape in expected.shapes.items()
+        if name in tensors and tuple(tensors[name].shape) != tuple(shape)
+    ]
+    missing = [name for name in expected.shapes if name not in tensors]
+    if wrong or missing:
+        detail = "; ".join(
+            part
+            for part in (
+                f"wrong shape: {', '.join(wrong[:3])}" if wrong else "",
+                f"missing: {', '.join(missing[:3])}" if missing else "",
+            )
+            if part
+        )
+        raise DistilleryError(
+            f"the weights do not fit the architecture of {config_path / 'config.json'} ({detail})",
+            checkpoint_path,
+            "is this the right checkpoint, and --base-model-name the model it was trained from?",
+        )
 
 
 def _resolve_input_type(requested: str, folder: Path) -> str:
@@ -191,12 +257,24 @@ def _dtype_counts(tensors) -> dict[str, int]:
     return counts
 
 
+_TOKENIZER_CHECKS = ("file:tokenizer_config.json", "file:tokenizer", "tokenizer")
+
+
 def _validate_for_vllm(folder: Path, output: Path) -> None:
     from ..verify.static_checks import run_static_checks
 
     # The NaN/Inf scan reads every byte again: it belongs to verify_model, not to every conversion.
     checks = run_static_checks(folder, expect_single_file=False, scan_values=False)
     failed = [check for check in checks if check.status == "fail"]
+    # As in the consolidation script users know, a missing tokenizer is a warning here (verify fails on it).
+    tokenizer_checks = [check for check in failed if check.name in _TOKENIZER_CHECKS]
+    if tokenizer_checks:
+        log.warning(
+            "%s: no usable tokenizer (%s); pass --base-model-name with the base model's folder to add one",
+            output,
+            tokenizer_checks[0].detail,
+        )
+        failed = [check for check in failed if check.name not in _TOKENIZER_CHECKS]
     if failed:
         first = failed[0]
         raise DistilleryError(

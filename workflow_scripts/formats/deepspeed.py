@@ -1,0 +1,328 @@
+"""DeepSpeed ZeRO checkpoints (stages 1, 2 and 3, any data-parallel world size) as a lazy source of fp32 tensors.
+
+Layout, as DeepSpeed and HF Trainer write it:
+  run/checkpoint-N/                     HF Trainer's per-step folder (config.json, trainer_state.json, ...)
+    latest                              text: the tag of the newest DeepSpeed checkpoint, e.g. global_stepN
+    global_stepN/
+      mp_rank_00_model_states.pt                    ZeRO 1/2: module (low-precision), param_shapes, buffers
+      zero_pp_rank_R_mp_rank_00_model_states.pt     ZeRO 3: one per rank, partitioned frozen params
+      [bf16_]zero_pp_rank_R_mp_rank_00_optim_states.pt  one per rank: the rank's fp32 master partition(s)
+
+The fp32 master weights are rebuilt the way DeepSpeed's own `zero_to_fp32.py` does (same values, bit for bit):
+ZeRO 1/2 concatenate the ranks' partitions of each parameter group and cut the parameters out in
+`param_shapes` order (with `param_alignment_paddings` where recorded); ZeRO 3 partitions every parameter
+across ranks (ceil(numel / world_size) each, padded) in `param_shapes` order over the ranks' flat groups.
+Beyond zero_to_fp32, frozen parameters that a ZeRO-1 checkpoint does not list are taken from its module state.
+Files are memory-mapped; each parameter is copied out of the mapping and the pages it touched are released
+right away, so memory stays near the largest parameter, not the checkpoint.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import DistilleryError, require_folder
+from .deepspeed_pickle import load_deepspeed_file
+from .hf_checkpoint import SourceTensor
+from .safetensors_file import dtype_itemsize
+
+_STEP_FOLDER = re.compile(r"checkpoint-(\d+)$")
+_TAG_STEP = re.compile(r"global_step(\d+)$")
+_OPTIM_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+_MODEL_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Drop the pages of a memory-mapped tensor from this process once it has been copied out."""
+    if sys.platform != "linux" or tensor.numel() == 0:
+        return
+    page = mmap.PAGESIZE
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    aligned = start - start % page
+    # MADV_DONTNEED (4) on a private, clean file mapping: the pages are re-read from the file if touched again.
+    _libc().madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(end - aligned), 4)
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return _LIBC
+
+
+def step_of(folder: Path) -> int | None:
+    match = _STEP_FOLDER.search(folder.name) or _TAG_STEP.search(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def list_step_folders(run: Path) -> list[Path]:
+    """`checkpoint-N` folders of a training run, by step number (not by name: 1000 comes after 200)."""
+    return sorted((p for p in run.glob("checkpoint-*") if p.is_dir() and step_of(p) is not None), key=step_of)
+
+
+@dataclass(frozen=True)
+class CheckpointLocation:
+    step_folder: Path  # the folder with `latest` (an HF Trainer checkpoint-N), or the tag folder itself
+    tag_folder: Path  # global_stepN: where the *_states.pt files are
+    tag: str
+
+    @property
+    def step(self) -> int | None:
+        return step_of(self.tag_folder) or step_of(self.step_folder)
+
+
+def locate_checkpoint(path: str | Path, tag: str | None = None, checkpoint_dir: str | Path | None = None):
+    """Resolve a run folder, a checkpoint-N folder or a global_stepN folder to one DeepSpeed checkpoint."""
+    folder = require_folder(checkpoint_dir or path, "check --input / --checkpoint-dir")
+    if checkpoint_dir is None and not _has_states(folder) and not (folder / "latest").is_file():
+        steps = list_step_folders(folder)
+        if not steps:
+            raise DistilleryError(
+                "holds no DeepSpeed checkpoint (no checkpoint-N folders, no 'latest' file, no *_states.pt files)",
+                folder,
+                "point --input at a training run or one of its checkpoint-N folders",
+            )
+        folder = steps[-1]
+    if _has_states(folder):
+        return CheckpointLocation(folder, folder, folder.name)
+    if tag is None:
+        latest = folder / "latest"
+        if not latest.is_file():
+            tags = sorted(p.name for p in folder.glob("global_step*") if p.is_dir())
+            raise DistilleryError(
+                "has no 'latest' file to say which checkpoint to use",
+                folder,
+                f"pass --tag (found: {', '.join(tags) or 'none'})",
+            )
+        tag = latest.read_text().strip()
+        if not (folder / tag).is_dir():
+            raise DistilleryError(
+                f"names {tag!r}, which does not exist in {folder}",
+                latest,
+                "the checkpoint was not saved completely: pass --tag with one that exists",
+            )
+    elif not (folder / tag).is_dir():
+        raise DistilleryError(f"has no checkpoint tag {tag!r}", folder, "check --tag")
+    return CheckpointLocation(folder, folder / tag, tag)
+
+
+def _has_states(folder: Path) -> bool:
+    return any(folder.glob("*_model_states.pt"))
+
+
+@dataclass
+class DeepSpeedCheckpoint:
+    """The fp32 tensors of a ZeRO checkpoint, each rebuilt only when loaded."""
+
+    location: CheckpointLocation
+    zero_stage: int
+    world_size: int
+    ds_version: str | None
+    tensors: dict[str, SourceTensor]
+    shared: dict[str, str]  # tensor -> tensor it shares storage with (DeepSpeed's shared_params)
+    weight_files: list[Path] = field(default_factory=list)
+    layout: str = "deepspeed"
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(dtype_itemsize(t.dtype) * math.prod(t.shape) for t in self.tensors.values())
+
+
+def _rank_files(folder: Path, pattern: re.Pattern, kind: str) -> list[Path]:
+    files = {int(m.group(1)): p for p in folder.iterdir() if (m := pattern.search(p.name))}
+    return [files[rank] for rank in sorted(files)] if files else []
+
+
+def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool = False) -> DeepSpeedCheckpoint:
+    folder = location.tag_folder
+    optim_files = _rank_files(folder, _OPTIM_RANK, "optim")
+    if not optim_files:
+        raise DistilleryError(
+            "has no *_optim_states.pt files, so there are no fp32 master weights to rebuild",
+            folder,
+            "was the checkpoint saved with its optimizer state (save_only_model=False)?",
+        )
+    optim_states = [load_deepspeed_file(path, trust_pickle)["optimizer_state_dict"] for path in optim_files]
+    first = optim_states[0]
+    if "zero_stage" not in first:
+        raise DistilleryError("is not a ZeRO optimizer state (no zero_stage)", optim_files[0])
+    zero_stage = int(first["zero_stage"])
+    world_size = first["partition_count"]
+    world_size = max(world_size) if isinstance(world_size, list | tuple) else int(world_size)
+    ranks = {int(_OPTIM_RANK.search(p.name).group(1)) for p in optim_files}
+    missing = sorted(set(range(world_size)) - ranks)
+    if missing or len(optim_files) != world_size:
+        raise DistilleryError(
+            f"the checkpoint was saved by {world_size} ranks but {len(optim_files)} optimizer files are here"
+            + (f" (missing rank {', '.join(map(str, missing))})" if missing else ""),
+            folder,
+            "copy the missing zero_pp_rank_*_optim_states.pt files; a partial checkpoint cannot be rebuilt",
+        )
+
+    if zero_stage <= 2:
+        model_files = [folder / "mp_rank_00_model_states.pt"]
+    else:
+        model_files = _rank_files(folder, _MODEL_RANK, "model")
+        if len(model_files) != world_size:
+            raise DistilleryError(
+                f"ZeRO-3 needs {world_size} zero_pp_rank_*_model_states.pt files, found {len(model_files)}",
+                folder,
+                "copy the missing model state files",
+            )
+    for path in model_files:
+        if not path.is_file():
+            raise DistilleryError("is missing", path, "copy it from the training run")
+    model_states = [load_deepspeed_file(path, trust_pickle) for path in model_files]
+    if "buffer_names" not in model_states[0] or "param_shapes" not in model_states[0]:
+        raise DistilleryError("is not a DeepSpeed model state file", model_files[0])
+
+    tensors: dict[str, SourceTensor] = {}
+    anchor = model_files[0]
+    state = model_states[0]
+    for name, value in state["module"].items():
+        if name in state["buffer_names"]:
+            # zero_to_fp32 restores buffers to fp32 where they were saved in half precision.
+            buffer = value.float() if value.is_floating_point() else value.clone()
+            tensors[name] = SourceTensor(name, buffer.dtype, tuple(buffer.shape), anchor, lambda b=buffer: b)
+
+    frozen_shapes = state.get("frozen_param_shapes") or {}
+    for name, shape in frozen_shapes.items():
+        fragments = [s["frozen_param_fragments"][name] for s in model_states]
+        tensors[name] = SourceTensor(
+            name,
+            fragments[0].dtype,
+            tuple(shape),
+            anchor,
+            lambda f=fragments, s=tuple(shape): _gather_frozen(f, s, zero_stage),
+        )
+
+    group_key = "single_partition_of_fp32_groups" if zero_stage <= 2 else "fp32_flat_groups"
+    flat_groups = [optim[group_key] for optim in optim_states]
+    if zero_stage <= 2:
+        paddings = first.get("param_alignment_paddings")
+        _add_zero2_params(tensors, state["param_shapes"], flat_groups, paddings, world_size, optim_files[0])
+    else:
+        _add_zero3_params(tensors, state["param_shapes"], flat_groups, world_size, optim_files[0])
+
+    # ZeRO-1 checkpoints record no frozen_param_shapes, so zero_to_fp32 drops frozen parameters; the module
+    # state still holds them (never updated, so exact in the training dtype). ZeRO-3 keeps only placeholders.
+    for name, value in state["module"].items():
+        if name not in tensors and value.numel() > 0 and name not in (state.get("shared_params") or {}):
+            tensors[name] = SourceTensor(name, value.dtype, tuple(value.shape), anchor, lambda v=value: v.clone())
+
+    shared = {alias: source for alias, source in (state.get("shared_params") or {}).items() if source in tensors}
+    for alias, source in shared.items():
+        original = tensors[source]
+        tensors[alias] = SourceTensor(alias, original.dtype, original.shape, original.file, original.loader)
+    return DeepSpeedCheckpoint(
+        location=location,
+        zero_stage=zero_stage,
+        world_size=world_size,
+        ds_version=state.get("ds_version"),
+        tensors=tensors,
+        shared=shared,
+        weight_files=[*model_files, *optim_files],
+    )
+
+
+def _gather_frozen(fragments: list[torch.Tensor], shape: tuple[int, ...], zero_stage: int) -> torch.Tensor:
+    numel = math.prod(shape)
+    if zero_stage <= 2:
+        return fragments[0].clone().view(shape)
+    return torch.cat([f.reshape(-1) for f in fragments])[:numel].clone().view(shape)
+
+
+def _copy_range(groups: list[torch.Tensor], start: int, out: torch.Tensor) -> None:
+    """Fill `out` with elements [start, start + len(out)) of the concatenation of `groups`."""
+    position, filled = 0, 0
+    for group in groups:
+        end = position + group.numel()
+        if filled < out.numel() and end > start + filled:
+            begin = start + filled - position
+            take = min(out.numel() - filled, group.numel() - begin)
+            piece = group.reshape(-1)[begin : begin + take]
+            out[filled : filled + take].copy_(piece)
+            _release_pages(piece)
+            filled += take
+        position = end
+    if filled != out.numel():
+        raise ValueError("parameter runs past the end of its partition")
+
+
+def _add_zero2_params(tensors, param_shapes, flat_groups, paddings, world_size, anchor: Path) -> None:
+    """Stage 1/2: group i is the concatenation over ranks of each rank's partition i."""
+    for group_index, shapes in enumerate(param_shapes):
+        partitions = [rank_groups[group_index] for rank_groups in flat_groups]
+        available = sum(p.numel() for p in partitions)
+        offset = 0
+        group_paddings = paddings[group_index] if paddings is not None else None
+        for param_index, (name, shape) in enumerate(shapes.items()):
+            numel = math.prod(shape)
+            tensors[name] = SourceTensor(
+                name,
+                partitions[0].dtype,
+                tuple(shape),
+                anchor,
+                lambda p=partitions, o=offset, s=tuple(shape): _gather(p, o, s),
+            )
+            offset += numel
+            if group_paddings is not None:
+                offset += group_paddings[param_index]
+        align = 2 * world_size
+        if align * math.ceil(offset / align) != align * math.ceil(available / align):
+            raise DistilleryError(
+                f"parameter group {group_index} holds {available} values but its parameters need {offset}",
+                anchor.parent,
+                "the model and optimizer files come from different saves",
+            )
+
+
+def _gather(partitions: list[torch.Tensor], offset: int, shape: tuple[int, ...]) -> torch.Tensor:
+    out = torch.empty(math.prod(shape), dtype=partitions[0].dtype)
+    _copy_range(partitions, offset, out)
+    return out.view(shape)
+
+
+def _add_zero3_params(tensors, param_shapes, flat_groups, world_size, anchor: Path) -> None:
+    """Stage 3: every parameter is split over the ranks, ceil(numel / world_size) elements each."""
+    shapes = {name: shape for group in param_shapes for name, shape in group.items()}
+    available = sum(g.numel() for g in flat_groups[0]) * world_size
+    offset = 0
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        per_rank = math.ceil(numel / world_size)
+        tensors[name] = SourceTensor(
+            name,
+            flat_groups[0][0].dtype,
+            tuple(shape),
+            anchor,
+            lambda o=offset, n=per_rank, s=tuple(shape): _gather_zero3(flat_groups, o, n, s),
+        )
+        offset += per_rank
+    if offset * world_size != available:
+        raise DistilleryError(
+            f"the ranks hold {available} values but the parameters need {offset * world_size}",
+            anchor.parent,
+            "the model and optimizer files come from different saves",
+        )
+
+
+def _gather_zero3(flat_groups, offset: int, per_rank: int, shape: tuple[int, ...]) -> torch.Tensor:
+    numel = math.prod(shape)
+    padded = torch.empty(per_rank * len(flat_groups), dtype=flat_groups[0][0].dtype)
+    for rank, groups in enumerate(flat_groups):
+        _copy_range(groups, offset, padded[rank * per_rank : (rank + 1) * per_rank])
+    return padded[:numel].view(shape) if numel == padded.numel() else padded[:numel].clone().view(shape)
