@@ -145,8 +145,9 @@ def test_deepspeed_run_is_detected_and_named(tiny_model, run_cli, tmp_path):
     (run / "checkpoint-100" / "global_step100").mkdir(parents=True)
     (run / "checkpoint-100" / "latest").write_text("global_step100")
     result = run_cli("consolidate", "--input", run, "--output", tmp_path / "out")
+    # Detected as DeepSpeed (not as a folder without HF weights), and found to lack its optimizer state.
     assert result.exit_code == 1
-    assert "is a DeepSpeed checkpoint" in result.stderr
+    assert "global_step100: has no *_optim_states.pt files" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
