@@ -24,17 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_consolidate(commands) -> None:
-    parser = commands.add_parser(
-        "consolidate",
-        help="merge a sharded or DeepSpeed checkpoint into one vLLM-ready HF model folder",
-        description="Merge an HF model folder (sharded safetensors or .bin, nested shards, single file) into "
-        "one vLLM-ready folder: weights streamed tensor by tensor, config, tokenizer and provenance.json.",
-    )
-    parser.add_argument("--input", required=True, type=Path, help="input folder (a model or a training run)")
-    parser.add_argument("--output", required=True, type=Path, help="output folder")
+def _add_conversion_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags consolidate and batch-consolidate share, as consolidate_for_vllm.py names them."""
     parser.add_argument("--type", dest="input_type", default="auto", choices=CONSOLIDATE_INPUT_TYPES)
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.add_argument("--force", action="store_true", help="replace existing outputs")
     parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
     parser.add_argument(
         "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
@@ -54,38 +47,56 @@ def _add_consolidate(commands) -> None:
         default=True,
         help="check the output before it is moved into place (default: on)",
     )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="unpickle DeepSpeed files fully, for classes outside distillery's allow-list (trusted files only)",
+    )
+
+
+def _conversion_options(args: argparse.Namespace, **paths):
+    from .convert.consolidate import ConsolidateOptions
+
+    return ConsolidateOptions(
+        input_type=args.input_type,
+        force=args.force,
+        dtype=args.dtype,
+        keep_original_precision=args.keep_original_precision,
+        max_shard_size=args.max_shard_size,
+        weights_format=args.weights_format,
+        base_model_name=args.base_model_name,
+        validate_vllm=args.validate_vllm,
+        trust_pickle=args.trust_pickle,
+        command=["distillery", *args.argv],
+        **paths,
+    )
+
+
+def _add_consolidate(commands) -> None:
+    parser = commands.add_parser(
+        "consolidate",
+        help="merge a sharded or DeepSpeed checkpoint into one vLLM-ready HF model folder",
+        description="Merge a DeepSpeed ZeRO checkpoint or an HF model folder (sharded safetensors or .bin, nested "
+        "shards, single file) into one vLLM-ready folder: weights streamed tensor by tensor, config, tokenizer "
+        "and provenance.json.",
+    )
+    parser.add_argument("--input", required=True, type=Path, help="input folder (a model or a training run)")
+    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    _add_conversion_flags(parser)
     deepspeed_flags = parser.add_argument_group("DeepSpeed options")
     deepspeed_flags.add_argument(
         "--checkpoint-dir", type=Path, help="this checkpoint folder (checkpoint-N or global_stepN), not the latest"
     )
     deepspeed_flags.add_argument("--tag", help="global_stepN to use instead of the one 'latest' names")
-    deepspeed_flags.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="unpickle optimizer files fully, for classes outside distillery's allow-list (trusted files only)",
-    )
     parser.set_defaults(handler=_run_consolidate)
 
 
 def _run_consolidate(args: argparse.Namespace) -> int:
-    from .convert.consolidate import ConsolidateOptions, consolidate
+    from .convert.consolidate import consolidate
 
     result = consolidate(
-        ConsolidateOptions(
-            input=args.input,
-            output=args.output,
-            input_type=args.input_type,
-            force=args.force,
-            dtype=args.dtype,
-            keep_original_precision=args.keep_original_precision,
-            max_shard_size=args.max_shard_size,
-            weights_format=args.weights_format,
-            base_model_name=args.base_model_name,
-            validate_vllm=args.validate_vllm,
-            checkpoint_dir=args.checkpoint_dir,
-            tag=args.tag,
-            trust_pickle=args.trust_pickle,
-            command=["distillery", *args.argv],
+        _conversion_options(
+            args, input=args.input, output=args.output, checkpoint_dir=args.checkpoint_dir, tag=args.tag
         )
     )
     files = ", ".join(f.name for f in result.files)
@@ -93,6 +104,55 @@ def _run_consolidate(args: argparse.Namespace) -> int:
     if result.dropped_tied:
         print(f"  tied weights left to the loader: {', '.join(result.dropped_tied)}")
     return 0
+
+
+def _add_batch_consolidate(commands) -> None:
+    parser = commands.add_parser(
+        "batch-consolidate",
+        help="consolidate many runs or checkpoints, one output folder each",
+        description="Consolidate the latest (or every) checkpoint of several training runs or models.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input-dir", type=Path, help="one run or model folder")
+    source.add_argument("--input-pattern", help="glob of run or model folders, e.g. './ft_runs_*/qwen2.5-7b'")
+    source.add_argument("--input-list", type=Path, help="file listing one folder per line")
+    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--all-checkpoints", action="store_true", help="every checkpoint-N, not just the latest")
+    parser.add_argument("--checkpoint-filter", help="checkpoint folders to take, e.g. 'checkpoint-{100,200,300}'")
+    parser.add_argument("--max-workers", type=int, default=4, help="conversions run at once (4)")
+    parser.add_argument(
+        "--naming-template",
+        default="{input_name}_step_{step}",
+        help="output folder name from {input_name}, {run_name}, {step} (default: {input_name}_step_{step})",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and do nothing")
+    parser.add_argument("--continue-on-error", action="store_true", help="go on after a failed conversion")
+    _add_conversion_flags(parser)
+    parser.set_defaults(handler=_run_batch_consolidate)
+
+
+def _run_batch_consolidate(args: argparse.Namespace) -> int:
+    from .convert.batch import collect_inputs, plan_batch, run_batch
+
+    if args.max_workers < 1:
+        raise DistilleryError(f"--max-workers must be at least 1, not {args.max_workers}")
+    inputs = collect_inputs(args.input_dir, args.input_pattern, args.input_list)
+    items = plan_batch(inputs, args.output_dir, args.naming_template, args.all_checkpoints, args.checkpoint_filter)
+    print(f"{len(items)} conversion(s):")
+    for item in items:
+        print(f"  {item.checkpoint or item.input} -> {item.output}")
+    if args.dry_run:
+        print("dry run: nothing was written")
+        return 0
+    base = _conversion_options(args, input=Path(), output=Path())
+    outcomes = run_batch(items, base, args.max_workers, args.continue_on_error)
+    failures = [outcome for outcome in outcomes if outcome.error]
+    print(f"\nsummary: {len(outcomes) - len(failures)} succeeded, {len(failures)} failed"
+          + (f", {len(items) - len(outcomes)} not started" if len(outcomes) < len(items) else ""))  # fmt: skip
+    for outcome in sorted(outcomes, key=lambda o: items.index(o.item)):
+        mark = "✗" if outcome.error else "✓"
+        print(f"  {mark} {outcome.item.output}: {outcome.error or outcome.detail}")
+    return 1 if failures else 0
 
 
 def _add_verify(commands) -> None:
@@ -196,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     _add_consolidate(commands)
+    _add_batch_consolidate(commands)
     _add_verify(commands)
     _add_make_tiny_model(commands)
     return parser
@@ -208,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if args.verbose or args.debug
+        else "%(levelname)s: %(message)s",
     )
     try:
         return args.handler(args)
