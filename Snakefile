@@ -25,9 +25,9 @@ rule all:
 
 rule models:
     input:
-        [hf_model_dir(model) for model in config["models"]],
+        [hf_model_dir(model) for model in MODELS],
 
 
 rule verification:
     input:
-        [verification_report(model) for model in config["models"]],
+        [verification_report(model) for model in MODELS],

@@ -1,11 +1,17 @@
 # Config lookups and input functions; the rules themselves stay declarative.
 import shlex
+from pathlib import Path
 
+from workflow_scripts.formats.hf_checkpoint import has_hf_weights
 from workflow_scripts.workflow import resources as sizing
+from workflow_scripts.workflow.models import names_regex, plan_models
 
 RESULTS = config["results"]
 WORK = config["work"]
 VERIFY = config["verify"]
+MODELS = plan_models(config["models"])
+HF_MODELS = names_regex(MODELS, "hf")
+DEEPSPEED_MODELS = names_regex(MODELS, "deepspeed")
 
 
 wildcard_constraints:
@@ -14,7 +20,7 @@ wildcard_constraints:
 
 
 def model_config(model):
-    return config["models"][model]
+    return MODELS[model].settings
 
 
 def hf_model_dir(model):
@@ -30,7 +36,7 @@ def tiny_source_dir(name):
 
 
 def source_path(wildcards):
-    return model_config(wildcards.model)["source"]["path"]
+    return MODELS[wildcards.model].source
 
 
 def reference_path(wildcards):
@@ -40,7 +46,13 @@ def reference_path(wildcards):
     )
     if reference == "none":
         return []
-    return source_path(wildcards) if reference == "source" else reference
+    if reference != "source":
+        return reference
+    plan = MODELS[wildcards.model]
+    # A DeepSpeed checkpoint is a reference only where HF Trainer also saved model weights beside it.
+    if plan.format == "deepspeed" and not has_hf_weights(Path(plan.source)):
+        return []
+    return plan.source
 
 
 def reference_flag(wildcards, input):
@@ -58,6 +70,8 @@ def consolidate_flags(wildcards):
         flags.append("--pytorch-bin")
     if settings.get("base_model"):
         flags.append(f"--base-model-name {settings['base_model']}")
+    if settings["source"].get("trust_pickle"):
+        flags.append("--trust-pickle")
     return " ".join(flags)
 
 
@@ -84,7 +98,7 @@ def all_outputs():
     # The models are targets too, so deleting one rebuilds it (and its report), not only a missing report.
     return [
         path
-        for model in config["models"]
+        for model in MODELS
         for path in (
             hf_model_dir(model),
             verification_report(model),

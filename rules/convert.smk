@@ -10,6 +10,8 @@ rule hf_merge:
         "logs/hf_merge/{model}.log",
     benchmark:
         f"{RESULTS}/benchmarks/hf_merge/{{model}}.tsv"
+    wildcard_constraints:
+        model=HF_MODELS,
     conda:
         "../envs/convert-torch.yaml"
     threads: 1
@@ -20,3 +22,27 @@ rule hf_merge:
         flags=consolidate_flags,
     shell:
         "distillery consolidate --input {input} --output {output} --type hf_sharded {params.flags} > {log} 2>&1"
+
+
+rule deepspeed_consolidate:
+    input:
+        checkpoint=source_path,
+    output:
+        directory(f"{RESULTS}/models/{{model}}/hf"),
+    log:
+        "logs/deepspeed_consolidate/{model}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/deepspeed_consolidate/{{model}}.tsv"
+    wildcard_constraints:
+        model=DEEPSPEED_MODELS,
+    conda:
+        "../envs/convert-torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, input: sizing.deepspeed_mem_mb(input.checkpoint),
+        runtime=lambda wildcards, input: sizing.merge_runtime_min(input.checkpoint),
+    params:
+        flags=consolidate_flags,
+    shell:
+        "distillery consolidate --input {input.checkpoint} --output {output} --type deepspeed {params.flags}"
+        " > {log} 2>&1"

@@ -120,3 +120,47 @@ def test_model_without_numeric_reference_is_verified_statically(tmp_path):
     report = json.loads((tmp_path / "results/models/m/verification.json").read_text())
     assert report["passed"]
     assert next(c for c in report["checks"] if c["name"] == "numerics")["status"] == "skip"
+
+
+def deepspeed_config(tmp_path: Path, run: Path, base: Path, step) -> Path:
+    def use_deepspeed(config):
+        config["tiny_models"] = {}
+        config["models"] = {
+            "ft": {"source": {"format": "deepspeed", "path": str(run), "step": step}, "base_model": str(base)}
+        }
+
+    return write_config(tmp_path, use_deepspeed)
+
+
+def test_deepspeed_run_with_step_all_gives_one_verified_model_per_checkpoint(deepspeed_run, tiny_model_store, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(deepspeed_run(2), run)
+    configfile = deepspeed_config(tmp_path, run, tiny_model_store("llama", "safetensors"), "all")
+    workdir = tmp_path / "work"
+    assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
+        ("deepspeed_consolidate", "model=ft_step_2"),
+        ("deepspeed_consolidate", "model=ft_step_4"),
+        ("verify_model", "model=ft_step_2"),
+        ("verify_model", "model=ft_step_4"),
+    ]
+    result = snakemake(workdir, configfile=configfile)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for step in (2, 4):
+        report = json.loads((workdir / f"results/models/ft_step_{step}/verification.json").read_text())
+        assert report["passed"], report["failed_checks"]
+        # HF Trainer saved model weights beside the DeepSpeed state: they are the numeric reference.
+        assert next(c for c in report["checks"] if c["name"] == "numerics")["status"] == "pass"
+
+    # A new checkpoint of the run adds exactly its own two jobs.
+    shutil.copytree(run / "checkpoint-4", run / "checkpoint-6")
+    assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
+        ("deepspeed_consolidate", "model=ft_step_6"),
+        ("verify_model", "model=ft_step_6"),
+    ]
+
+
+def test_deepspeed_step_that_the_run_lacks_is_named(deepspeed_run, tiny_model_store, tmp_path):
+    configfile = deepspeed_config(tmp_path, deepspeed_run(2), tiny_model_store("llama", "safetensors"), [2, 8])
+    result = snakemake(tmp_path / "work", "-n", configfile=configfile)
+    assert result.returncode != 0
+    assert "asks for step(s) [8], which the run does not have" in result.stdout + result.stderr

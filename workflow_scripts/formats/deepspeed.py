@@ -326,3 +326,15 @@ def _gather_zero3(flat_groups, offset: int, per_rank: int, shape: tuple[int, ...
     for rank, groups in enumerate(flat_groups):
         _copy_range(groups, offset, padded[rank * per_rank : (rank + 1) * per_rank])
     return padded[:numel].view(shape) if numel == padded.numel() else padded[:numel].clone().view(shape)
+
+
+def largest_parameter_bytes(path: Path) -> int:
+    """Bytes of the largest parameter in fp32, from the model states' `param_shapes` (no tensor data read)."""
+    location = locate_checkpoint(path)
+    model_files = sorted(location.tag_folder.glob("*model_states.pt"))
+    if not model_files:
+        raise DistilleryError("has no *_model_states.pt file", location.tag_folder)
+    state = load_deepspeed_file(model_files[0])
+    shapes = [shape for group in state.get("param_shapes", []) for shape in group.values()]
+    shapes += list((state.get("frozen_param_shapes") or {}).values())
+    return 4 * max((math.prod(shape) for shape in shapes), default=0)

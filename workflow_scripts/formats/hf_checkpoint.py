@@ -108,6 +108,15 @@ def weight_layout(folder: Path) -> tuple[str, Path | None, list[Path]]:
     )
 
 
+def has_hf_weights(folder: Path) -> bool:
+    """Whether `folder` holds HF weights in a layout this module reads (checked by name, nothing is opened)."""
+    try:
+        weight_layout(folder)
+    except DistilleryError:
+        return False
+    return True
+
+
 def _shards_from_index(index_path: Path) -> list[Path]:
     index = _read_index(index_path)
     shards: list[Path] = []

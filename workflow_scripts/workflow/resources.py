@@ -59,3 +59,15 @@ def verify_mem_mb(model: str | Path, reference: str | Path | None = None) -> int
 
 def verify_runtime_min(model: str | Path) -> int:
     return 10 + weights_mb(model) * 3 // (100 * 60)
+
+
+def deepspeed_mem_mb(checkpoint: str | Path) -> int:
+    """Sized from the largest parameter in the checkpoint's model states (read without their tensors' data)."""
+    from ..formats.deepspeed import largest_parameter_bytes
+
+    try:
+        largest = largest_parameter_bytes(Path(checkpoint)) // _MB
+    except DistilleryError:
+        largest = 1024  # the job itself reports what is wrong with the checkpoint
+    # The fp32 parameter gathered from the ranks, its converted copy, and the interpreter.
+    return 2048 + 3 * largest

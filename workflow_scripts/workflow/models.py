@@ -1,0 +1,72 @@
+"""The models a config asks for, one entry per output model folder.
+
+A DeepSpeed source with `step: all` (or a list of steps) becomes one model per checkpoint, named
+`{name}_step_{N}` like batch-consolidate's default template; `step: latest` (the default) becomes one model named
+`{name}` built from the newest `checkpoint-N` by step number. Steps are found by listing the run folder when the
+workflow is planned, so a new checkpoint adds exactly one job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DistilleryError
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    name: str
+    format: str  # hf | deepspeed
+    source: str  # the folder a conversion job reads: an HF model, or one DeepSpeed checkpoint-N
+    settings: dict  # the model's config entry (dtype, max_shard_size, ...)
+    step: int | None = None
+
+
+_STEP = re.compile(r"checkpoint-(\d+)$")
+
+
+def _step_folders(run: Path) -> dict[int, Path]:
+    return {int(m.group(1)): p for p in run.glob("checkpoint-*") if p.is_dir() and (m := _STEP.search(p.name))}
+
+
+def plan_models(models: dict[str, dict]) -> dict[str, ModelPlan]:
+    plans: dict[str, ModelPlan] = {}
+    for name, settings in models.items():
+        source = settings["source"]
+        if source["format"] != "deepspeed":
+            plans[name] = ModelPlan(name, source["format"], source["path"], settings)
+            continue
+        run = Path(source["path"])
+        steps = _step_folders(run)
+        wanted = source.get("step", "latest")
+        if not steps:
+            # A single checkpoint folder (with `latest`) rather than a run: consolidate resolves it.
+            plans[name] = ModelPlan(name, "deepspeed", str(run), settings)
+            continue
+        if wanted == "latest":
+            step = max(steps)
+            plans[name] = ModelPlan(name, "deepspeed", str(steps[step]), settings, step)
+            continue
+        chosen = (
+            sorted(steps) if wanted == "all" else [int(s) for s in ([wanted] if isinstance(wanted, int) else wanted)]
+        )
+        missing = [s for s in chosen if s not in steps]
+        if missing:
+            raise DistilleryError(
+                f"model {name!r} asks for step(s) {missing}, which the run does not have",
+                run,
+                f"available: {sorted(steps)}",
+            )
+        for step in chosen:
+            plans[f"{name}_step_{step}"] = ModelPlan(
+                f"{name}_step_{step}", "deepspeed", str(steps[step]), settings, step
+            )
+    return plans
+
+
+def names_regex(plans: dict[str, ModelPlan], format: str) -> str:
+    """A wildcard constraint matching exactly the models of one format (never empty, so it stays valid)."""
+    names = [re.escape(name) for name, plan in plans.items() if plan.format == format]
+    return "|".join(names) if names else "(?!)"
