@@ -17,13 +17,8 @@ compared tensor by tensor. The table is printed and the numbers saved under benc
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,28 +31,6 @@ from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[3]))
 model.save_pretrained(sys.argv[2], max_shard_size="40GB")
 """
-
-
-def run_measured(command: list[str]) -> dict:
-    """Wall seconds and peak RSS (bytes) of one child process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(command)}\n{stderr[-2000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
-
-
-def in_helper_process(function: str, *args) -> object:
-    """Run one of this module's functions in a fresh interpreter and return its JSON result."""
-    code = f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import merge_memory as m; " \
-           f"print(json.dumps(m.{function}(*json.loads(sys.argv[1]))))"  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code, json.dumps([str(a) if isinstance(a, Path) else a
-                                                                      for a in args])],
-                            capture_output=True, text=True, check=True)  # fmt: skip
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def build_source(folder: str, layers: int, hidden: int, intermediate: int, vocab: int) -> int:
@@ -80,41 +53,9 @@ def build_source(folder: str, layers: int, hidden: int, intermediate: int, vocab
     return open_checkpoint(folder).total_bytes
 
 
-def outputs_identical(first: str, second: str) -> bool:
-    from workflow_scripts.formats.hf_checkpoint import open_checkpoint
-
-    ours, theirs = open_checkpoint(first).tensors, open_checkpoint(second).tensors
-    if ours.keys() != theirs.keys():
-        return False
-    return all(ours[name].load().equal(theirs[name].load()) for name in ours)
-
-
-def versions() -> dict:
-    from workflow_scripts.provenance import package_versions
-
-    return package_versions()
-
-
-def machine() -> dict:
-    import psutil
-
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)  # fmt: skip
-    return {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "platform": platform.platform(),
-    }
-
-
 def main() -> None:
     import psutil
-    from results_file import save_result
+    from harness import in_helper_process, machine, print_table, run_measured, save_result, summarize, versions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16)
@@ -131,7 +72,7 @@ def main() -> None:
     source = args.work_dir / "source"
     print(f"building the source model in {source} ...", flush=True)
     model_bytes = in_helper_process(
-        "build_source", source, args.layers, args.hidden_size, args.intermediate_size, args.vocab_size
+        "merge_memory", "build_source", source, args.layers, args.hidden_size, args.intermediate_size, args.vocab_size
     )
     source_bytes = sum(p.stat().st_size for p in source.glob("*.safetensors"))
     print(f"parent RSS before measuring: {psutil.Process().memory_info().rss / 1e6:.0f} MB")
@@ -156,24 +97,12 @@ def main() -> None:
                   f"{measured['peak_rss_bytes'] / 1e6:.0f} MB peak RSS", flush=True)  # fmt: skip
 
     identical = in_helper_process(
-        "outputs_identical", outputs["distillery consolidate"], outputs["transformers from/save_pretrained"]
+        "harness", "outputs_identical", outputs["distillery consolidate"], outputs["transformers from/save_pretrained"]
     )
-    summary = {}
-    for name, measurements in runs.items():
-        summary[name] = {
-            "best_wall_s": min(m["wall_s"] for m in measurements),
-            "max_peak_rss_bytes": max(m["peak_rss_bytes"] for m in measurements),
-            "runs": measurements,
-        }
-        summary[name]["peak_rss_share_of_model"] = round(summary[name]["max_peak_rss_bytes"] / model_bytes, 3)
-
+    summary = summarize(runs, model_bytes)
     ours, anchor = summary["distillery consolidate"], summary["transformers from/save_pretrained"]
     print()
-    print("| tool | best wall (s) | peak RSS (MB) | peak RSS / model bytes |")
-    print("|---|---|---|---|")
-    for name, row in summary.items():
-        print(f"| {name} | {row['best_wall_s']} | {row['max_peak_rss_bytes'] / 1e6:.0f} | "
-              f"{row['peak_rss_share_of_model']:.1%} |")  # fmt: skip
+    print_table(summary, model_bytes)
     goal_met = ours["peak_rss_share_of_model"] < 0.25 and ours["best_wall_s"] <= anchor["best_wall_s"]
     print(f"\nmodel: {model_bytes / 1e9:.2f} GB; outputs identical: {identical}; "
           f"goal (peak RSS < 25% of model, time <= transformers): {'met' if goal_met else 'NOT met'}")  # fmt: skip

@@ -152,7 +152,7 @@ def versions() -> dict:
 
 
 def main() -> None:
-    from results_file import save_result
+    from harness import save_result
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-vllm-compat"))

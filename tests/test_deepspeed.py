@@ -49,6 +49,21 @@ def test_master_weights_match_deepspeeds_zero_to_fp32_bit_for_bit(
 
 
 @pytest.mark.parametrize(("stage", "architecture"), STAGES)
+def test_tensors_read_through_memory_match_the_kernel_copies(deepspeed_run, stage, architecture):
+    """Both ways of reading a parameter (copied file to file, or gathered in memory) give DeepSpeed's values."""
+    from workflow_scripts.formats.deepspeed import locate_checkpoint, open_deepspeed_checkpoint
+
+    run = deepspeed_run(stage, architecture)
+    checkpoint = open_deepspeed_checkpoint(locate_checkpoint(run))
+    reference = deepspeed_fp32(run / "checkpoint-4")
+    trainable = [t for t in checkpoint.tensors.values() if t.byte_ranges]
+    assert trainable, "the rank files' records were not located"
+    for tensor in checkpoint.tensors.values():
+        if tensor.name in reference:
+            assert torch.equal(tensor.load(), reference[tensor.name]), tensor.name
+
+
+@pytest.mark.parametrize(("stage", "architecture"), STAGES)
 def test_consolidated_model_gives_the_trained_models_logits(deepspeed_run, run_cli, tmp_path, stage, architecture):
     from transformers import AutoModelForCausalLM
 

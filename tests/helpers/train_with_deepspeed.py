@@ -1,7 +1,8 @@
 """Fine-tune a tiny model with HF Trainer + DeepSpeed ZeRO on the CPU, as users do on GPUs.
 
-Run with `torchrun --nproc_per_node 2 train_with_deepspeed.py BASE_MODEL STAGE OUTPUT_DIR` and
-DS_ACCELERATOR=cpu (gloo). Writes OUTPUT_DIR/checkpoint-2 and checkpoint-4 (HF Trainer + DeepSpeed layout) and
+Run with `torchrun --nproc_per_node 2 train_with_deepspeed.py BASE_MODEL STAGE OUTPUT_DIR [MAX_STEPS SAVE_STEPS]`
+and DS_ACCELERATOR=cpu (gloo). Writes OUTPUT_DIR/checkpoint-2 and checkpoint-4 (by default; the HF Trainer +
+DeepSpeed layout) and
 OUTPUT_DIR/probe.pt: token ids and the trained model's logits for them, computed by the live DeepSpeed engine.
 """
 
@@ -24,6 +25,7 @@ class RandomTokens(Dataset):
 
 def main() -> None:
     base, stage, output = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    max_steps, save_steps = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 5 else (4, 2)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     # A frozen parameter: DeepSpeed stores it apart from the optimizer's partitions.
@@ -42,8 +44,8 @@ def main() -> None:
     arguments = TrainingArguments(
         output_dir=str(output),
         per_device_train_batch_size=2,
-        max_steps=4,
-        save_steps=2,
+        max_steps=max_steps,
+        save_steps=save_steps,
         learning_rate=1e-2,
         deepspeed=deepspeed_config,
         report_to=[],

@@ -109,12 +109,12 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
         progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="consolidate") as bar,
     ):
 
-        def produce(spec: TensorSpec) -> torch.Tensor | ByteRange | ConvertedRange:
+        def produce(spec: TensorSpec) -> torch.Tensor | list[ByteRange] | ConvertedRange:
             source = sources[spec.name]
-            if source.byte_range is not None and options.weights_format == "safetensors":
+            if source.byte_ranges and options.weights_format == "safetensors":
                 if source.dtype == spec.dtype:
-                    return source.byte_range
-                return ConvertedRange(source.byte_range, source.dtype)
+                    return list(source.byte_ranges)
+                return ConvertedRange(source.byte_ranges, source.dtype)
             tensor = source.load()
             return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
 

@@ -13,8 +13,11 @@ ZeRO 1/2 concatenate the ranks' partitions of each parameter group and cut the p
 `param_shapes` order (with `param_alignment_paddings` where recorded); ZeRO 3 partitions every parameter
 across ranks (ceil(numel / world_size) each, padded) in `param_shapes` order over the ranks' flat groups.
 Beyond zero_to_fp32, frozen parameters that a ZeRO-1 checkpoint does not list are taken from its module state.
-Files are memory-mapped; each parameter is copied out of the mapping and the pages it touched are released
-right away, so memory stays near the largest parameter, not the checkpoint.
+Files are memory-mapped only to read their structure: where each parameter's pieces lie in the rank files is
+worked out from the zip records, so a parameter that keeps its dtype is copied file to file by the kernel, and
+one that changes dtype is cast through a small buffer. Where the records cannot be located, each parameter is
+copied out of the mapping and the pages it touched are released at once. Either way memory stays near the
+largest parameter, not the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import torch
 from ..errors import DistilleryError, require_folder
 from .deepspeed_pickle import load_deepspeed_file
 from .hf_checkpoint import SourceTensor
-from .safetensors_file import dtype_itemsize
+from .safetensors_file import ByteRange, dtype_itemsize
+from .torch_zip import file_offset_finder
 
 _STEP_FOLDER = re.compile(r"checkpoint-(\d+)$")
 _TAG_STEP = re.compile(r"global_step(\d+)$")
@@ -155,7 +159,19 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
             folder,
             "was the checkpoint saved with its optimizer state (save_only_model=False)?",
         )
-    optim_states = [load_deepspeed_file(path, trust_pickle)["optimizer_state_dict"] for path in optim_files]
+    optim_states, flat_groups = [], []
+    group_key = None
+    for path in optim_files:
+        loaded = load_deepspeed_file(path, trust_pickle)
+        optim = loaded["optimizer_state_dict"]
+        group_key = group_key or (
+            "single_partition_of_fp32_groups" if int(optim.get("zero_stage", 3)) <= 2 else "fp32_flat_groups"
+        )
+        offset_of = file_offset_finder(path, loaded)
+        flat_groups.append(
+            [_Partition(group, path, offset_of(group) if offset_of else None) for group in optim.get(group_key, [])]
+        )
+        optim_states.append(optim)
     first = optim_states[0]
     if "zero_stage" not in first:
         raise DistilleryError("is not a ZeRO optimizer state (no zero_stage)", optim_files[0])
@@ -209,8 +225,6 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
             lambda f=fragments, s=tuple(shape): _gather_frozen(f, s, zero_stage),
         )
 
-    group_key = "single_partition_of_fp32_groups" if zero_stage <= 2 else "fp32_flat_groups"
-    flat_groups = [optim[group_key] for optim in optim_states]
     if zero_stage <= 2:
         paddings = first.get("param_alignment_paddings")
         _add_zero2_params(tensors, state["param_shapes"], flat_groups, paddings, world_size, optim_files[0])
@@ -245,39 +259,73 @@ def _gather_frozen(fragments: list[torch.Tensor], shape: tuple[int, ...], zero_s
     return torch.cat([f.reshape(-1) for f in fragments])[:numel].clone().view(shape)
 
 
-def _copy_range(groups: list[torch.Tensor], start: int, out: torch.Tensor) -> None:
-    """Fill `out` with elements [start, start + len(out)) of the concatenation of `groups`."""
-    position, filled = 0, 0
-    for group in groups:
-        end = position + group.numel()
-        if filled < out.numel() and end > start + filled:
+@dataclass(frozen=True)
+class _Partition:
+    """One rank's flat fp32 group: the mapped tensor, and where its bytes are in its file (when known)."""
+
+    tensor: torch.Tensor
+    path: Path
+    file_offset: int | None
+
+
+def _pieces(partitions: list[_Partition], start: int, count: int) -> list[tuple[_Partition, int, int]]:
+    """(partition, first element, number of elements) covering [start, start + count) of the partitions laid
+    end to end."""
+    pieces, position, filled = [], 0, 0
+    for partition in partitions:
+        end = position + partition.tensor.numel()
+        if filled < count and end > start + filled:
             begin = start + filled - position
-            take = min(out.numel() - filled, group.numel() - begin)
-            piece = group.reshape(-1)[begin : begin + take]
-            out[filled : filled + take].copy_(piece)
-            _release_pages(piece)
+            take = min(count - filled, partition.tensor.numel() - begin)
+            pieces.append((partition, begin, take))
             filled += take
         position = end
-    if filled != out.numel():
+    if filled != count:
         raise ValueError("parameter runs past the end of its partition")
+    return pieces
+
+
+def _byte_ranges(pieces: list[tuple[_Partition, int, int]]) -> tuple[ByteRange, ...]:
+    if any(partition.file_offset is None for partition, _, _ in pieces):
+        return ()
+    return tuple(
+        ByteRange(p.path, p.file_offset + begin * p.tensor.element_size(), take * p.tensor.element_size())
+        for p, begin, take in pieces
+    )
+
+
+def _load_pieces(pieces: list[tuple[_Partition, int, int]], shape: tuple[int, ...]) -> torch.Tensor:
+    out = torch.empty(sum(take for _, _, take in pieces), dtype=pieces[0][0].tensor.dtype)
+    filled = 0
+    for partition, begin, take in pieces:
+        piece = partition.tensor.reshape(-1)[begin : begin + take]
+        out[filled : filled + take].copy_(piece)
+        _release_pages(piece)
+        filled += take
+    return out.view(shape)
+
+
+def _source(name: str, pieces, shape: tuple[int, ...], anchor: Path) -> SourceTensor:
+    return SourceTensor(
+        name,
+        pieces[0][0].tensor.dtype,
+        shape,
+        anchor,
+        lambda: _load_pieces(pieces, shape),
+        _byte_ranges(pieces),
+    )
 
 
 def _add_zero2_params(tensors, param_shapes, flat_groups, paddings, world_size, anchor: Path) -> None:
     """Stage 1/2: group i is the concatenation over ranks of each rank's partition i."""
     for group_index, shapes in enumerate(param_shapes):
         partitions = [rank_groups[group_index] for rank_groups in flat_groups]
-        available = sum(p.numel() for p in partitions)
+        available = sum(p.tensor.numel() for p in partitions)
         offset = 0
         group_paddings = paddings[group_index] if paddings is not None else None
         for param_index, (name, shape) in enumerate(shapes.items()):
             numel = math.prod(shape)
-            tensors[name] = SourceTensor(
-                name,
-                partitions[0].dtype,
-                tuple(shape),
-                anchor,
-                lambda p=partitions, o=offset, s=tuple(shape): _gather(p, o, s),
-            )
+            tensors[name] = _source(name, _pieces(partitions, offset, numel), tuple(shape), anchor)
             offset += numel
             if group_paddings is not None:
                 offset += group_paddings[param_index]
@@ -290,27 +338,21 @@ def _add_zero2_params(tensors, param_shapes, flat_groups, paddings, world_size, 
             )
 
 
-def _gather(partitions: list[torch.Tensor], offset: int, shape: tuple[int, ...]) -> torch.Tensor:
-    out = torch.empty(math.prod(shape), dtype=partitions[0].dtype)
-    _copy_range(partitions, offset, out)
-    return out.view(shape)
-
-
 def _add_zero3_params(tensors, param_shapes, flat_groups, world_size, anchor: Path) -> None:
-    """Stage 3: every parameter is split over the ranks, ceil(numel / world_size) elements each."""
+    """Stage 3: every parameter is split over the ranks, ceil(numel / world_size) elements each, the last
+    rank's share padded; each rank's groups are laid end to end."""
     shapes = {name: shape for group in param_shapes for name, shape in group.items()}
-    available = sum(g.numel() for g in flat_groups[0]) * world_size
+    available = sum(p.tensor.numel() for p in flat_groups[0]) * world_size
     offset = 0
     for name, shape in shapes.items():
         numel = math.prod(shape)
         per_rank = math.ceil(numel / world_size)
-        tensors[name] = SourceTensor(
-            name,
-            flat_groups[0][0].dtype,
-            tuple(shape),
-            anchor,
-            lambda o=offset, n=per_rank, s=tuple(shape): _gather_zero3(flat_groups, o, n, s),
-        )
+        pieces = []
+        for rank, groups in enumerate(flat_groups):
+            wanted = min(per_rank, numel - rank * per_rank)
+            if wanted > 0:
+                pieces += _pieces(groups, offset, wanted)
+        tensors[name] = _source(name, pieces, tuple(shape), anchor)
         offset += per_rank
     if offset * world_size != available:
         raise DistilleryError(
@@ -318,23 +360,3 @@ def _add_zero3_params(tensors, param_shapes, flat_groups, world_size, anchor: Pa
             anchor.parent,
             "the model and optimizer files come from different saves",
         )
-
-
-def _gather_zero3(flat_groups, offset: int, per_rank: int, shape: tuple[int, ...]) -> torch.Tensor:
-    numel = math.prod(shape)
-    padded = torch.empty(per_rank * len(flat_groups), dtype=flat_groups[0][0].dtype)
-    for rank, groups in enumerate(flat_groups):
-        _copy_range(groups, offset, padded[rank * per_rank : (rank + 1) * per_rank])
-    return padded[:numel].view(shape) if numel == padded.numel() else padded[:numel].clone().view(shape)
-
-
-def largest_parameter_bytes(path: Path) -> int:
-    """Bytes of the largest parameter in fp32, from the model states' `param_shapes` (no tensor data read)."""
-    location = locate_checkpoint(path)
-    model_files = sorted(location.tag_folder.glob("*model_states.pt"))
-    if not model_files:
-        raise DistilleryError("has no *_model_states.pt file", location.tag_folder)
-    state = load_deepspeed_file(model_files[0])
-    shapes = [shape for group in state.get("param_shapes", []) for shape in group.values()]
-    shapes += list((state.get("frozen_param_shapes") or {}).values())
-    return 4 * max((math.prod(shape) for shape in shapes), default=0)

@@ -32,8 +32,8 @@ class SourceTensor:
     shape: tuple[int, ...]
     file: Path
     loader: Callable[[], torch.Tensor] = field(repr=False, compare=False)
-    # Where the raw bytes can be copied from unchanged (safetensors sources only).
-    byte_range: safetensors_file.ByteRange | None = None
+    # Where the raw bytes lie in files, in order, when they can be copied without loading (else empty).
+    byte_ranges: tuple[safetensors_file.ByteRange, ...] = ()
 
     def load(self) -> torch.Tensor:
         return self.loader()
@@ -178,7 +178,7 @@ def _tensors_of_file(weight_file: Path, bin_cache: _BinShardCache) -> list[Sourc
     if weight_file.suffix == ".safetensors":
         header = safetensors_file.read_header(weight_file)
         return [
-            SourceTensor(ref.name, ref.dtype, ref.shape, weight_file, ref.load, ref.byte_range())
+            SourceTensor(ref.name, ref.dtype, ref.shape, weight_file, ref.load, (ref.byte_range(),))
             for ref in header.tensors.values()
         ]
     state = torch_bin.load_state_dict(weight_file)

@@ -62,10 +62,14 @@ class ByteRange:
 
 @dataclass(frozen=True)
 class ConvertedRange:
-    """A tensor's raw bytes in `source_dtype`, to be written cast to the declared dtype, a chunk at a time."""
+    """A tensor's raw bytes in `source_dtype` (in one or more pieces), to be written cast to the declared dtype."""
 
-    source: ByteRange
+    sources: tuple[ByteRange, ...]
     source_dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(source.nbytes for source in self.sources)
 
 
 _CHUNK_BYTES = 32 << 20
@@ -247,36 +251,41 @@ class SafetensorsWriter:
             )
         _, inbound, outbound = self._buffers
         raw_in = memoryview(inbound.view(torch.uint8).numpy())
-        total_items = converted.source.nbytes // source_size
         writes: list[Future | None] = [None, None]
-        with open(converted.source.path, "rb", buffering=0) as handle:
-            handle.seek(converted.source.offset)
-            done, turn = 0, 0
-            while done < total_items:
-                count = min(chunk_items, total_items - done)
-                _read_exactly(handle, raw_in[: count * source_size], converted.source.path)
-                if writes[turn] is not None:
-                    writes[turn].result()  # this buffer's previous write must be out before it is reused
-                outbound[turn][:count].copy_(inbound[:count])
-                chunk = outbound[turn][:count].view(torch.uint8).numpy()
-                writes[turn] = self._executor.submit(self._write_all, chunk)
-                done += count
-                turn = 1 - turn
+        turn = 0
+        for source in converted.sources:
+            with open(source.path, "rb", buffering=0) as handle:
+                handle.seek(source.offset)
+                total_items, done = source.nbytes // source_size, 0
+                while done < total_items:
+                    count = min(chunk_items, total_items - done)
+                    _read_exactly(handle, raw_in[: count * source_size], source.path)
+                    if writes[turn] is not None:
+                        writes[turn].result()  # this buffer's previous write must be out before it is reused
+                    outbound[turn][:count].copy_(inbound[:count])
+                    chunk = outbound[turn][:count].view(torch.uint8).numpy()
+                    writes[turn] = self._executor.submit(self._write_all, chunk)
+                    done += count
+                    turn = 1 - turn
         for write in writes:
             if write is not None:
                 write.result()
 
-    def write(self, name: str, tensor: torch.Tensor | ByteRange | ConvertedRange) -> None:
+    def write(self, name: str, tensor: torch.Tensor | ByteRange | list[ByteRange] | ConvertedRange) -> None:
         spec = self._specs[self._next]
+        if isinstance(tensor, ByteRange):
+            tensor = [tensor]
         if isinstance(tensor, ConvertedRange):
             expected = spec.nbytes // dtype_itemsize(spec.dtype) * dtype_itemsize(tensor.source_dtype)
-            if name != spec.name or tensor.source.nbytes != expected:
+            if name != spec.name or tensor.nbytes != expected:
                 raise ValueError(f"expected {spec.name} of {expected} source bytes, got {name}")
             self._copy_converted(tensor, spec.dtype)
-        elif isinstance(tensor, ByteRange):
-            if name != spec.name or tensor.nbytes != spec.nbytes:
-                raise ValueError(f"expected {spec.name} of {spec.nbytes} bytes, got {name} of {tensor.nbytes}")
-            self._copy_range(tensor)
+        elif isinstance(tensor, list):
+            nbytes = sum(piece.nbytes for piece in tensor)
+            if name != spec.name or nbytes != spec.nbytes:
+                raise ValueError(f"expected {spec.name} of {spec.nbytes} bytes, got {name} of {nbytes}")
+            for piece in tensor:
+                self._copy_range(piece)
         else:
             if name != spec.name or tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
                 raise ValueError(

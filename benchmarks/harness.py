@@ -1,0 +1,106 @@
+"""Shared parts of the benchmarks: measuring a child process, describing the machine, saving results.
+
+A child's peak RSS comes from `wait4`'s ru_maxrss, which starts from the parent's RSS at fork time, so the
+parent (the benchmark script) keeps torch out of its own process: heavy steps run in helper interpreters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_measured(command: list[str]) -> dict:
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    stderr = process.stderr.read().decode() if process.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(command)}\n{stderr[-2000:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+
+
+def in_helper_process(module: str, function: str, *args) -> object:
+    """Run `module.function(*args)` (a benchmark module) in a fresh interpreter and return its JSON result."""
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); sys.path.insert(0, {str(HERE.parent)!r}); "
+        f"import {module} as m; print(json.dumps(m.{function}(*json.loads(sys.argv[1]))))"
+    )
+    arguments = json.dumps([str(a) if isinstance(a, Path) else a for a in args])
+    result = subprocess.run([sys.executable, "-c", code, arguments], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{module}.{function} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def outputs_identical(first: str, second: str) -> bool:
+    """Same tensor names, dtypes and values in two model folders (call through in_helper_process)."""
+    from workflow_scripts.formats.hf_checkpoint import open_checkpoint
+
+    ours, theirs = open_checkpoint(first).tensors, open_checkpoint(second).tensors
+    if ours.keys() != theirs.keys():
+        return False
+    return all(ours[name].load().equal(theirs[name].load()) for name in ours)
+
+
+def versions() -> dict:
+    from workflow_scripts.provenance import package_versions
+
+    return package_versions()
+
+
+def machine() -> dict:
+    import psutil
+
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)  # fmt: skip
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+    }
+
+
+def save_result(results_dir: Path, name: str, record: dict) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = results_dir / f"{name}-{stamp}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"saved {path}")
+    return path
+
+
+def print_table(summary: dict[str, dict], model_bytes: int) -> None:
+    print("| tool | best wall (s) | peak RSS (MB) | peak RSS / model bytes |")
+    print("|---|---|---|---|")
+    for name, row in summary.items():
+        print(f"| {name} | {row['best_wall_s']} | {row['max_peak_rss_bytes'] / 1e6:.0f} | "
+              f"{row['max_peak_rss_bytes'] / model_bytes:.1%} |")  # fmt: skip
+
+
+def summarize(runs: dict[str, list[dict]], model_bytes: int) -> dict[str, dict]:
+    summary = {}
+    for name, measurements in runs.items():
+        peak = max(m["peak_rss_bytes"] for m in measurements)
+        summary[name] = {
+            "best_wall_s": min(m["wall_s"] for m in measurements),
+            "max_peak_rss_bytes": peak,
+            "peak_rss_share_of_model": round(peak / model_bytes, 3),
+            "runs": measurements,
+        }
+    return summary
