@@ -193,3 +193,12 @@ def test_pickle_with_a_class_outside_the_allow_list(damaged_run, run_cli, tmp_pa
     refused(result, tmp_path / "out", str(optim), "Intruder", "not on distillery's allow-list", "--trust-pickle")
     trusted = run_cli("consolidate", "--input", damaged_run, "--output", tmp_path / "out", "--trust-pickle")
     assert trusted.exit_code == 0, trusted.stderr
+
+
+def test_memory_request_is_sized_from_the_largest_parameter(deepspeed_run):
+    from workflow_scripts.formats.deepspeed import largest_parameter_bytes
+    from workflow_scripts.workflow.resources import deepspeed_mem_mb
+
+    # The tiny Llama's largest parameters are the 512 x 64 embedding and output head, in fp32.
+    assert largest_parameter_bytes(deepspeed_run(2) / "checkpoint-4") == 512 * 64 * 4
+    assert deepspeed_mem_mb(deepspeed_run(2) / "checkpoint-4") == 2048

@@ -360,3 +360,15 @@ def _add_zero3_params(tensors, param_shapes, flat_groups, world_size, anchor: Pa
             anchor.parent,
             "the model and optimizer files come from different saves",
         )
+
+
+def largest_parameter_bytes(path: Path) -> int:
+    """Bytes of the largest parameter in fp32, from the model states' `param_shapes` (no tensor data read)."""
+    location = locate_checkpoint(path)
+    model_files = sorted(location.tag_folder.glob("*model_states.pt"))
+    if not model_files:
+        raise DistilleryError("has no *_model_states.pt file", location.tag_folder)
+    state = load_deepspeed_file(model_files[0])
+    shapes = [shape for group in state.get("param_shapes", []) for shape in group.values()]
+    shapes += list((state.get("frozen_param_shapes") or {}).values())
+    return 4 * max((math.prod(shape) for shape in shapes), default=0)
