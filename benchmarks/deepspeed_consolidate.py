@@ -65,7 +65,7 @@ def train_zero3(base: Path, run: Path) -> None:
 
 
 def main() -> None:
-    from harness import in_helper_process, machine, print_table, run_measured, save_result, summarize, versions
+    from harness import in_helper_process, machine, measure_rounds, print_table, save_result, summarize, versions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=6)
@@ -96,14 +96,7 @@ def main() -> None:
         names[0]: [distillery, "consolidate", "--input", str(run), "--output", str(outputs[names[0]])],
         names[1]: [sys.executable, "-c", ANCHOR, str(checkpoint), str(outputs[names[1]])],
     }
-    runs: dict[str, list[dict]] = {name: [] for name in names}
-    for round_index in range(args.repeats):
-        for name, command in commands.items():
-            shutil.rmtree(outputs[name], ignore_errors=True)
-            measured = run_measured(command)
-            runs[name].append(measured)
-            print(f"round {round_index + 1} {name}: {measured['wall_s']} s, "
-                  f"{measured['peak_rss_bytes'] / 1e6:.0f} MB peak RSS", flush=True)  # fmt: skip
+    runs = measure_rounds(commands, outputs, args.repeats)
 
     identical = in_helper_process("harness", "outputs_identical", outputs[names[0]], outputs[names[1]])
     summary = summarize(runs, model_bytes)

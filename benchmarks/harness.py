@@ -104,3 +104,18 @@ def summarize(runs: dict[str, list[dict]], model_bytes: int) -> dict[str, dict]:
             "runs": measurements,
         }
     return summary
+
+
+def measure_rounds(commands: dict[str, list[str]], outputs: dict[str, Path], repeats: int) -> dict[str, list[dict]]:
+    """Run each command `repeats` times, alternating them, each into a freshly emptied output folder."""
+    import shutil
+
+    runs: dict[str, list[dict]] = {name: [] for name in commands}
+    for round_index in range(repeats):
+        for name, command in commands.items():
+            shutil.rmtree(outputs[name], ignore_errors=True)
+            measured = run_measured(command)
+            runs[name].append(measured)
+            print(f"round {round_index + 1} {name}: {measured['wall_s']} s, "
+                  f"{measured['peak_rss_bytes'] / 1e6:.0f} MB peak RSS", flush=True)  # fmt: skip
+    return runs

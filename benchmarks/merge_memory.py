@@ -55,7 +55,7 @@ def build_source(folder: str, layers: int, hidden: int, intermediate: int, vocab
 
 def main() -> None:
     import psutil
-    from harness import in_helper_process, machine, print_table, run_measured, save_result, summarize, versions
+    from harness import in_helper_process, machine, measure_rounds, print_table, save_result, summarize, versions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16)
@@ -79,7 +79,6 @@ def main() -> None:
     print(f"source: {model_bytes / 1e9:.2f} GB of float32 tensors in {len(list(source.glob('*.safetensors')))} shards")
 
     distillery = shutil.which("distillery") or "distillery"
-    runs: dict[str, list[dict]] = {"distillery consolidate": [], "transformers from/save_pretrained": []}
     outputs = {"distillery consolidate": args.work_dir / "out-distillery",
                "transformers from/save_pretrained": args.work_dir / "out-transformers"}  # fmt: skip
     commands = {
@@ -88,13 +87,7 @@ def main() -> None:
         "transformers from/save_pretrained": [sys.executable, "-c", ANCHOR, str(source),
                                               str(outputs["transformers from/save_pretrained"]), args.dtype],
     }  # fmt: skip
-    for round_index in range(args.repeats):
-        for name, command in commands.items():
-            shutil.rmtree(outputs[name], ignore_errors=True)
-            measured = run_measured(command)
-            runs[name].append(measured)
-            print(f"round {round_index + 1} {name}: {measured['wall_s']} s, "
-                  f"{measured['peak_rss_bytes'] / 1e6:.0f} MB peak RSS", flush=True)  # fmt: skip
+    runs = measure_rounds(commands, outputs, args.repeats)
 
     identical = in_helper_process(
         "harness", "outputs_identical", outputs["distillery consolidate"], outputs["transformers from/save_pretrained"]

@@ -25,3 +25,9 @@ def require_folder(path: str | Path, hint: str = "check the path") -> Path:
     if not path.is_dir():
         raise DistilleryError("is not a folder", path, "pass the folder, not a file in it")
     return path
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its class name: for one-line errors about a library's."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__

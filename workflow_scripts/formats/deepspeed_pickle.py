@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DistilleryError
+from ..errors import DistilleryError, first_line
 
 
 class InertObject:
@@ -61,7 +61,7 @@ def load_deepspeed_file(path: Path, trust_pickle: bool = False) -> dict:
             "if you trust this checkpoint, pass --trust-pickle",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        message = first_line(exc)
         raise DistilleryError(
             f"cannot read this DeepSpeed file ({message})", path, "it may be truncated: copy it again"
         ) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DistilleryError
+from ..errors import DistilleryError, first_line
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -20,14 +20,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
         raise DistilleryError(
-            f"refused to unpickle: {first_line}",
+            f"refused to unpickle: {first_line(exc)}",
             path,
             "it holds objects other than tensors; re-save it as safetensors",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        message = first_line(exc)
         raise DistilleryError(
             f"cannot read this PyTorch file ({message})", path, "copy or re-save the file; it may be truncated"
         ) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DistilleryError
+from ..errors import DistilleryError, first_line
 
 
 def read_config_json(path: str | Path) -> dict:
@@ -36,7 +36,7 @@ def load_config(folder: str | Path):
     try:
         return AutoConfig.from_pretrained(folder, local_files_only=True)
     except (ValueError, KeyError, TypeError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        message = first_line(exc)
         raise DistilleryError(f"transformers cannot read it ({message})", folder / "config.json") from None
 
 

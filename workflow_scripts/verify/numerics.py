@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DistilleryError
+from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
 from ..models.architecture import load_config
 from .report import FAIL, PASS, Check
@@ -57,7 +57,7 @@ def load_model_float32(folder: Path, config_folder: Path | None = None, own_read
             try:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                message = first_line(exc)
                 raise DistilleryError(f"transformers cannot load it ({message})", folder) from None
             return model.eval()
         config = load_config(folder if (folder / "config.json").is_file() else config_folder)

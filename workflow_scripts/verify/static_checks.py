@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DistilleryError
+from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint, safetensors_file
 from ..formats.hf_checkpoint import HFCheckpoint
 from ..models.architecture import expected_weights, load_config
@@ -121,7 +121,7 @@ def check_tokenizer_vocab(folder: Path, config) -> Check:
 
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is reported, not raised
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        message = first_line(exc)
         return Check("tokenizer", FAIL, "tokenizer loads", message)
     size = len(tokenizer)
     if size > config.vocab_size:
