@@ -70,22 +70,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
         raise DistilleryError("output already exists", options.output, "pass --force to replace it")
 
     base_model = resolve_base_model(options.base_model_name)
-    if input_type == "deepspeed":
-        location = deepspeed.locate_checkpoint(options.input, options.tag, options.checkpoint_dir)
-        checkpoint = deepspeed.open_deepspeed_checkpoint(location, options.trust_pickle)
-        files_folder = location.step_folder
-        source_details = {
-            "checkpoint": str(location.tag_folder.resolve()),
-            "tag": location.tag,
-            "step": location.step,
-            "zero_stage": checkpoint.zero_stage,
-            "world_size": checkpoint.world_size,
-            "deepspeed_version": checkpoint.ds_version,
-        }
-    else:
-        checkpoint = hf_checkpoint.open_checkpoint(options.input)
-        files_folder = options.input
-        source_details = {}
+    checkpoint, files_folder, source_details = _open_source(options, input_type)
     config_folder = _config_folder(files_folder, base_model)
     config = load_config(config_folder)
     check_fits_architecture(checkpoint.tensors, config, checkpoint_path=files_folder, config_path=config_folder)
@@ -152,6 +137,23 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
         if options.validate_vllm:
             _validate_for_vllm(staging, options.output)
     return ConsolidationResult(options.output, input_type, len(plan), total_bytes, files, dropped)
+
+
+def _open_source(options: ConsolidateOptions, input_type: str):
+    """(the tensors' source, the folder holding its config and tokenizer files, provenance details)."""
+    if input_type != "deepspeed":
+        return hf_checkpoint.open_checkpoint(options.input), options.input, {}
+    location = deepspeed.locate_checkpoint(options.input, options.tag, options.checkpoint_dir)
+    checkpoint = deepspeed.open_deepspeed_checkpoint(location, options.trust_pickle)
+    details = {
+        "checkpoint": str(location.tag_folder.resolve()),
+        "tag": location.tag,
+        "step": location.step,
+        "zero_stage": checkpoint.zero_stage,
+        "world_size": checkpoint.world_size,
+        "deepspeed_version": checkpoint.ds_version,
+    }
+    return checkpoint, location.step_folder, details
 
 
 def _config_folder(files_folder: Path, base_model: Path | None) -> Path:

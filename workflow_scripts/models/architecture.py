@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import dataclass
@@ -50,7 +51,15 @@ class ExpectedWeights:
 
 
 def expected_weights(config) -> ExpectedWeights:
+    # A conversion asks several times (fit check, ties, validation); building the meta model once is enough.
+    return _expected_weights_of(config.to_json_string(use_diff=False), type(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_weights_of(config_json: str, config_class) -> ExpectedWeights:
     from transformers import AutoModelForCausalLM
+
+    config = config_class.from_dict(json.loads(config_json))
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
