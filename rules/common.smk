@@ -17,6 +17,8 @@ DEEPSPEED_MODELS = names_regex(MODELS, "deepspeed")
 wildcard_constraints:
     model="[^/]+",
     source="[^/]+",
+    tp="\\d+",
+    pp="\\d+",
 
 
 def model_config(model):
@@ -92,6 +94,27 @@ def tiny_model_flags(wildcards):
     return " ".join(
         f"--{key.replace('_', '-')} {value}" for key, value in settings.items()
     )
+
+
+def plan_reports(wildcards):
+    return [
+        f"{RESULTS}/models/{wildcards.model}/plans/tp{size['tp']}_pp{size['pp']}.json"
+        for size in VERIFY["parallel_sizes"]
+    ]
+
+
+def plans_flags(wildcards, input):
+    return " ".join(f"--plans {path}" for path in input.plans)
+
+
+def budget_flags(wildcards):
+    flags = [
+        f"--max-model-len {VERIFY['max_model_len']}",
+        f"--batch {VERIFY['serving_batch']}",
+    ]
+    if VERIFY.get("gpu_memory_gib"):
+        flags.append(f"--gpu-memory {VERIFY['gpu_memory_gib']}")
+    return " ".join(flags)
 
 
 def all_outputs():

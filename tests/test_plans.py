@@ -197,3 +197,18 @@ def test_fewer_kv_heads_than_t_that_do_not_divide_it_are_refused():
     report = validate_plans(meta_llama(num_key_value_heads=4, hidden_size=3072, num_attention_heads=24), 6, 1)
     assert status(report, "tp_kv_heads") == "fail"
     assert "T=6 is neither a divisor nor a multiple of the 4 KV heads" in detail(report, "tp_kv_heads")
+
+
+def test_verification_report_carries_a_tp_pp_section(tiny_model, run_cli, tmp_path):
+    model = tiny_model("llama", "safetensors")
+    for tp in (2, 3):
+        result = run_cli("validate-plans", model, "--tp", tp, "--output", tmp_path / f"tp{tp}.json", "--report-only")
+        assert result.exit_code == 0
+    report = tmp_path / "verification.json"
+    result = run_cli(
+        "verify", model, "--plans", tmp_path / "tp2.json", "--plans", tmp_path / "tp3.json", "--report", report
+    )
+    assert result.exit_code == 1
+    assert "✓ vLLM split at T=2, P=1" in result.stdout
+    assert "✗ vLLM split at T=3, P=1: attention heads split over T=3: 4 heads are not divisible by 3" in result.stdout
+    assert json.loads(report.read_text())["failed_checks"] == ["parallel:T=3, P=1"]

@@ -52,6 +52,11 @@ def test_default_config_leaves_a_passing_report_per_model(finished_run):
         assert (finished_run / f"results/models/{model}/hf/model.safetensors").is_file()
         assert (finished_run / f"logs/verify_model/{model}.log").read_text().rstrip().endswith("Ready for vLLM")
         assert (finished_run / f"results/benchmarks/hf_merge/{model}.tsv").is_file()
+        # The TP/PP section: one line per configured size, each from its validate_plans report.
+        parallel = {c["name"]: c["status"] for c in report["checks"] if c["name"].startswith("parallel:")}
+        assert parallel == {"parallel:T=2, P=1": "pass", "parallel:T=1, P=2": "pass"}
+        plan = json.loads((finished_run / f"results/models/{model}/plans/tp2_pp1.json").read_text())
+        assert plan["passed"]
 
 
 def test_finished_run_has_nothing_to_do(finished_run):
@@ -66,6 +71,8 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
     shutil.rmtree(workdir / "results/models/tiny-llama/hf")
     assert planned_jobs(snakemake(workdir, "-n")) == [
         ("hf_merge", "model=tiny-llama"),
+        ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
+        ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
         ("verify_model", "model=tiny-llama"),
     ]
 
@@ -125,6 +132,7 @@ def test_model_without_numeric_reference_is_verified_statically(tmp_path):
 def deepspeed_config(tmp_path: Path, run: Path, base: Path, step) -> Path:
     def use_deepspeed(config):
         config["tiny_models"] = {}
+        config["verify"]["parallel_sizes"] = []
         config["models"] = {
             "ft": {"source": {"format": "deepspeed", "path": str(run), "step": step}, "base_model": str(base)}
         }

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .numerics import DEFAULT_PROBE_PROMPTS, check_numerics
-from .report import FAIL, SKIP, Check, Report
+from .report import FAIL, PASS, SKIP, WARN, Check, Report
 from .static_checks import run_static_checks
 
 
@@ -15,6 +16,7 @@ def verify_model(
     expect_single_file: bool = False,
     probe_prompts: list[str] | tuple[str, ...] = DEFAULT_PROBE_PROMPTS,
     tolerances: dict[str, float] | None = None,
+    plan_reports: list[Path] | tuple[Path, ...] = (),
 ) -> Report:
     model_path = Path(model_path)
     checks = run_static_checks(model_path, expect_single_file=expect_single_file)
@@ -24,8 +26,24 @@ def verify_model(
         checks.append(Check("numerics", SKIP, "logits match the reference", "skipped: earlier checks failed"))
     else:
         checks.append(check_numerics(model_path, Path(reference_path), probe_prompts, tolerances))
+    checks += [parallel_check(Path(path)) for path in plan_reports]
     return Report(
         model_path=str(model_path),
         checks=checks,
         reference_path=str(reference_path) if reference_path else None,
     )
+
+
+def parallel_check(plan_report: Path) -> Check:
+    """One line of the report's TP/PP section, from a `validate-plans` JSON report."""
+    data = json.loads(Path(plan_report).read_text())
+    label = data["model_path"].rsplit(" at ", 1)[-1]
+    failed = [c for c in data["checks"] if c["status"] == FAIL]
+    warned = [c for c in data["checks"] if c["status"] == WARN]
+    if failed:
+        status, detail = FAIL, "; ".join(f"{c['title']}: {c['detail']}" for c in failed)
+    elif warned:
+        status, detail = WARN, "; ".join(f"{c['title']}: {c['detail']}" for c in warned)
+    else:
+        status, detail = PASS, "every split and plan check passed"
+    return Check(f"parallel:{label}", status, f"vLLM split at {label}", detail, {"report": str(plan_report)})
