@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -72,10 +73,18 @@ def run_case(work: Path, name: str, sizes: dict, tp: int, pp: int, skip_vllm: bo
     if result_lines:
         row["vllm_tokens"] = json.loads(result_lines[-1][7:])["tokens"]
     else:
-        errors = [line for line in loaded.stderr.splitlines() if "Error" in line or "error" in line]
-        row["vllm_error"] = (errors[-1] if errors else loaded.stderr.strip().splitlines()[-1:] or [""])[0][-400:]
+        # The root cause is the first exception line; later ones are the engine's wrappers around it.
+        causes = [line.strip() for line in loaded.stderr.splitlines() if re.match(r"\s*\w*(Error|Exception)\b", line)]
+        tail = loaded.stderr.strip().splitlines()
+        row["vllm_error"] = (causes[0] if causes else tail[-1] if tail else "")[-400:]
+        row["vllm_stderr_tail"] = "\n".join(tail[-40:])
     row["agree"] = row["validator_accepts"] == row["vllm_serves"]
     return row
+
+
+def gpu_names() -> list[str]:
+    probe = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+    return probe.stdout.strip().splitlines() if probe.returncode == 0 else []
 
 
 def main() -> None:
@@ -86,10 +95,12 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-parallel-plans"))
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--cases", help="comma-separated indexes of CASES to run (default: all)")
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, sizes, tp, pp in CASES:
+    chosen = [CASES[int(i)] for i in args.cases.split(",")] if args.cases else CASES
+    for name, sizes, tp, pp in chosen:
         rows.append(run_case(args.work_dir, name, sizes, tp, pp, args.skip_vllm))
         print(json.dumps(rows[-1]), flush=True)
     print("\n| case | T | P | validate-plans | vLLM | agree |\n|---|---|---|---|---|---|")
@@ -101,7 +112,7 @@ def main() -> None:
         "benchmark": "parallel_plans_vllm",
         "date": datetime.now(timezone.utc).isoformat(),
         "command": [sys.executable, *sys.argv],
-        "machine": {"host": platform.node(), "platform": platform.platform()},
+        "machine": {"host": platform.node(), "platform": platform.platform(), "gpus": gpu_names()},
         "versions": versions(),
         "cases": rows,
     }
