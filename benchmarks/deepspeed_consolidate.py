@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,7 +64,7 @@ def train_zero3(base: Path, run: Path) -> None:
 
 
 def main() -> None:
-    from harness import in_helper_process, machine, measure_rounds, print_table, save_result, summarize, versions
+    from harness import in_helper_process, measure_rounds, new_record, print_table, save_result, summarize
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=6)
@@ -109,13 +108,9 @@ def main() -> None:
           f"{rss_ratio:.1%} of DeepSpeed's; goal (identical, <= 25% RSS, no slower): "
           f"{'met' if goal_met else 'NOT met'}")  # fmt: skip
 
-    record = {
-        "benchmark": "deepspeed_consolidate",
-        "date": datetime.now(timezone.utc).isoformat(),
-        "command": [sys.executable, *sys.argv],
-        "machine": machine(),
-        "versions": versions(),
-        "workload": {
+    record = new_record(
+        "deepspeed_consolidate",
+        workload={
             "layers": args.layers,
             "hidden_size": args.hidden_size,
             "intermediate_size": args.intermediate_size,
@@ -125,11 +120,11 @@ def main() -> None:
             "checkpoint": "HF Trainer + DeepSpeed ZeRO-3, 2 ranks (gloo, CPU), fp32, Adam",
             "output": "one float32 model.safetensors",
         },  # fmt: skip
-        "outputs_identical": identical,
-        "peak_rss_ratio_to_deepspeed": round(rss_ratio, 3),
-        "goal_met": goal_met,
-        "results": summary,
-    }
+        outputs_identical=identical,
+        peak_rss_ratio_to_deepspeed=round(rss_ratio, 3),
+        goal_met=goal_met,
+        results=summary,
+    )
     save_result(args.results_dir, "deepspeed_consolidate", record)
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)

@@ -76,6 +76,28 @@ def machine() -> dict:
     }
 
 
+def gpu_names() -> list[str]:
+    try:
+        probe = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        return []
+    return probe.stdout.strip().splitlines() if probe.returncode == 0 else []
+
+
+def new_record(benchmark: str, machine_info: dict | None = None, **fields) -> dict:
+    """The fields every saved result starts with: what ran, when, where, with which versions."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.now(timezone.utc).isoformat(),
+        "command": [sys.executable, *sys.argv],
+        "machine": {**(machine_info or machine()), "gpus": gpu_names()},
+        "versions": versions(),
+        **fields,
+    }
+
+
 def save_result(results_dir: Path, name: str, record: dict) -> Path:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +54,7 @@ def build_source(folder: str, layers: int, hidden: int, intermediate: int, vocab
 
 def main() -> None:
     import psutil
-    from harness import in_helper_process, machine, measure_rounds, print_table, save_result, summarize, versions
+    from harness import in_helper_process, measure_rounds, new_record, print_table, save_result, summarize
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=16)
@@ -100,13 +99,9 @@ def main() -> None:
     print(f"\nmodel: {model_bytes / 1e9:.2f} GB; outputs identical: {identical}; "
           f"goal (peak RSS < 25% of model, time <= transformers): {'met' if goal_met else 'NOT met'}")  # fmt: skip
 
-    record = {
-        "benchmark": "merge_memory",
-        "date": datetime.now(timezone.utc).isoformat(),
-        "command": [sys.executable, *sys.argv],
-        "machine": machine(),
-        "versions": versions(),
-        "workload": {
+    record = new_record(
+        "merge_memory",
+        workload={
             "layers": args.layers,
             "hidden_size": args.hidden_size,
             "intermediate_size": args.intermediate_size,
@@ -116,10 +111,10 @@ def main() -> None:
             "source_layout": "safetensors shards of 500 MB",
             "output": f"one {args.dtype} model.safetensors",
         },  # fmt: skip
-        "outputs_identical": identical,
-        "goal_met": goal_met,
-        "results": summary,
-    }
+        outputs_identical=identical,
+        goal_met=goal_met,
+        results=summary,
+    )
     save_result(args.results_dir, f"merge_memory-{args.dtype}", record)
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)

@@ -15,7 +15,6 @@ import platform
 import re
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -82,14 +81,9 @@ def run_case(work: Path, name: str, sizes: dict, tp: int, pp: int, skip_vllm: bo
     return row
 
 
-def gpu_names() -> list[str]:
-    probe = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
-    return probe.stdout.strip().splitlines() if probe.returncode == 0 else []
-
-
 def main() -> None:
     sys.path.insert(0, str(HERE))
-    from harness import save_result, versions
+    from harness import new_record, save_result
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-parallel-plans"))
@@ -108,14 +102,11 @@ def main() -> None:
         vllm = "serves" if row.get("vllm_serves") else f"fails: {row.get('vllm_error', '-')[:120]}"
         print(f"| {row['case']} | {row.get('tp')} | {row.get('pp')} | {row.get('validator_verdict', row.get('error'))}"
               f" | {vllm if not args.skip_vllm else '-'} | {row.get('agree', '-')} |")  # fmt: skip
-    record = {
-        "benchmark": "parallel_plans_vllm",
-        "date": datetime.now(timezone.utc).isoformat(),
-        "command": [sys.executable, *sys.argv],
-        "machine": {"host": platform.node(), "platform": platform.platform(), "gpus": gpu_names()},
-        "versions": versions(),
-        "cases": rows,
-    }
+    record = new_record(
+        "parallel_plans_vllm",
+        machine_info={"host": platform.node(), "platform": platform.platform()},
+        cases=rows,
+    )
     save_result(args.results_dir, "parallel_plans_vllm", record)
 
 

@@ -18,7 +18,6 @@ import shutil
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -137,22 +136,8 @@ def compare(case: dict, new_tokens: int) -> dict:
     }
 
 
-def versions() -> dict:
-    from workflow_scripts.provenance import package_versions
-
-    found = package_versions()
-    try:
-        import torch
-
-        found["gpu"] = torch.cuda.get_device_name(0)
-        found["cuda"] = torch.version.cuda
-    except Exception:  # noqa: BLE001 - report what can be read
-        pass
-    return found
-
-
 def main() -> None:
-    from harness import save_result
+    from harness import new_record, save_result
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/distillery-vllm-compat"))
@@ -186,14 +171,9 @@ def main() -> None:
             f"{row.get('vllm_engine_start_s', '-')} | {row.get('max_abs_logprob_diff', '-')} / "
             f"{row.get('mean_abs_logprob_diff', '-')} | {row.get('greedy_tokens_matching', '-')} |"
         )
-    record = {
-        "benchmark": "vllm_compat",
-        "date": datetime.now(timezone.utc).isoformat(),
-        "command": [sys.executable, *sys.argv],
-        "machine": {"host": platform.node(), "platform": platform.platform()},
-        "versions": versions(),
-        "cases": rows,
-    }
+    record = new_record(
+        "vllm_compat", machine_info={"host": platform.node(), "platform": platform.platform()}, cases=rows
+    )
     save_result(args.results_dir, "vllm_compat", record)
 
 
