@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -171,13 +170,12 @@ def write_config(folder: Path, **sizes) -> Path:
     return folder
 
 
-def test_print_structure_of_a_70b_config_is_instant(run_cli, tmp_path):
+def test_print_structure_of_a_70b_config_needs_no_weights(run_cli, tmp_path):
     folder = write_config(tmp_path / "llama70b", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                           num_attention_heads=64)  # fmt: skip
-    start = time.perf_counter()
+    # 70B parameters in float32 would need 280 GB; on the meta device the tree costs nothing.
     result = run_cli("print-structure", folder, "--max-depth", "4", "--show-params")
     assert result.exit_code == 0
-    assert time.perf_counter() - start < 30
     assert result.stdout.startswith("LlamaForCausalLM (70.55B parameters)")
     assert "model.layers.0..79: LlamaDecoderLayer" in result.stdout
     assert ".weight [128256, 8192] float32" in result.stdout
