@@ -48,6 +48,18 @@ def distillery(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO)  # fmt: skip
 
 
+def root_cause(stderr: str) -> str:
+    """The line that says why vLLM refused, skipping the engine's wrapper errors around it."""
+    candidates = [
+        line.split(") ", 1)[-1].strip() if line.startswith("(EngineCore") else line.strip()
+        for line in stderr.splitlines()
+        if re.search(r"(Value error, |\b\w*(Error|Exception): )", line)
+        and "Engine core initialization failed" not in line
+        and "validation error for" not in line
+    ]
+    return (candidates[-1] if candidates else (stderr.strip().splitlines() or [""])[-1])[-400:]
+
+
 def run_case(work: Path, name: str, sizes: dict, tp: int, pp: int, skip_vllm: bool) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
     source, model = work / f"{slug}-src", work / f"{slug}-hf"
@@ -72,11 +84,8 @@ def run_case(work: Path, name: str, sizes: dict, tp: int, pp: int, skip_vllm: bo
     if result_lines:
         row["vllm_tokens"] = json.loads(result_lines[-1][7:])["tokens"]
     else:
-        # The root cause is the first exception line; later ones are the engine's wrappers around it.
-        causes = [line.strip() for line in loaded.stderr.splitlines() if re.match(r"\s*\w*(Error|Exception)\b", line)]
-        tail = loaded.stderr.strip().splitlines()
-        row["vllm_error"] = (causes[0] if causes else tail[-1] if tail else "")[-400:]
-        row["vllm_stderr_tail"] = "\n".join(tail[-40:])
+        row["vllm_error"] = root_cause(loaded.stderr)
+        row["vllm_stderr_tail"] = "\n".join(loaded.stderr.strip().splitlines()[-40:])
     row["agree"] = row["validator_accepts"] == row["vllm_serves"]
     return row
 
