@@ -33,10 +33,6 @@ def verification_report(model):
     return f"{RESULTS}/models/{model}/verification.json"
 
 
-def tiny_source_dir(name):
-    return f"{WORK}/sources/{name}"
-
-
 def source_path(wildcards):
     return MODELS[wildcards.model].source
 

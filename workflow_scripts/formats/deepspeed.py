@@ -145,14 +145,14 @@ class DeepSpeedCheckpoint:
         return sum(dtype_itemsize(t.dtype) * math.prod(t.shape) for t in self.tensors.values())
 
 
-def _rank_files(folder: Path, pattern: re.Pattern, kind: str) -> list[Path]:
+def _rank_files(folder: Path, pattern: re.Pattern) -> list[Path]:
     files = {int(m.group(1)): p for p in folder.iterdir() if (m := pattern.search(p.name))}
     return [files[rank] for rank in sorted(files)] if files else []
 
 
 def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool = False) -> DeepSpeedCheckpoint:
     folder = location.tag_folder
-    optim_files = _rank_files(folder, _OPTIM_RANK, "optim")
+    optim_files = _rank_files(folder, _OPTIM_RANK)
     if not optim_files:
         raise DistilleryError(
             "has no *_optim_states.pt files, so there are no fp32 master weights to rebuild",
@@ -191,7 +191,7 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
     if zero_stage <= 2:
         model_files = [folder / "mp_rank_00_model_states.pt"]
     else:
-        model_files = _rank_files(folder, _MODEL_RANK, "model")
+        model_files = _rank_files(folder, _MODEL_RANK)
         if len(model_files) != world_size:
             raise DistilleryError(
                 f"ZeRO-3 needs {world_size} zero_pp_rank_*_model_states.pt files, found {len(model_files)}",

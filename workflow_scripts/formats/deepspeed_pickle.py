@@ -8,14 +8,9 @@ stand-in that only records the state it is given. Any other class is refused wit
 
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from pathlib import Path
 
-import torch
-
-from ..errors import DistilleryError, first_line
+from .torch_bin import load_torch_file
 
 
 class InertObject:
@@ -40,28 +35,15 @@ ALLOWED_GLOBALS: dict[str, object] = {
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler": InertObject,
     "deepspeed.utils.tensor_fragment.fragment_address": InertObject,
 }
-_UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def load_deepspeed_file(path: Path, trust_pickle: bool = False) -> dict:
     """The file's top-level dict, tensors memory-mapped where the format allows."""
-    mmap = zipfile.is_zipfile(path)
-    try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        stand_ins = [(stand_in, name) for name, stand_in in ALLOWED_GLOBALS.items()]
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        match = _UNSUPPORTED.search(str(exc))
-        what = f"the class {match.group(1)}" if match else "an object that is not allowed"
-        raise DistilleryError(
-            f"refused to unpickle {what}, which is not on distillery's allow-list for DeepSpeed checkpoints",
-            path,
-            "if you trust this checkpoint, pass --trust-pickle",
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        message = first_line(exc)
-        raise DistilleryError(
-            f"cannot read this DeepSpeed file ({message})", path, "it may be truncated: copy it again"
-        ) from None
+    return load_torch_file(
+        path,
+        "DeepSpeed file",
+        stand_ins=[(stand_in, name) for name, stand_in in ALLOWED_GLOBALS.items()],
+        refusal_hint="it is not on distillery's allow-list for DeepSpeed checkpoints; "
+        "if you trust this checkpoint, pass --trust-pickle",
+        trust_pickle=trust_pickle,
+    )

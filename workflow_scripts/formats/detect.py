@@ -8,7 +8,6 @@ from pathlib import Path
 from ..errors import require_folder
 from . import hf_checkpoint
 
-INPUT_TYPES = ("deepspeed", "hf_sharded", "hf_single")
 _MP_RANK = re.compile(r"mp_rank_\d+_model_states\.pt$")
 
 

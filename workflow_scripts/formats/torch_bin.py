@@ -1,12 +1,14 @@
 """PyTorch `.bin` weight files (`torch.save` of a state dict), loaded without running arbitrary pickle code.
 
 `torch.load(weights_only=True)` only rebuilds tensors and plain containers; `mmap=True` maps the zip archive so
-a shard's tensors are paged in as they are read instead of all at once.
+a shard's tensors are paged in as they are read instead of all at once. `load_torch_file` is the one safe
+loader every `.pt`/`.bin` reader uses.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,22 +16,40 @@ import torch
 
 from ..errors import DistilleryError, first_line
 
+_UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_torch_file(
+    path: Path,
+    what: str,
+    stand_ins: list[tuple[object, str]] | None = None,
+    refusal_hint: str = "re-save it as safetensors",
+    trust_pickle: bool = False,
+):
+    """`torch.load` with `weights_only=True` (plus `stand_ins` for named globals) and one-line errors.
+
+    Zip-format files are memory-mapped; older non-zip files cannot be and are read whole.
+    """
+    mmap = zipfile.is_zipfile(path)
+    try:
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        with torch.serialization.safe_globals(stand_ins or []):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        match = _UNSUPPORTED.search(str(exc))
+        refused = f"the class {match.group(1)}" if match else first_line(exc)
+        raise DistilleryError(f"refused to unpickle {refused}", path, refusal_hint) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DistilleryError(
+            f"cannot read this {what} ({first_line(exc)})", path, "it may be truncated: copy or re-save it"
+        ) from None
+
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise DistilleryError(
-            f"refused to unpickle: {first_line(exc)}",
-            path,
-            "it holds objects other than tensors; re-save it as safetensors",
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        message = first_line(exc)
-        raise DistilleryError(
-            f"cannot read this PyTorch file ({message})", path, "copy or re-save the file; it may be truncated"
-        ) from None
+    loaded = load_torch_file(path, "PyTorch file", refusal_hint="it holds objects other than tensors; "
+                             "re-save it as safetensors")  # fmt: skip
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise DistilleryError("is not a state dict of tensors", path)
     return loaded

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistilleryError
+from ..formats.deepspeed import list_step_folders, step_of
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,8 @@ class ModelPlan:
     step: int | None = None
 
 
-_STEP = re.compile(r"checkpoint-(\d+)$")
-
-
 def _step_folders(run: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in run.glob("checkpoint-*") if p.is_dir() and (m := _STEP.search(p.name))}
+    return {step_of(folder): folder for folder in list_step_folders(run)}
 
 
 def plan_models(models: dict[str, dict]) -> dict[str, ModelPlan]:
