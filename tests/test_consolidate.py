@@ -162,3 +162,13 @@ def test_auto_detection_tells_layouts_apart(tiny_model, tmp_path):
     ds.mkdir()
     (ds / "zero_to_fp32.py").write_text("")
     assert detect_input_type(ds) == "deepspeed"
+
+
+def test_old_non_zip_pytorch_bin_is_read(tiny_model, run_cli, tmp_path):
+    """Files saved before torch's zip format cannot be memory-mapped; they are still read, safely."""
+    source = tiny_model("llama", "bin")
+    state = torch.load(source / "pytorch_model.bin", weights_only=True)
+    torch.save(state, source / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert run_cli("consolidate", "--input", source, "--output", tmp_path / "out").exit_code == 0
+    merged = load_file(tmp_path / "out/model.safetensors")
+    assert all(torch.equal(merged[name], state[name]) for name in merged)
