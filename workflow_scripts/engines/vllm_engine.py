@@ -1,0 +1,97 @@
+"""In-process vLLM (`vllm.LLM`): offline batch generation on one or more GPUs.
+
+Requests are fed to the engine all at once and results are taken as each request finishes (LLMEngine's
+`add_request` / `step` loop, which `LLM.generate` itself runs), so the caller can save finished rows while the
+engine keeps its batch full; waiting for a whole window would leave GPUs idle on every window's stragglers.
+Per-request `seed` makes sampling reproducible for a given vLLM version, GPU and batch schedule (vLLM does not
+promise bit-identical outputs across different batch compositions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+
+from ..errors import DistilleryError, first_line
+from .base import Completion, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings
+
+
+def vllm_engine_arguments(settings: EngineSettings) -> dict:
+    """The keyword arguments of `vllm.LLM` for these settings (plain data: tested without vLLM)."""
+    arguments = {
+        "model": settings.model_path,
+        "tokenizer": settings.tokenizer,
+        "dtype": settings.dtype,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "pipeline_parallel_size": settings.pipeline_parallel_size,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "enable_prefix_caching": settings.enable_prefix_caching,
+        "max_num_seqs": settings.max_num_seqs,
+        "enforce_eager": settings.enforce_eager,
+        "seed": settings.seed,
+        **settings.extra,
+    }
+    if settings.max_model_len:
+        arguments["max_model_len"] = settings.max_model_len
+    return arguments
+
+
+def vllm_sampling_arguments(sampling: SamplingSettings, seed: int) -> dict:
+    return {
+        "n": sampling.n,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "max_tokens": sampling.max_tokens,
+        "stop": list(sampling.stop) or None,
+        "seed": seed,
+    }
+
+
+class VllmEngine:
+    kind = "vllm"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise DistilleryError(
+                "engine 'vllm' needs the vllm package",
+                hint="pip install vllm on a GPU machine, or use engine: transformers",
+            ) from None
+        self.settings = settings
+        try:
+            self.llm = LLM(**vllm_engine_arguments(settings))
+        except (OSError, ValueError) as exc:
+            raise DistilleryError(f"vLLM cannot load the model: {first_line(exc)}", settings.model_path) from None
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def versions(self) -> dict[str, str]:
+        return {package: metadata.version(package) for package in ("vllm", "torch", "transformers")}
+
+    def close(self) -> None:
+        self.llm = None
+
+    def generate(self, requests: Iterable[GenerationRequest], sampling: SamplingSettings) -> Iterator[GenerationResult]:
+        from vllm import SamplingParams
+
+        engine = self.llm.llm_engine
+        ours: dict[str, str] = {}
+        for request in requests:
+            params = SamplingParams(**vllm_sampling_arguments(sampling, request.seed))
+            # Some vLLM versions rename requests on the way in; results come back under the returned name.
+            assigned = engine.add_request(request.request_id, {"prompt_token_ids": request.prompt_token_ids}, params)
+            ours[assigned if isinstance(assigned, str) else request.request_id] = request.request_id
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                if not output.finished:
+                    continue
+                completions = [
+                    Completion(choice.text, list(choice.token_ids), _finish_reason(choice.finish_reason))
+                    for choice in sorted(output.outputs, key=lambda choice: choice.index)
+                ]
+                yield GenerationResult(ours.get(output.request_id, output.request_id), completions)
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
