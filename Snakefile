@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/sources.smk"
 include: "rules/convert.smk"
 include: "rules/verify.smk"
+include: "rules/generate.smk"
 
 
 rule all:
@@ -31,3 +32,8 @@ rule models:
 rule verification:
     input:
         [verification_report(model) for model in MODELS],
+
+
+rule kd:
+    input:
+        [path for job in KD_JOBS for path in kd_dataset_outputs(job)],

@@ -1,9 +1,13 @@
 # Config lookups and input functions; the rules themselves stay declarative.
+import re
 import shlex
 from pathlib import Path
 
 from workflow_scripts.formats.hf_checkpoint import has_hf_weights
+from workflow_scripts.kd.manifest import load_manifest
+from workflow_scripts.kd.sources import is_url
 from workflow_scripts.workflow import resources as sizing
+from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
 from workflow_scripts.workflow.models import names_regex, plan_models
 
 RESULTS = config["results"]
@@ -19,6 +23,11 @@ wildcard_constraints:
     source="[^/]+",
     tp="\\d+",
     pp="\\d+",
+    job="[^/]+",
+    part="[^/]+",
+    start="\\d{9}",
+    stop="\\d{9}",
+    dataset="[^/]+",
 
 
 def model_config(model):
@@ -123,4 +132,84 @@ def all_outputs():
             verification_report(model),
             verification_report(model).replace(".json", ".md"),
         )
+    ] + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
+
+
+# --- sequence-KD generation -------------------------------------------------------------------------------------
+
+BUILT_DATASETS = {
+    name: f"{WORK}/datasets/{name}" for name in config.get("tiny_datasets", {})
+}
+KD_JOBS = plan_kd_jobs(
+    config.get("kd", {}),
+    {model: hf_model_dir(model) for model in MODELS},
+    BUILT_DATASETS,
+)
+
+# Each job name matches the dataset step of its own output format only; "(?!)" matches no name at all.
+KD_JOBS_BY_FORMAT = {
+    output_format: "|".join(
+        re.escape(job)
+        for job, plan in KD_JOBS.items()
+        if plan.output_format == output_format
+    )
+    or "(?!)"
+    for output_format in ("jsonl", "parquet")
+}
+
+
+def tiny_dataset_flags(wildcards):
+    settings = config["tiny_datasets"][wildcards.dataset]
+    return " ".join(
+        f"--{key.replace('_', '-')} {value}" for key, value in settings.items()
+    )
+
+
+def kd_manifest_path(job):
+    return f"{RESULTS}/kd/{job}/manifest.json"
+
+
+def kd_dataset_outputs(job):
+    folder = f"{RESULTS}/kd/{job}"
+    return [
+        f"{folder}/dataset.{KD_JOBS[job].output_format}",
+        f"{folder}/summary.json",
     ]
+
+
+def kd_manifest_inputs(wildcards):
+    plan = KD_JOBS[wildcards.job]
+    inputs = {"data": plan.dataset_inputs}
+    if plan.model_input:
+        inputs["model"] = plan.model_input
+    return inputs
+
+
+def kd_chunk_inputs(wildcards):
+    """The model and the chunk's parquet file; not the manifest, whose rewrite (a new file added to the dataset)
+    must not make finished chunks look outdated."""
+    manifest = load_manifest(checkpoints.kd_manifest.get(job=wildcards.job).output[0])
+    chunk = manifest.chunk(f"{wildcards.part}/{wildcards.start}-{wildcards.stop}")
+    plan = KD_JOBS[wildcards.job]
+    inputs = {} if is_url(chunk.file) else {"data": chunk.file}
+    if plan.model_input:
+        inputs["model"] = plan.model_input
+    return inputs
+
+
+def kd_chunk_files(wildcards):
+    manifest = load_manifest(checkpoints.kd_manifest.get(job=wildcards.job).output[0])
+    folder = f"{RESULTS}/kd/{wildcards.job}"
+    return [
+        f"{folder}/chunks/{chunk.name}{suffix}"
+        for chunk in manifest.chunks
+        for suffix in (".jsonl", ".stats.json")
+    ]
+
+
+def kd_gpus(wildcards):
+    return KD_JOBS[wildcards.job].gpus
+
+
+def kd_conda_env(wildcards):
+    return "../envs/vllm.yaml" if kd_gpus(wildcards) else "../envs/generate.yaml"

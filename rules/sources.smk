@@ -18,3 +18,20 @@ rule build_tiny_model:
         flags=tiny_model_flags,
     shell:
         "distillery make-tiny-model --output {output} {params.flags} > {log} 2>&1"
+
+
+rule build_tiny_dataset:
+    output:
+        directory(f"{WORK}/datasets/{{dataset}}"),
+    log:
+        "logs/build_tiny_dataset/{dataset}.log",
+    conda:
+        "../envs/generate.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    params:
+        flags=tiny_dataset_flags,
+    shell:
+        "distillery make-tiny-dataset --output {output} {params.flags} > {log} 2>&1"

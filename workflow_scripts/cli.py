@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
 from .errors import DistilleryError
+from .kd.commands import add_kd_commands
 
 log = logging.getLogger("distillery")
 
@@ -313,6 +314,30 @@ def _run_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_make_tiny_dataset(commands) -> None:
+    parser = commands.add_parser(
+        "make-tiny-dataset",
+        help="write a small parquet dataset (text, chat messages, ids; nulls and blanks included)",
+    )
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--files", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=40, help="rows of the first file (each next one has 7 more)")
+    parser.add_argument("--row-group-rows", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true")
+    parser.set_defaults(handler=_run_make_tiny_dataset)
+
+
+def _run_make_tiny_dataset(args: argparse.Namespace) -> int:
+    from .atomic import atomic_output_dir
+    from .kd.tiny_dataset import write_tiny_dataset
+
+    with atomic_output_dir(args.output, force=args.force) as staging:
+        write_tiny_dataset(staging, args.files, args.rows, args.row_group_rows, args.seed)
+    print(f"✓ {args.output}: {args.files} parquet files")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"distillery {__version__}")
@@ -325,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_print_structure(commands)
     _add_validate_plans(commands)
     _add_make_tiny_model(commands)
+    _add_make_tiny_dataset(commands)
+    add_kd_commands(commands)
     return parser
 
 

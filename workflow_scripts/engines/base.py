@@ -74,6 +74,7 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     seed: int
+    max_tokens: int | None = None  # this request's cap, below the sampling settings' (e.g. a total-length budget)
 
 
 @dataclass(frozen=True)

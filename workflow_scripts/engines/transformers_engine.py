@@ -94,11 +94,13 @@ class TransformersEngine:
         sequences = [(request, sample) for request in batch for sample in range(sampling.n)]
         prompts = [request.prompt_token_ids for request, _ in sequences]
         longest = max(len(p) for p in prompts)
-        max_new = min(sampling.max_tokens, self.max_model_len - longest)
-        if max_new <= 0:
-            raise DistilleryError(
-                f"a prompt of {longest} tokens leaves no room to generate within max_model_len {self.max_model_len}"
-            )
+        caps = [
+            min(sampling.max_tokens, request.max_tokens or sampling.max_tokens, self.max_model_len - len(prompt))
+            for (request, _), prompt in zip(sequences, prompts, strict=True)
+        ]
+        if min(caps) <= 0:
+            raise DistilleryError(f"a prompt leaves no room to generate within max_model_len {self.max_model_len}")
+        max_new = max(caps)
         input_ids = torch.full((len(prompts), longest), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), longest), dtype=torch.long)
         for row, prompt in enumerate(prompts):
@@ -136,6 +138,8 @@ class TransformersEngine:
                     token = self._sample(row_logits, sampling, generators[row])
                     generated[row].append(token)
                     next_tokens.append(token)
+                    if len(generated[row]) >= caps[row]:
+                        finish[row] = "length"
                     if token in self.eos_token_ids:
                         finish[row] = "stop"
                     elif sampling.stop:

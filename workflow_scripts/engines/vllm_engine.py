@@ -36,13 +36,13 @@ def vllm_engine_arguments(settings: EngineSettings) -> dict:
     return arguments
 
 
-def vllm_sampling_arguments(sampling: SamplingSettings, seed: int) -> dict:
+def vllm_sampling_arguments(sampling: SamplingSettings, seed: int, max_tokens: int | None = None) -> dict:
     return {
         "n": sampling.n,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "top_k": sampling.top_k,
-        "max_tokens": sampling.max_tokens,
+        "max_tokens": min(sampling.max_tokens, max_tokens or sampling.max_tokens),
         "stop": list(sampling.stop) or None,
         "seed": seed,
     }
@@ -78,7 +78,7 @@ class VllmEngine:
         engine = self.llm.llm_engine
         ours: dict[str, str] = {}
         for request in requests:
-            params = SamplingParams(**vllm_sampling_arguments(sampling, request.seed))
+            params = SamplingParams(**vllm_sampling_arguments(sampling, request.seed, request.max_tokens))
             # Some vLLM versions rename requests on the way in; results come back under the returned name.
             assigned = engine.add_request(request.request_id, {"prompt_token_ids": request.prompt_token_ids}, params)
             ours[assigned if isinstance(assigned, str) else request.request_id] = request.request_id

@@ -1,0 +1,79 @@
+# Sequence-KD generation: chunk manifest (a checkpoint) -> one JSONL per chunk -> dataset + summary.
+
+
+checkpoint kd_manifest:
+    input:
+        unpack(kd_manifest_inputs),
+    output:
+        f"{RESULTS}/kd/{{job}}/manifest.json",
+    log:
+        "logs/kd_manifest/{job}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/kd_manifest/{{job}}.tsv"
+    conda:
+        "../envs/generate.yaml"
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=15,
+    params:
+        flags=lambda wildcards: KD_JOBS[wildcards.job].flags,
+    shell:
+        "distillery kd-manifest --output {output} {params.flags} > {log} 2>&1"
+
+
+rule kd_chunk:
+    input:
+        unpack(kd_chunk_inputs),
+    output:
+        chunk=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl",
+        stats=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json",
+    log:
+        "logs/kd_chunk/{job}/{part}/{start}-{stop}.log",
+    conda:
+        kd_conda_env
+    threads: 2
+    resources:
+        gpu=kd_gpus,
+        mem_mb=lambda wildcards: 32768 if kd_gpus(wildcards) else 4096,
+        runtime=240,
+    params:
+        manifest=lambda wildcards: kd_manifest_path(wildcards.job),
+        # The chunk reruns when settings that change its text change (the params trigger).
+        settings=lambda wildcards: KD_JOBS[wildcards.job].flags,
+    shell:
+        "distillery kd-chunk --manifest {params.manifest} --chunk {wildcards.part}/{wildcards.start}-{wildcards.stop}"
+        " --output {output.chunk} > {log} 2>&1"
+
+
+rule kd_dataset:
+    input:
+        kd_chunk_files,
+    output:
+        dataset=f"{RESULTS}/kd/{{job}}/dataset.jsonl",
+        summary=f"{RESULTS}/kd/{{job}}/summary.json",
+    log:
+        "logs/kd_dataset/{job}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/kd_dataset/{{job}}.tsv"
+    wildcard_constraints:
+        job=KD_JOBS_BY_FORMAT["jsonl"],
+    conda:
+        "../envs/generate.yaml"
+    threads: 1
+    resources:
+        mem_mb=4096,
+        runtime=60,
+    params:
+        manifest=lambda wildcards: kd_manifest_path(wildcards.job),
+    shell:
+        "distillery kd-dataset --manifest {params.manifest} --output {output.dataset} --summary {output.summary}"
+        " > {log} 2>&1"
+
+
+use rule kd_dataset as kd_dataset_parquet with:
+    output:
+        dataset=f"{RESULTS}/kd/{{job}}/dataset.parquet",
+        summary=f"{RESULTS}/kd/{{job}}/summary.json",
+    wildcard_constraints:
+        job=KD_JOBS_BY_FORMAT["parquet"],

@@ -1,0 +1,220 @@
+"""One chunk job: generate completions for rows [start, stop) of one parquet file, resumably.
+
+Finished rows are appended to a side file as the engine returns them; a restarted job reads it back, cuts off a
+torn last row and generates only the rows that are missing. The chunk file and its `.stats.json` appear, by
+rename, only when every row is generated or skipped. Each row samples with a seed derived from the job seed and
+the row's id, so a resumed or re-chunked run draws the same samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..engines import Engine, GenerationRequest, open_engine
+from ..engines.base import derive_seed
+from ..errors import DistilleryError
+from ..progress import progress_bar
+from .manifest import Chunk, Manifest
+from .prompts import Prompt, build_prompt, check_tokenizer
+from .records import SideFile, recover, side_file, skip_line, stats_file
+from .settings import KdJob, job_from_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RowInput:
+    index: int
+    row_id: str
+    value: object
+
+
+def row_id(job: KdJob, chunk: Chunk, index: int, id_value) -> str:
+    """The id column's value, or a stable id from the file and the row (the same in any chunking)."""
+    if job.prompt.id_column and id_value is not None:
+        return str(id_value)
+    return f"{chunk.part}:{index}"
+
+
+def read_chunk_rows(job: KdJob, chunk: Chunk) -> list[RowInput]:
+    from .sources import read_rows
+
+    columns = [job.prompt.column] + ([job.prompt.id_column] if job.prompt.id_column else [])
+    data = read_rows(chunk.file, chunk.start, chunk.stop, columns)
+    ids = data[job.prompt.id_column] if job.prompt.id_column else [None] * (chunk.stop - chunk.start)
+    return [
+        RowInput(chunk.start + offset, row_id(job, chunk, chunk.start + offset, ids[offset]), value)
+        for offset, value in enumerate(data[job.prompt.column])
+    ]
+
+
+def load_tokenizer(job: KdJob):
+    from transformers import AutoTokenizer
+
+    from ..errors import first_line
+
+    try:
+        return AutoTokenizer.from_pretrained(job.engine.tokenizer)
+    except (OSError, ValueError) as exc:
+        raise DistilleryError(f"cannot load the tokenizer: {first_line(exc)}", job.engine.tokenizer) from None
+
+
+def engine_max_model_len(engine: Engine, job: KdJob, tokenizer) -> int:
+    for candidate in (getattr(engine, "max_model_len", None), job.engine.max_model_len):
+        if candidate:
+            return int(candidate)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit and limit < 10**8 else 2048
+
+
+def chunk_output(manifest: Manifest, chunk: Chunk) -> Path:
+    return manifest.job_folder / chunk.relative_path
+
+
+class ChunkRunner:
+    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks)."""
+
+    def __init__(self, manifest: Manifest, engine: Engine | None = None, show_progress: bool = True) -> None:
+        self.manifest = manifest
+        self.job = job_from_dict(manifest.settings)
+        self.engine = engine
+        self.engine_start_seconds = 0.0
+        self.tokenizer = None
+        self.show_progress = show_progress
+
+    def _ensure_engine(self) -> Engine:
+        if self.engine is None:
+            started = time.perf_counter()
+            self.engine = open_engine(self.job.engine)
+            self.engine_start_seconds = time.perf_counter() - started
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.job)
+            check_tokenizer(self.tokenizer, self.job.prompt, self.job.engine.tokenizer)
+        return self.engine
+
+    def run(self, chunk: Chunk, output: Path | None = None) -> dict:
+        output = Path(output) if output else chunk_output(self.manifest, chunk)
+        stats_path = stats_file(output)
+        if output.exists() and stats_path.exists():
+            return json.loads(stats_path.read_text())
+        output.parent.mkdir(parents=True, exist_ok=True)
+        job = self.job
+        partial = side_file(output)
+        recovered = recover(partial, job.sampling.n)
+        writer = SideFile(partial, recovered.complete_bytes)
+        try:
+            stats = self._generate(chunk, recovered, writer)
+        finally:
+            writer.close()
+        return self._finish(chunk, output, partial, stats)
+
+    def _generate(self, chunk: Chunk, recovered, writer: SideFile) -> dict:
+        job = self.job
+        rows = read_chunk_rows(job, chunk)
+        todo = [row for row in rows if row.index not in recovered.done_rows]
+        if recovered.done_rows:
+            log.info("chunk %s: resuming, %d of %d rows already done", chunk.name, len(recovered.done_rows), len(rows))
+        engine = self._ensure_engine()
+        max_model_len = engine_max_model_len(engine, job, self.tokenizer)
+        prompts: dict[str, tuple[RowInput, Prompt]] = {}
+        requests = []
+        for row in todo:
+            prompt = build_prompt(self.tokenizer, job.prompt, row.value, max_model_len)
+            if not isinstance(prompt, Prompt):
+                writer.append([skip_line(row.index, row.row_id, prompt.reason, prompt.detail)])
+                continue
+            budget = None
+            if job.max_target_length:
+                budget = job.max_target_length - len(prompt.token_ids)
+                if budget <= 0:
+                    writer.append(
+                        [skip_line(row.index, row.row_id, "prompt_too_long", "no room below max_target_length")]
+                    )
+                    continue
+            request_id = str(row.index)
+            prompts[request_id] = (row, prompt)
+            requests.append(GenerationRequest(request_id, prompt.token_ids, derive_seed(job.seed, row.row_id), budget))
+
+        started = time.perf_counter()
+        bar = progress_bar(total=len(requests), desc=chunk.name, unit="row", disable=not self.show_progress or None)
+        for result in engine.generate(requests, job.sampling):
+            row, prompt = prompts.pop(result.request_id)
+            writer.append(self._records(chunk, row, prompt, result.completions))
+            bar.update(1)
+        bar.close()
+        if prompts:
+            raise DistilleryError(f"the engine returned no result for {len(prompts)} rows of chunk {chunk.name}")
+        return {"generate_seconds": time.perf_counter() - started, "resumed_rows": len(recovered.done_rows)}
+
+    def _records(self, chunk: Chunk, row: RowInput, prompt: Prompt, completions) -> list[dict]:
+        job = self.job
+        records = []
+        for sample_index, completion in enumerate(completions):
+            record = {
+                "id": row.row_id,
+                "source_file": chunk.file,
+                "row_index": row.index,
+                "sample_index": sample_index,
+                "prompt": prompt.text,
+                "completion": completion.text,
+                "prompt_tokens": len(prompt.token_ids),
+                "completion_tokens": len(completion.token_ids),
+                "finish_reason": completion.finish_reason,
+                "model": job.model,
+                "settings_hash": self.manifest.settings_hash,
+            }
+            if job.sampling.return_token_ids:
+                record["prompt_token_ids"] = prompt.token_ids
+                record["completion_token_ids"] = completion.token_ids
+            records.append(record)
+        return records
+
+    def _finish(self, chunk: Chunk, output: Path, partial: Path, run_stats: dict) -> dict:
+        recovered = recover(partial, self.job.sampling.n)
+        expected = set(range(chunk.start, chunk.stop))
+        if recovered.done_rows != expected:
+            missing = sorted(expected - recovered.done_rows)[:5]
+            raise DistilleryError(f"chunk {chunk.name} is missing rows {missing} after generation", partial)
+        records = [line for row in sorted(recovered.records) for line in recovered.records[row]]
+        stats = {
+            "chunk": chunk.name,
+            "file": chunk.file,
+            "start": chunk.start,
+            "stop": chunk.stop,
+            "rows": chunk.stop - chunk.start,
+            "generated_rows": len(recovered.records),
+            "samples": len(records),
+            "skipped": [recovered.skipped[row] for row in sorted(recovered.skipped)],
+            "prompt_tokens": sum(r["prompt_tokens"] for r in records),
+            "completion_tokens": sum(r["completion_tokens"] for r in records),
+            "engine": self.job.engine.kind if self.engine is None else self.engine.kind,
+            "versions": self.engine.versions() if self.engine is not None else {},
+            "engine_start_seconds": round(self._take_engine_start(), 3),
+            "settings_hash": self.manifest.settings_hash,
+            **{key: round(value, 3) if isinstance(value, float) else value for key, value in run_stats.items()},
+        }
+        atomic_write_text(stats_file(output), json.dumps(stats, indent=1) + "\n")
+        staging = output.parent / f".{output.name}.writing-{os.getpid()}"
+        with open(staging, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, output)
+        partial.unlink()
+        return stats
+
+    def _take_engine_start(self) -> float:
+        """The engine's start time, charged to the first chunk that ran on it."""
+        seconds, self.engine_start_seconds = self.engine_start_seconds, 0.0
+        return seconds
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()

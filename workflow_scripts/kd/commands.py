@@ -1,0 +1,270 @@
+"""The KD commands of the CLI: kd-manifest, kd-chunk, kd-dataset, kd-status and the standalone `generate`.
+
+The job flags default to the MaxText guide's environment variables (MODEL_PATH, DATASET_PATH, ...), so its
+`run_sequence_kd.sh` settings carry over; the workflow's rules pass the same flags from the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings
+from ..errors import DistilleryError
+from .settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
+
+
+def _env(name: str, default=None, cast=str):
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return cast(value)
+    except ValueError:
+        raise DistilleryError(f"environment variable {name}={value!r} is not a valid {cast.__name__}") from None
+
+
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """The settings of a KD job, named as in the MaxText guide's script and its environment variables."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--job-name", default="kd", help="name of the job (default: kd)")
+    data.add_argument(
+        "--dataset", default=_env("DATASET_PATH"), help="parquet file, folder, glob or URL ($DATASET_PATH)"
+    )
+    data.add_argument("--prompt-mode", default="prefix", choices=PROMPT_MODES)
+    data.add_argument("--text-column", default="text")
+    data.add_argument("--messages-column", default="messages")
+    data.add_argument("--id-column", default=None, help="column with row ids (default: file and row index)")
+    data.add_argument("--max-prompt-tokens", type=int, default=128, help="prefix length (prefix mode) or limit")
+    data.add_argument("--chunk-rows", type=int, default=1000)
+    data.add_argument("--shuffle-chunks", action="store_true", help="seeded chunk order, for several hosts")
+    data.add_argument("--output-format", default="jsonl", choices=OUTPUT_FORMATS)
+
+    model = parser.add_argument_group("model and engine")
+    model.add_argument("--model-path", default=_env("MODEL_PATH"), help="HF model folder ($MODEL_PATH)")
+    model.add_argument(
+        "--tokenizer-path", default=_env("TOKENIZER_PATH"), help="default: the model's ($TOKENIZER_PATH)"
+    )
+    model.add_argument("--engine", default="auto", choices=ENGINE_KINDS)
+    model.add_argument("--tensor-parallel-size", type=int, default=_env("TENSOR_PARALLEL_SIZE", 1, int))
+    model.add_argument("--pipeline-parallel-size", type=int, default=1)
+    model.add_argument("--dtype", default="auto")
+    model.add_argument("--max-model-len", type=int, default=None)
+    model.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    model.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false")
+    model.add_argument("--gen-batch-size", type=int, default=_env("GEN_BATCH_SIZE", 256, int), help="max_num_seqs")
+    model.add_argument("--enforce-eager", action="store_true")
+    model.add_argument("--base-url", default=None, help="OpenAI-compatible server (engine openai)")
+    model.add_argument("--served-model-name", default=None)
+    model.add_argument("--max-concurrency", type=int, default=64)
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("-n", "--num-samples", type=int, default=1, help="completions per row")
+    sampling.add_argument("--temperature", type=float, default=_env("TEMPERATURE", 0.8, float))
+    sampling.add_argument("--top-p", type=float, default=_env("TOP_P", 0.95, float))
+    sampling.add_argument("--top-k", type=int, default=-1)
+    sampling.add_argument("--max-tokens", type=int, default=256, help="completion length cap")
+    sampling.add_argument(
+        "--max-target-length", type=int, default=_env("MAX_TARGET_LENGTH", None, int), help="prompt + completion cap"
+    )
+    sampling.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--return-token-ids", action="store_true")
+
+
+def job_from_args(args: argparse.Namespace) -> KdJob:
+    if not args.model_path:
+        raise DistilleryError("no model: pass --model-path or set MODEL_PATH")
+    if not args.dataset:
+        raise DistilleryError("no dataset: pass --dataset or set DATASET_PATH")
+    if args.chunk_rows < 1:
+        raise DistilleryError(f"--chunk-rows must be at least 1, not {args.chunk_rows}")
+    return KdJob(
+        name=args.job_name,
+        model=args.model_path,
+        dataset=args.dataset,
+        prompt=PromptSettings(
+            mode=args.prompt_mode,
+            text_column=args.text_column,
+            messages_column=args.messages_column,
+            id_column=args.id_column,
+            max_prompt_tokens=args.max_prompt_tokens,
+        ),
+        sampling=SamplingSettings(
+            n=args.num_samples,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_tokens=args.max_tokens,
+            stop=tuple(args.stop),
+            return_token_ids=args.return_token_ids,
+        ),
+        engine=EngineSettings(
+            kind=args.engine,
+            model_path=args.model_path,
+            tokenizer_path=args.tokenizer_path,
+            dtype=args.dtype,
+            tensor_parallel_size=args.tensor_parallel_size,
+            pipeline_parallel_size=args.pipeline_parallel_size,
+            max_model_len=args.max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enable_prefix_caching=args.prefix_caching,
+            max_num_seqs=args.gen_batch_size,
+            enforce_eager=args.enforce_eager,
+            seed=args.seed,
+            base_url=args.base_url,
+            served_model_name=args.served_model_name,
+            max_concurrency=args.max_concurrency,
+        ),
+        seed=args.seed,
+        chunk_rows=args.chunk_rows,
+        shuffle_chunks=args.shuffle_chunks,
+        max_target_length=args.max_target_length,
+        output_format=args.output_format,
+    )
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    from .manifest import write_manifest
+
+    job = job_from_args(args)
+    manifest = write_manifest(job, job_to_dict(job), args.output)
+    print(
+        f"✓ {args.output}: {len(manifest['chunks'])} chunks over {len(manifest['files'])} files, "
+        f"{manifest['rows']} rows"
+    )
+    return 0
+
+
+def _run_chunk(args: argparse.Namespace) -> int:
+    from .chunk import ChunkRunner
+    from .manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    runner = ChunkRunner(manifest)
+    try:
+        stats = runner.run(manifest.chunk(args.chunk), args.output)
+    finally:
+        runner.close()
+    print(
+        f"✓ chunk {stats['chunk']}: {stats['generated_rows']} rows generated, {len(stats['skipped'])} skipped, "
+        f"{stats['completion_tokens']} tokens in {stats['generate_seconds']} s"
+    )
+    return 0
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from .dataset import build_dataset
+    from .manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    output_format = args.format or manifest.settings["output_format"]
+    summary = build_dataset(manifest, args.output, args.summary, output_format)
+    print(
+        f"✓ {args.output}: {summary['samples']} samples from {summary['generated_rows']} rows "
+        f"({summary['skipped_rows']} skipped), {summary['completion_tokens']} output tokens"
+    )
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest
+    from .status import format_status, job_status
+
+    target = Path(args.job)
+    manifest = load_manifest(target / "manifest.json" if target.is_dir() else target)
+    status = job_status(manifest)
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    """The standalone job: manifest (kept if its settings match), this worker's share of the chunks, dataset."""
+    from .chunk import ChunkRunner, chunk_output
+    from .dataset import build_dataset
+    from .manifest import load_manifest, write_manifest
+    from .status import job_status
+
+    if not args.output_dir:
+        raise DistilleryError("no output folder: pass --output-dir or set GCS_BUCKET_PATH")
+    if not 0 <= args.worker_index < args.num_workers:
+        raise DistilleryError(f"--worker-index must be in [0, {args.num_workers}), not {args.worker_index}")
+    job = job_from_args(args)
+    folder = Path(args.output_dir) / job.name
+    manifest_path = folder / "manifest.json"
+    if manifest_path.exists():
+        manifest = load_manifest(manifest_path)
+        if manifest.settings_hash != job.settings_hash():
+            raise DistilleryError(
+                "was made with other settings than these",
+                manifest_path,
+                "use another --job-name, or remove the job folder to start over",
+            )
+    else:
+        write_manifest(job, job_to_dict(job), manifest_path)
+        manifest = load_manifest(manifest_path)
+    mine = [c for i, c in enumerate(manifest.chunks) if i % args.num_workers == args.worker_index]
+    todo = [c for c in mine if not chunk_output(manifest, c).exists()]
+    print(f"worker {args.worker_index}/{args.num_workers}: {len(todo)} of {len(mine)} chunks to generate")
+    runner = ChunkRunner(manifest)
+    try:
+        for chunk in todo:
+            stats = runner.run(chunk)
+            print(f"✓ chunk {chunk.name}: {stats['generated_rows']} rows, {stats['completion_tokens']} tokens")
+    finally:
+        runner.close()
+    if job_status(manifest)["remaining_chunks"] == 0 and not args.no_dataset:
+        extension = "parquet" if job.output_format == "parquet" else "jsonl"
+        summary = build_dataset(manifest, folder / f"dataset.{extension}", folder / "summary.json", job.output_format)
+        print(f"✓ {folder / f'dataset.{extension}'}: {summary['samples']} samples")
+    return 0
+
+
+def add_kd_commands(commands) -> None:
+    manifest = commands.add_parser(
+        "kd-manifest",
+        help="list a KD job's chunks from parquet footers",
+        description="Read only the parquet footers of the dataset and write the chunk list (row ranges of "
+        "--chunk-rows per file) with the job's settings. Fails on a missing column or unreadable file.",
+    )
+    manifest.add_argument("--output", required=True, type=Path, help="manifest.json to write")
+    add_job_flags(manifest)
+    manifest.set_defaults(handler=_run_manifest)
+
+    chunk = commands.add_parser(
+        "kd-chunk",
+        help="generate completions for one chunk, resumably",
+        description="Generate one chunk of a KD job. Finished rows are saved as they come; a restarted job continues "
+        "where the killed one stopped. The chunk file appears only when complete.",
+    )
+    chunk.add_argument("--manifest", required=True, type=Path)
+    chunk.add_argument("--chunk", required=True, help="PART/START-STOP, as in the chunk's path")
+    chunk.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
+    chunk.set_defaults(handler=_run_chunk)
+
+    dataset = commands.add_parser("kd-dataset", help="merge a KD job's chunks into the dataset and summary.json")
+    dataset.add_argument("--manifest", required=True, type=Path)
+    dataset.add_argument("--output", required=True, type=Path)
+    dataset.add_argument("--summary", required=True, type=Path)
+    dataset.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the job's output_format")
+    dataset.set_defaults(handler=_run_dataset)
+
+    status = commands.add_parser("kd-status", help="done and remaining chunks and rows of a KD job")
+    status.add_argument("job", help="the job folder (results/kd/JOB) or its manifest.json")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_run_status)
+
+    generate = commands.add_parser(
+        "generate",
+        help="run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)",
+        description="Sequence-KD generation as one process: manifest, this worker's chunks with one engine, and "
+        "the dataset once every chunk is done. Flags default to the MaxText guide's environment variables.",
+    )
+    generate.add_argument("--output-dir", default=_env("GCS_BUCKET_PATH"), help="($GCS_BUCKET_PATH)")
+    generate.add_argument("--worker-index", type=int, default=0)
+    generate.add_argument("--num-workers", type=int, default=1)
+    generate.add_argument("--no-dataset", action="store_true", help="leave the merge to kd-dataset")
+    add_job_flags(generate)
+    generate.set_defaults(handler=_run_generate)

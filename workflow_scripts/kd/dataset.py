@@ -1,0 +1,132 @@
+"""Merge a job's chunk files into its dataset (`dataset.jsonl` or `dataset.parquet`) and `summary.json`.
+
+Chunks are merged in file and row order, whatever order they were generated in, so the dataset is the same for
+any chunk schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..errors import DistilleryError
+from ..provenance import package_versions
+from .chunk import chunk_output
+from .manifest import Manifest
+from .records import stats_file
+
+
+def ordered_chunks(manifest: Manifest):
+    order = {entry["path"]: index for index, entry in enumerate(manifest.data["files"])}
+    return sorted(manifest.chunks, key=lambda chunk: (order[chunk.file], chunk.start))
+
+
+def _check_complete(manifest: Manifest) -> None:
+    missing = [c.name for c in manifest.chunks if not chunk_output(manifest, c).exists()]
+    if missing:
+        raise DistilleryError(
+            f"{len(missing)} of {len(manifest.chunks)} chunks are not generated yet (first: {missing[0]})",
+            manifest.path,
+            "run the remaining kd_chunk jobs (snakemake -n lists them) or `distillery kd-status`",
+        )
+
+
+def _write_jsonl(manifest: Manifest, output: Path) -> None:
+    staging = output.parent / f".{output.name}.writing-{os.getpid()}"
+    with open(staging, "wb") as merged:
+        for chunk in ordered_chunks(manifest):
+            with open(chunk_output(manifest, chunk), "rb") as part:
+                shutil.copyfileobj(part, merged, 16 << 20)
+        merged.flush()
+        os.fsync(merged.fileno())
+    os.replace(staging, output)
+
+
+def _write_parquet(manifest: Manifest, output: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    staging = output.parent / f".{output.name}.writing-{os.getpid()}"
+    writer = None
+    try:
+        for chunk in ordered_chunks(manifest):
+            with open(chunk_output(manifest, chunk), encoding="utf-8") as part:
+                records = [json.loads(line) for line in part]
+            if not records:
+                continue
+            table = pa.Table.from_pylist(records)
+            if writer is None:
+                writer = pq.ParquetWriter(staging, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise DistilleryError("no row was generated: nothing to write", output, "see skipped rows in the chunk stats")
+    os.replace(staging, output)
+
+
+def summarize(manifest: Manifest) -> dict:
+    chunk_stats = [json.loads(stats_file(chunk_output(manifest, c)).read_text()) for c in ordered_chunks(manifest)]
+    reasons = Counter(skip["skipped"] for stats in chunk_stats for skip in stats["skipped"])
+    completion_tokens = sum(s["completion_tokens"] for s in chunk_stats)
+    generate_seconds = sum(s["generate_seconds"] for s in chunk_stats)
+    engine_seconds = sum(s["engine_start_seconds"] for s in chunk_stats)
+    versions: dict[str, str] = {}
+    for stats in chunk_stats:
+        versions.update(stats["versions"])
+    return {
+        "job": manifest.job,
+        "settings_hash": manifest.settings_hash,
+        "settings": manifest.settings,
+        "files": len(manifest.data["files"]),
+        "chunks": len(chunk_stats),
+        "rows": sum(s["rows"] for s in chunk_stats),
+        "generated_rows": sum(s["generated_rows"] for s in chunk_stats),
+        "samples": sum(s["samples"] for s in chunk_stats),
+        "skipped_rows": sum(reasons.values()),
+        "skipped_by_reason": dict(sorted(reasons.items())),
+        "skipped": [dict(skip, chunk=s["chunk"]) for s in chunk_stats for skip in s["skipped"]][:1000],
+        "prompt_tokens": sum(s["prompt_tokens"] for s in chunk_stats),
+        "completion_tokens": completion_tokens,
+        "generate_seconds": round(generate_seconds, 3),
+        "engine_start_seconds": round(engine_seconds, 3),
+        "output_tokens_per_second": round(completion_tokens / generate_seconds, 2) if generate_seconds else None,
+        "output_tokens_per_second_with_engine_start": round(completion_tokens / (generate_seconds + engine_seconds), 2)
+        if generate_seconds + engine_seconds
+        else None,
+        "engines": sorted({s["engine"] for s in chunk_stats}),
+        "versions": {**package_versions(), **versions},
+        "per_chunk": [
+            {
+                "chunk": s["chunk"],
+                "rows": s["rows"],
+                "skipped": len(s["skipped"]),
+                "completion_tokens": s["completion_tokens"],
+                "generate_seconds": s["generate_seconds"],
+                "output_tokens_per_second": round(s["completion_tokens"] / s["generate_seconds"], 2)
+                if s["generate_seconds"]
+                else None,
+                "resumed_rows": s["resumed_rows"],
+            }
+            for s in chunk_stats
+        ],
+    }
+
+
+def build_dataset(manifest: Manifest, output: Path, summary_path: Path, output_format: str) -> dict:
+    _check_complete(manifest)
+    output, summary_path = Path(output), Path(summary_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    summary = summarize(manifest)
+    if output_format == "parquet":
+        _write_parquet(manifest, output)
+    else:
+        _write_jsonl(manifest, output)
+    summary["output"] = {"path": str(output), "format": output_format}
+    atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+    return summary

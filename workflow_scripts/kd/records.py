@@ -1,0 +1,104 @@
+"""The lines of a chunk file, and the side file a running chunk job appends to.
+
+Every line of `chunks/{part}/{start}-{stop}.jsonl` is one (row, sample) record; its JSON schema is
+`workflow_scripts/schemas/kd_record.schema.json`. The side file `.{start}-{stop}.jsonl.partial` holds the same
+records plus one line per skipped row, in the order rows finished; a row's lines are written in one piece, so a
+kill leaves at most one torn row at the end, which recovery cuts off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DistilleryError
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "kd_record.schema.json"
+
+
+def side_file(output: Path) -> Path:
+    return output.parent / f".{output.name}.partial"
+
+
+def stats_file(output: Path) -> Path:
+    return output.with_name(output.name[: -len(".jsonl")] + ".stats.json")
+
+
+def skip_line(row_index: int, row_id: str, reason: str, detail: str) -> dict:
+    return {"skipped": reason, "detail": detail, "row_index": row_index, "id": row_id}
+
+
+@dataclass
+class Recovered:
+    """What a side file already holds: finished rows (generated or skipped) and the byte length of complete rows."""
+
+    records: dict[int, list[dict]] = field(default_factory=dict)
+    skipped: dict[int, dict] = field(default_factory=dict)
+    complete_bytes: int = 0
+
+    @property
+    def done_rows(self) -> set[int]:
+        return set(self.records) | set(self.skipped)
+
+
+def recover(path: Path, samples_per_row: int) -> Recovered:
+    """Read a side file, keeping only whole rows; the caller truncates the file to `complete_bytes`."""
+    recovered = Recovered()
+    if not path.exists():
+        return recovered
+    pending: dict[int, list[dict]] = {}
+    offset = 0
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break  # torn by a kill
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                break
+            offset += len(raw)
+            row = line["row_index"]
+            if "skipped" in line:
+                recovered.skipped[row] = line
+                recovered.complete_bytes = offset
+                continue
+            pending.setdefault(row, []).append(line)
+            if len(pending[row]) == samples_per_row:
+                recovered.records[row] = pending.pop(row)
+                recovered.complete_bytes = offset
+    return recovered
+
+
+class SideFile:
+    """Appends finished rows to the side file, flushed at once and synced to disk every few seconds."""
+
+    def __init__(self, path: Path, complete_bytes: int, sync_seconds: float = 5.0) -> None:
+        import fcntl
+        import time
+
+        self.path = path
+        self._time = time.monotonic
+        self.handle = open(path, "ab")  # noqa: SIM115 (held open for the whole job)
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise DistilleryError("another process is writing this chunk", path, "wait for it or stop it") from None
+        self.handle.truncate(complete_bytes)
+        self.handle.seek(complete_bytes)
+        self.sync_seconds = sync_seconds
+        self._last_sync = self._time()
+
+    def append(self, lines: list[dict]) -> None:
+        self.handle.write(b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines))
+        self.handle.flush()
+        if self._time() - self._last_sync >= self.sync_seconds:
+            os.fsync(self.handle.fileno())
+            self._last_sync = self._time()
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()

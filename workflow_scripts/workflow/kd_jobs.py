@@ -1,0 +1,121 @@
+"""The KD jobs a config asks for: the model folder, the dataset files Snakemake should watch, and the flags of
+`distillery kd-manifest` (the same flags a person would type).
+
+Environment variables in string values are expanded, so a config can say `model: $MODEL_PATH` as the MaxText
+guide's script did.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shlex
+from dataclasses import dataclass
+
+from ..errors import DistilleryError
+from ..kd.sources import is_url
+
+_UNSET_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class KdPlan:
+    name: str
+    model_path: str  # what the engine loads
+    model_input: str | None  # a file target or existing folder Snakemake tracks, if any
+    dataset_inputs: list[str]  # local parquet files (or a folder another rule builds) the manifest depends on
+    flags: str
+    gpus: int
+    output_format: str
+
+
+def expand(value: str, where: str) -> str:
+    expanded = os.path.expandvars(value)
+    unset = _UNSET_VARIABLE.search(expanded)
+    if unset:
+        raise DistilleryError(f"config {where} refers to ${unset.group(1)}, which is not set", hint="export it first")
+    return expanded
+
+
+def _dataset_inputs(path: str, built_datasets: dict[str, str]) -> list[str]:
+    if is_url(path):
+        return []
+    for folder in built_datasets.values():
+        if path == folder or path.startswith(folder.rstrip("/") + "/"):
+            return [folder]
+    if os.path.isdir(path):
+        return sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    return sorted(glob.glob(path, recursive=True))
+
+
+def _flags(name: str, entry: dict, model_path: str, dataset: str) -> str:
+    data, sampling, engine = entry["dataset"], entry["sampling"], entry["engine"]
+    pairs = [
+        ("--job-name", name),
+        ("--model-path", model_path),
+        ("--tokenizer-path", entry.get("tokenizer")),
+        ("--dataset", dataset),
+        ("--prompt-mode", data["prompt_mode"]),
+        ("--text-column", data["text_column"]),
+        ("--messages-column", data["messages_column"]),
+        ("--id-column", data.get("id_column")),
+        ("--max-prompt-tokens", entry["max_prompt_tokens"]),
+        ("--chunk-rows", entry["chunk_rows"]),
+        ("--output-format", entry["output_format"]),
+        ("--max-target-length", entry.get("max_target_length")),
+        ("--engine", engine["kind"]),
+        ("--tensor-parallel-size", engine["tensor_parallel_size"]),
+        ("--pipeline-parallel-size", engine["pipeline_parallel_size"]),
+        ("--dtype", engine["dtype"]),
+        ("--max-model-len", engine.get("max_model_len")),
+        ("--gpu-memory-utilization", engine["gpu_memory_utilization"]),
+        ("--gen-batch-size", engine["gen_batch_size"]),
+        ("--base-url", engine.get("base_url") and expand(engine["base_url"], f"kd.{name}.engine.base_url")),
+        ("--served-model-name", engine.get("served_model_name")),
+        ("--max-concurrency", engine["max_concurrency"]),
+        ("-n", sampling["n"]),
+        ("--temperature", sampling["temperature"]),
+        ("--top-p", sampling["top_p"]),
+        ("--top-k", sampling["top_k"]),
+        ("--max-tokens", sampling["max_tokens"]),
+        ("--seed", sampling["seed"]),
+    ]
+    flags = [f"{flag} {shlex.quote(str(value))}" for flag, value in pairs if value is not None]
+    flags += [f"--stop {shlex.quote(stop)}" for stop in sampling["stop"]]
+    switches = {
+        "--shuffle-chunks": entry["shuffle_chunks"],
+        "--return-token-ids": entry["return_token_ids"],
+        "--no-prefix-caching": not engine["enable_prefix_caching"],
+        "--enforce-eager": engine["enforce_eager"],
+    }
+    flags += [flag for flag, on in switches.items() if on]
+    return " ".join(flags)
+
+
+def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datasets: dict[str, str]) -> dict:
+    """`model_dirs`: the HF folder of each workflow model; `built_datasets`: folders the workflow writes itself."""
+    plans = {}
+    for name, entry in jobs.items():
+        model = expand(entry["model"], f"kd.{name}.model")
+        if model in model_dirs:
+            model_path, model_input = model_dirs[model], model_dirs[model]
+        else:
+            model_path = model
+            model_input = model if os.path.isdir(model) else None
+        dataset = expand(entry["dataset"]["path"], f"kd.{name}.dataset.path")
+        engine = entry["engine"]
+        gpus = entry.get("gpus")
+        if gpus is None:
+            parallel = engine["tensor_parallel_size"] * engine["pipeline_parallel_size"]
+            gpus = parallel if engine["kind"] in ("vllm", "auto") else 0
+        plans[name] = KdPlan(
+            name=name,
+            model_path=model_path,
+            model_input=model_input,
+            dataset_inputs=_dataset_inputs(dataset, built_datasets),
+            flags=_flags(name, entry, model_path, dataset),
+            gpus=gpus,
+            output_format=entry["output_format"],
+        )
+    return plans
