@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers.snakemake_runs import planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
-
-
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(configfile or REPO / "config" / "config.yaml"), "--cores", "2", *args,
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
-
-
-def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
-    """(rule, wildcards) of each job a dry run would execute."""
-    jobs = []
-    for block in re.split(r"\n(?=rule \w+:)", result.stdout):
-        rule = re.match(r"rule (\w+):", block)
-        if rule and rule.group(1) != "all":
-            wildcards = re.search(r"wildcards: (.*)", block)
-            jobs.append((rule.group(1), wildcards.group(1) if wildcards else ""))
-    return sorted(jobs)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +38,15 @@ def test_default_config_leaves_a_passing_report_per_model(finished_run):
         assert plan["passed"]
 
 
+def test_default_config_generates_the_kd_dataset_on_the_cpu(finished_run):
+    summary = json.loads((finished_run / "results/kd/tiny-web-kd/summary.json").read_text())
+    assert summary["engines"] == ["transformers"]
+    assert summary["chunks"] == 10 and summary["rows"] == 141
+    assert summary["generated_rows"] + summary["skipped_rows"] == summary["rows"]
+    lines = (finished_run / "results/kd/tiny-web-kd/dataset.jsonl").read_text().splitlines()
+    assert len(lines) == summary["samples"] == 2 * summary["generated_rows"]
+
+
 def test_finished_run_has_nothing_to_do(finished_run):
     result = snakemake(finished_run, "-n")
     assert result.returncode == 0
@@ -69,8 +57,11 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results/models/tiny-llama/hf")
+    # The KD job's teacher is tiny-llama: its manifest and dataset are redone (the chunks once the manifest is).
     assert planned_jobs(snakemake(workdir, "-n")) == [
         ("hf_merge", "model=tiny-llama"),
+        ("kd_dataset", "job=tiny-web-kd"),
+        ("kd_manifest", "job=tiny-web-kd"),
         ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
         ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
         ("verify_model", "model=tiny-llama"),
@@ -118,6 +109,7 @@ def test_invalid_config_is_refused_by_the_schema(tmp_path):
 def test_model_without_numeric_reference_is_verified_statically(tmp_path):
     def no_reference(config):
         config["tiny_models"] = {"src": {"architecture": "qwen3", "layout": "safetensors"}}
+        config["kd"] = {}
         config["models"] = {
             "m": {"source": {"format": "hf", "path": "work/sources/src"}, "verify": {"reference": "none"}}
         }
@@ -132,6 +124,7 @@ def test_model_without_numeric_reference_is_verified_statically(tmp_path):
 def deepspeed_config(tmp_path: Path, run: Path, base: Path, step) -> Path:
     def use_deepspeed(config):
         config["tiny_models"] = {}
+        config["kd"] = {}
         config["verify"]["parallel_sizes"] = []
         config["models"] = {
             "ft": {"source": {"format": "deepspeed", "path": str(run), "step": step}, "base_model": str(base)}

@@ -1,0 +1,38 @@
+"""Running the workflow as a user would (`python -m snakemake ...`) and reading which jobs it planned or ran."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(configfile or REPO / "config" / "config.yaml"), "--cores", "2", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def _jobs(text: str) -> list[tuple[str, str]]:
+    jobs = []
+    for block in re.split(r"\n(?=(?:localrule|rule|localcheckpoint|checkpoint) \w+:)", text):
+        rule = re.match(r"(?:localrule|rule|localcheckpoint|checkpoint) (\w+):", block)
+        if rule and rule.group(1) != "all":
+            wildcards = re.search(r"wildcards: (.*)", block)
+            jobs.append((rule.group(1), wildcards.group(1) if wildcards else ""))
+    return sorted(jobs)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each job a dry run would execute."""
+    return _jobs(result.stdout)
+
+
+def executed_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each job a real run executed, from Snakemake's job log."""
+    return _jobs(result.stderr)

@@ -1,0 +1,291 @@
+"""Sequence-KD generation on the CPU: manifest from parquet footers, chunk files, resume after a kill, dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workflow_scripts.kd.manifest import load_manifest
+from workflow_scripts.kd.records import SCHEMA_FILE
+from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dataset(tmp_path) -> Path:
+    folder = tmp_path / "data"
+    write_tiny_dataset(folder, files=2, rows=20, row_group_rows=8)
+    return folder
+
+
+@pytest.fixture
+def model(tiny_model_store) -> Path:
+    return tiny_model_store("llama")
+
+
+def job_flags(model: Path, dataset: Path | str, **overrides) -> list[str]:
+    settings = {
+        "--model-path": model,
+        "--dataset": dataset,
+        "--chunk-rows": 8,
+        "--max-prompt-tokens": 12,
+        "--max-tokens": 8,
+        "--gen-batch-size": 4,
+        "--seed": 3,
+        **overrides,
+    }
+    flags = []
+    for flag, value in settings.items():
+        if value is True:
+            flags.append(flag)
+        elif value is not None and value is not False:
+            flags += [flag, str(value)]
+    return flags
+
+
+def make_manifest(run_cli, folder: Path, *flags: str) -> Path:
+    manifest = folder / "manifest.json"
+    result = run_cli("kd-manifest", "--output", manifest, *flags)
+    assert result.exit_code == 0, result.stderr
+    return manifest
+
+
+def run_all_chunks(run_cli, manifest: Path) -> None:
+    for chunk in load_manifest(manifest).chunks:
+        result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk.name)
+        assert result.exit_code == 0, result.stderr
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_manifest_lists_row_ranges_of_each_file_from_footers(run_cli, model, dataset, tmp_path):
+    manifest = load_manifest(make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset)))
+    # Files of 20 and 27 rows in chunks of 8.
+    assert [chunk.name for chunk in manifest.chunks] == [
+        "part-000/000000000-000000008",
+        "part-000/000000008-000000016",
+        "part-000/000000016-000000020",
+        "part-001/000000000-000000008",
+        "part-001/000000008-000000016",
+        "part-001/000000016-000000024",
+        "part-001/000000024-000000027",
+    ]
+    assert manifest.data["rows"] == 47
+
+
+def test_shuffled_manifest_has_the_same_chunks_in_a_seeded_order(run_cli, model, dataset, tmp_path):
+    plain = load_manifest(make_manifest(run_cli, tmp_path / "a", *job_flags(model, dataset)))
+    shuffled = load_manifest(
+        make_manifest(run_cli, tmp_path / "b", *job_flags(model, dataset, **{"--shuffle-chunks": True}))
+    )
+    again = load_manifest(
+        make_manifest(run_cli, tmp_path / "c", *job_flags(model, dataset, **{"--shuffle-chunks": True}))
+    )
+    assert sorted(c.name for c in shuffled.chunks) == sorted(c.name for c in plain.chunks)
+    assert [c.name for c in shuffled.chunks] != [c.name for c in plain.chunks]
+    assert [c.name for c in shuffled.chunks] == [c.name for c in again.chunks]
+
+
+def test_missing_column_fails_the_manifest_naming_the_file(run_cli, model, dataset, tmp_path):
+    result = run_cli(
+        "kd-manifest", "--output", tmp_path / "m.json", *job_flags(model, dataset, **{"--text-column": "body"})
+    )
+    assert result.exit_code == 1
+    assert (
+        "part-000.parquet: has no column 'body' (prompt mode prefix); its columns: id, text, messages" in result.stderr
+    )
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_unreadable_parquet_file_fails_the_manifest_naming_it(run_cli, model, dataset, tmp_path):
+    (dataset / "part-002.parquet").write_bytes(b"not parquet at all")
+    result = run_cli("kd-manifest", "--output", tmp_path / "m.json", *job_flags(model, dataset))
+    assert result.exit_code == 1
+    assert "part-002.parquet: not a readable parquet file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_empty_glob_is_named(run_cli, model, tmp_path):
+    result = run_cli("kd-manifest", "--output", tmp_path / "m.json", *job_flags(model, tmp_path / "none/*.parquet"))
+    assert result.exit_code == 1
+    assert "no parquet files found" in result.stderr
+
+
+def test_chunk_lines_follow_the_documented_schema(run_cli, model, dataset, tmp_path):
+    manifest = make_manifest(
+        run_cli, tmp_path / "job", *job_flags(model, dataset, **{"-n": 2, "--return-token-ids": True})
+    )
+    run_all_chunks(run_cli, manifest)
+    schema = json.loads(SCHEMA_FILE.read_text())
+    lines = read_jsonl(tmp_path / "job/chunks/part-000/000000000-000000008.jsonl")
+    for line in lines:
+        jsonschema.validate(line, schema)
+        assert line["prompt_tokens"] == len(line["prompt_token_ids"]) <= 12
+        assert line["completion_tokens"] == len(line["completion_token_ids"]) <= 8
+    # Two samples per generated row, rows in order.
+    assert [(line["row_index"], line["sample_index"]) for line in lines][:4] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_bad_rows_are_skipped_with_reasons_and_never_kill_the_chunk(run_cli, model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    texts = ["A fine row of text.", None, "   ", "Another fine row.", "x " * 400]
+    pq.write_table(pa.table({"text": texts}), data / "odd.parquet")
+    binary = [b"valid text here", b"\xff\xfe broken utf-8"]
+    pq.write_table(pa.table({"text": pa.array(binary, pa.binary())}), data / "bytes.parquet")
+    flags = job_flags(model, data, **{"--prompt-mode": "prompt", "--max-prompt-tokens": 64})
+    manifest = make_manifest(run_cli, tmp_path / "job", *flags)
+    run_all_chunks(run_cli, manifest)
+    odd = json.loads((tmp_path / "job/chunks/odd/000000000-000000005.stats.json").read_text())
+    assert [(s["row_index"], s["skipped"]) for s in odd["skipped"]] == [
+        (1, "empty_prompt"),
+        (2, "empty_prompt"),
+        (4, "prompt_too_long"),
+    ]
+    assert [line["row_index"] for line in read_jsonl(tmp_path / "job/chunks/odd/000000000-000000005.jsonl")] == [0, 3]
+    raw = json.loads((tmp_path / "job/chunks/bytes/000000000-000000002.stats.json").read_text())
+    assert [(s["row_index"], s["skipped"]) for s in raw["skipped"]] == [(1, "undecodable_text")]
+
+
+def test_prefix_mode_cuts_each_document_to_max_prompt_tokens(run_cli, model, dataset, tmp_path):
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset, **{"--max-prompt-tokens": 5}))
+    run_all_chunks(run_cli, manifest)
+    lines = read_jsonl(tmp_path / "job/chunks/part-000/000000000-000000008.jsonl")
+    assert {line["prompt_tokens"] for line in lines} == {5}
+
+
+def test_chat_mode_renders_messages_with_the_chat_template(run_cli, model, dataset, tmp_path):
+    from transformers import AutoTokenizer
+
+    manifest = make_manifest(
+        run_cli, tmp_path / "job", *job_flags(model, dataset, **{"--prompt-mode": "chat", "--max-prompt-tokens": 0})
+    )
+    run_all_chunks(run_cli, manifest)
+    line = read_jsonl(tmp_path / "job/chunks/part-000/000000000-000000008.jsonl")[0]
+    messages = pq.read_table(dataset / "part-000.parquet").column("messages").to_pylist()[0]
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert line["prompt"] == tokenizer.decode(tokenizer(rendered)["input_ids"], skip_special_tokens=True)
+    assert line["prompt"].endswith("assistant\n")
+
+
+def test_rechunked_job_samples_every_row_the_same_way(run_cli, model, dataset, tmp_path):
+    datasets = []
+    for rows in (8, 5):
+        folder = tmp_path / f"chunks-of-{rows}"
+        manifest = make_manifest(run_cli, folder, *job_flags(model, dataset, **{"--chunk-rows": rows}))
+        run_all_chunks(run_cli, manifest)
+        result = run_cli(
+            "kd-dataset", "--manifest", manifest, "--output", folder / "d.jsonl", "--summary", folder / "s.json"
+        )
+        assert result.exit_code == 0, result.stderr
+        datasets.append((folder / "d.jsonl").read_text())
+    assert datasets[0] == datasets[1]
+
+
+def test_killed_chunk_resumes_without_losing_or_duplicating_rows(run_cli, model, tmp_path):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, files=1, rows=60, row_group_rows=16)
+    flags = job_flags(model, data, **{"--chunk-rows": 60, "--max-tokens": 24, "--gen-batch-size": 2, "-n": 2})
+    uninterrupted = make_manifest(run_cli, tmp_path / "once", *flags)
+    run_all_chunks(run_cli, uninterrupted)
+    expected = (tmp_path / "once/chunks/part-000/000000000-000000060.jsonl").read_text()
+
+    manifest = make_manifest(run_cli, tmp_path / "killed", *flags)
+    output = tmp_path / "killed/chunks/part-000/000000000-000000060.jsonl"
+    side = output.parent / f".{output.name}.partial"
+    command = [sys.executable, "-m", "workflow_scripts.cli", "kd-chunk", "--manifest", str(manifest),
+               "--chunk", "part-000/000000000-000000060"]  # fmt: skip
+    job = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not side.exists() or side.read_text().count("\n") < 30):
+        time.sleep(0.05)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    saved = side.read_text().count("\n")
+    assert 30 <= saved < 120 and not output.exists(), "the kill should land mid-chunk"
+    # A torn last line, as a kill during a write leaves it.
+    with open(side, "a") as handle:
+        handle.write('{"id": "part-000:59", "row_in')
+
+    result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", "part-000/000000000-000000060")
+    assert result.exit_code == 0, result.stderr
+    assert output.read_text() == expected
+    stats = json.loads(output.with_name("000000000-000000060.stats.json").read_text())
+    assert stats["resumed_rows"] > 0
+    assert not side.exists()
+
+
+def test_second_writer_of_a_chunk_is_refused(run_cli, model, dataset, tmp_path):
+    import fcntl
+
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))
+    side = tmp_path / "job/chunks/part-000/.000000000-000000008.jsonl.partial"
+    side.parent.mkdir(parents=True)
+    with open(side, "ab") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", "part-000/000000000-000000008")
+    assert result.exit_code == 1
+    assert "another process is writing this chunk" in result.stderr
+
+
+def test_dataset_and_summary_count_rows_tokens_and_skips(run_cli, model, dataset, tmp_path):
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset, **{"--output-format": "parquet"}))
+    incomplete = run_cli(
+        "kd-dataset", "--manifest", manifest, "--output", tmp_path / "d.parquet", "--summary", tmp_path / "s.json"
+    )
+    assert incomplete.exit_code == 1 and "7 of 7 chunks are not generated yet" in incomplete.stderr
+    run_all_chunks(run_cli, manifest)
+    result = run_cli(
+        "kd-dataset", "--manifest", manifest, "--output", tmp_path / "d.parquet", "--summary", tmp_path / "s.json"
+    )
+    assert result.exit_code == 0, result.stderr
+    table = pq.read_table(tmp_path / "d.parquet")
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["rows"] == 47
+    assert summary["generated_rows"] + summary["skipped_rows"] == 47
+    assert table.num_rows == summary["samples"] == summary["generated_rows"]
+    assert summary["completion_tokens"] == sum(table.column("completion_tokens").to_pylist())
+    assert summary["skipped_by_reason"] == {"empty_prompt": 7}  # 4 nulls, 3 blanks
+    assert summary["engines"] == ["transformers"] and "transformers" in summary["versions"]
+    assert len(summary["per_chunk"]) == 7 and all(c["output_tokens_per_second"] for c in summary["per_chunk"])
+
+
+def test_kd_status_counts_done_and_remaining_chunks_and_rows(run_cli, model, dataset, tmp_path):
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))
+    assert run_cli("kd-chunk", "--manifest", manifest, "--chunk", "part-001/000000008-000000016").exit_code == 0
+    result = run_cli("kd-status", tmp_path / "job")
+    assert result.stdout.splitlines()[:2] == [
+        "job kd: 1/7 chunks done, 6 remaining",
+        "rows: 8/47 done (0 saved in unfinished chunks), 39 remaining",
+    ]
+
+
+def test_generate_runs_each_workers_share_then_merges(run_cli, model, dataset, tmp_path, monkeypatch):
+    # The MaxText guide's environment variables fill the flags.
+    monkeypatch.setenv("MODEL_PATH", str(model))
+    monkeypatch.setenv("DATASET_PATH", str(dataset))
+    monkeypatch.setenv("GCS_BUCKET_PATH", str(tmp_path / "out"))
+    flags = ["--chunk-rows", "8", "--max-tokens", "4", "--num-workers", "2"]
+    first = run_cli("generate", *flags, "--worker-index", "0")
+    assert first.exit_code == 0, first.stderr
+    assert "worker 0/2: 4 of 4 chunks to generate" in first.stdout
+    assert not (tmp_path / "out/kd/dataset.jsonl").exists()
+    second = run_cli("generate", *flags, "--worker-index", "1")
+    assert "worker 1/2: 3 of 3 chunks to generate" in second.stdout
+    assert (tmp_path / "out/kd/dataset.jsonl").exists()
+    changed = run_cli("generate", *flags, "--temperature", "0.1")
+    assert changed.exit_code == 1 and "was made with other settings" in changed.stderr
