@@ -5,7 +5,6 @@ from pathlib import Path
 
 from workflow_scripts.formats.hf_checkpoint import has_hf_weights
 from workflow_scripts.kd.manifest import load_manifest
-from workflow_scripts.kd.sources import is_url
 from workflow_scripts.workflow import resources as sizing
 from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
 from workflow_scripts.workflow.models import names_regex, plan_models
@@ -185,16 +184,9 @@ def kd_manifest_inputs(wildcards):
     return inputs
 
 
-def kd_chunk_inputs(wildcards):
-    """The model and the chunk's parquet file; not the manifest, whose rewrite (a new file added to the dataset)
-    must not make finished chunks look outdated."""
-    manifest = load_manifest(checkpoints.kd_manifest.get(job=wildcards.job).output[0])
-    chunk = manifest.chunk(f"{wildcards.part}/{wildcards.start}-{wildcards.stop}")
-    plan = KD_JOBS[wildcards.job]
-    inputs = {} if is_url(chunk.file) else {"data": chunk.file}
-    if plan.model_input:
-        inputs["model"] = plan.model_input
-    return inputs
+def kd_teacher_inputs(wildcards):
+    model = KD_JOBS[wildcards.job].model_input
+    return {"model": model} if model else {}
 
 
 def kd_chunk_files(wildcards):
@@ -211,5 +203,22 @@ def kd_gpus(wildcards):
     return KD_JOBS[wildcards.job].gpus
 
 
-def kd_conda_env(wildcards):
-    return "../envs/vllm.yaml" if kd_gpus(wildcards) else "../envs/generate.yaml"
+def _same_for_all_jobs(value_of, per_job_function):
+    """A plain value when every KD job has the same one, else the per-job function."""
+    values = {value_of(plan) for plan in KD_JOBS.values()}
+    return values.pop() if len(values) == 1 else per_job_function
+
+
+KD_CHUNK_RESOURCES = {
+    "gpu": _same_for_all_jobs(lambda plan: plan.gpus, kd_gpus),
+    "mem_mb": _same_for_all_jobs(
+        lambda plan: 32768 if plan.gpus else 4096,
+        lambda wildcards: 32768 if kd_gpus(wildcards) else 4096,
+    ),
+}
+# vLLM's environment (it pins its own torch) where any job runs on GPUs, else the CPU one.
+KD_CHUNK_ENV = (
+    "../envs/vllm.yaml"
+    if any(plan.gpus for plan in KD_JOBS.values())
+    else "../envs/generate.yaml"
+)

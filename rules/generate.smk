@@ -22,25 +22,46 @@ checkpoint kd_manifest:
         "distillery kd-manifest --output {output} {params.flags} > {log} 2>&1"
 
 
+rule kd_teacher:
+    input:
+        unpack(kd_teacher_inputs),
+    output:
+        f"{RESULTS}/kd/{{job}}/teacher.json",
+    log:
+        "logs/kd_teacher/{job}.log",
+    conda:
+        "../envs/generate.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    params:
+        flags=lambda wildcards: KD_JOBS[wildcards.job].flags,
+    shell:
+        "distillery kd-teacher --output {output} {params.flags} > {log} 2>&1"
+
+
 rule kd_chunk:
     input:
-        unpack(kd_chunk_inputs),
+        # Not the manifest: a new parquet file rewrites it, and that must not make finished chunks look outdated.
+        # teacher.json changes with the model or the generation settings, and then every chunk is redone.
+        teacher=f"{RESULTS}/kd/{{job}}/teacher.json",
     output:
         chunk=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl",
         stats=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json",
     log:
         "logs/kd_chunk/{job}/{part}/{start}-{stop}.log",
     conda:
-        kd_conda_env
+        KD_CHUNK_ENV
     threads: 2
+    # Plain values where the config allows: Snakemake evaluates a function per job, which costs seconds at 10k chunks.
     resources:
-        gpu=kd_gpus,
-        mem_mb=lambda wildcards: 32768 if kd_gpus(wildcards) else 4096,
+        gpu=KD_CHUNK_RESOURCES["gpu"],
+        mem_mb=KD_CHUNK_RESOURCES["mem_mb"],
+        disk_mb=1000,
         runtime=240,
     params:
-        manifest=lambda wildcards: kd_manifest_path(wildcards.job),
-        # The chunk reruns when settings that change its text change (the params trigger).
-        settings=lambda wildcards: KD_JOBS[wildcards.job].flags,
+        manifest=f"{RESULTS}/kd/{{job}}/manifest.json",
     shell:
         "distillery kd-chunk --manifest {params.manifest} --chunk {wildcards.part}/{wildcards.start}-{wildcards.stop}"
         " --output {output.chunk} > {log} 2>&1"

@@ -138,6 +138,20 @@ def _run_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_teacher(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_text
+
+    job = job_from_args(args)
+    model = Path(job.model)
+    if job.engine.kind != "openai" and not (model / "config.json").is_file():
+        where = model if model.exists() else model.parent
+        raise DistilleryError(f"no HF model folder {model.name!r} here (config.json missing)", where)
+    record = {"job": job.name, "model": job.model, "settings_hash": job.settings_hash(), "settings": job_to_dict(job)}
+    atomic_write_text(args.output, json.dumps(record, indent=1) + "\n")
+    print(f"✓ {args.output}: teacher {job.model}, settings {record['settings_hash']}")
+    return 0
+
+
 def _run_chunk(args: argparse.Namespace) -> int:
     from .chunk import ChunkRunner
     from .manifest import load_manifest
@@ -232,6 +246,14 @@ def add_kd_commands(commands) -> None:
     manifest.add_argument("--output", required=True, type=Path, help="manifest.json to write")
     add_job_flags(manifest)
     manifest.set_defaults(handler=_run_manifest)
+
+    teacher = commands.add_parser(
+        "kd-teacher",
+        help="record a KD job's teacher and generation settings (chunks are redone when they change)",
+    )
+    teacher.add_argument("--output", required=True, type=Path, help="teacher.json to write")
+    add_job_flags(teacher)
+    teacher.set_defaults(handler=_run_teacher)
 
     chunk = commands.add_parser(
         "kd-chunk",
