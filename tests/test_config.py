@@ -32,3 +32,18 @@ def test_schema_refuses_unknown_keys():
 
     with pytest.raises(WorkflowError, match="shard_size"):
         validate({"models": {"m": {"source": {"format": "hf", "path": "x"}, "shard_size": "1GB"}}}, SCHEMA)
+
+
+def test_kd_job_defaults_and_the_guides_variables(monkeypatch):
+    from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
+
+    config = yaml.safe_load((REPO / "config/examples/kd-llama3.1-1b.yaml").read_text())
+    validate(config, SCHEMA)
+    assert config["kd"]["finewebedu-kd"]["engine"]["pipeline_parallel_size"] == 1
+    monkeypatch.setenv("MODEL_PATH", "/models/llama3.1-1b-hf")
+    monkeypatch.setenv("TOKENIZER_PATH", "/tokenizers/Llama-3.1-8B")
+    monkeypatch.setenv("DATASET_PATH", "gs://bucket/finewebedu")
+    plan = plan_kd_jobs(config["kd"], {}, {})["finewebedu-kd"]
+    assert plan.gpus == 1 and plan.model_input is None and plan.dataset_inputs == []
+    assert "--model-path /models/llama3.1-1b-hf --tokenizer-path /tokenizers/Llama-3.1-8B" in plan.flags
+    assert "--dataset 'gs://bucket/finewebedu/*.parquet'" in plan.flags and "--shuffle-chunks" in plan.flags
