@@ -54,7 +54,7 @@ def _flags(name: str, entry: dict, model_path: str, dataset: str) -> str:
     pairs = [
         ("--job-name", name),
         ("--model-path", model_path),
-        ("--tokenizer-path", entry.get("tokenizer")),
+        ("--tokenizer-path", entry.get("tokenizer") and expand(entry["tokenizer"], f"kd.{name}.tokenizer")),
         ("--dataset", dataset),
         ("--prompt-mode", data["prompt_mode"]),
         ("--text-column", data["text_column"]),
