@@ -6,7 +6,7 @@ from pathlib import Path
 from workflow_scripts.formats.hf_checkpoint import has_hf_weights
 from workflow_scripts.kd.manifest import load_manifest
 from workflow_scripts.workflow import resources as sizing
-from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
+from workflow_scripts.workflow.kd_jobs import manifest_is_current, plan_kd_jobs
 from workflow_scripts.workflow.models import names_regex, plan_models
 
 RESULTS = config["results"]
@@ -190,11 +190,15 @@ def kd_teacher_inputs(wildcards):
 
 
 def kd_chunk_files(wildcards):
-    manifest = load_manifest(checkpoints.kd_manifest.get(job=wildcards.job).output[0])
+    """The chunks of the job's manifest. A current manifest is read directly: a checkpoint in the DAG makes
+    Snakemake redo its bookkeeping after every job, which at 10,000 chunks costs more than the planning itself."""
+    path = kd_manifest_path(wildcards.job)
+    if not manifest_is_current(path, KD_JOBS[wildcards.job]):
+        path = checkpoints.kd_manifest.get(job=wildcards.job).output[0]
     folder = f"{RESULTS}/kd/{wildcards.job}"
     return [
         f"{folder}/chunks/{chunk.name}{suffix}"
-        for chunk in manifest.chunks
+        for chunk in load_manifest(path).chunks
         for suffix in (".jsonl", ".stats.json")
     ]
 
