@@ -289,3 +289,25 @@ def test_generate_runs_each_workers_share_then_merges(run_cli, model, dataset, t
     assert (tmp_path / "out/kd/dataset.jsonl").exists()
     changed = run_cli("generate", *flags, "--temperature", "0.1")
     assert changed.exit_code == 1 and "was made with other settings" in changed.stderr
+
+
+def test_manifest_is_current_until_a_file_or_a_setting_changes(run_cli, model, dataset, tmp_path):
+    from snakemake.utils import validate
+
+    from workflow_scripts.workflow.kd_jobs import manifest_is_current, plan_kd_jobs
+
+    def plan(**sampling):
+        config = {"kd": {"kd": {"model": str(model), "dataset": {"path": str(dataset / "*.parquet")},
+                                "max_prompt_tokens": 12, "chunk_rows": 8, "sampling": {"seed": 3, **sampling},
+                                "engine": {"gen_batch_size": 4}}}}  # fmt: skip
+        validate(config, str(REPO / "config/schema/config.schema.yaml"))
+        return plan_kd_jobs(config["kd"], {}, {})["kd"]
+
+    manifest = make_manifest(
+        run_cli, tmp_path / "job", *job_flags(model, dataset / "*.parquet", **{"--max-tokens": 256})
+    )
+    assert manifest_is_current(str(manifest), plan())
+    assert not manifest_is_current(str(manifest), plan(temperature=0.5))
+    write_tiny_dataset(tmp_path / "more", files=3, rows=4)
+    (tmp_path / "more/part-002.parquet").rename(dataset / "part-002.parquet")
+    assert not manifest_is_current(str(manifest), plan())
