@@ -311,3 +311,24 @@ def test_manifest_is_current_until_a_file_or_a_setting_changes(run_cli, model, d
     write_tiny_dataset(tmp_path / "more", files=3, rows=4)
     (tmp_path / "more/part-002.parquet").rename(dataset / "part-002.parquet")
     assert not manifest_is_current(str(manifest), plan())
+
+
+def test_dataset_by_url_is_read_through_fsspec(run_cli, model, dataset, tmp_path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for file in sorted(dataset.glob("*.parquet")):
+        memory.pipe(f"/bucket/web/{file.name}", file.read_bytes())
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, "memory://bucket/web/*.parquet"))
+    loaded = load_manifest(manifest)
+    assert [entry["path"] for entry in loaded.data["files"]] == [
+        "memory:///bucket/web/part-000.parquet",
+        "memory:///bucket/web/part-001.parquet",
+    ]
+    assert loaded.chunks[0].name == "part-000/000000000-000000008"
+    run_all_chunks(run_cli, manifest)
+    local = make_manifest(run_cli, tmp_path / "local", *job_flags(model, dataset))
+    run_all_chunks(run_cli, local)
+    by_url = read_jsonl(tmp_path / "job/chunks/part-001/000000016-000000024.jsonl")
+    from_disk = read_jsonl(tmp_path / "local/chunks/part-001/000000016-000000024.jsonl")
+    assert [r["completion"] for r in by_url] == [r["completion"] for r in from_disk]

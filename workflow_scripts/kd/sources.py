@@ -35,7 +35,6 @@ def list_parquet_files(dataset: str) -> tuple[list[str], str]:
     """
     if is_url(dataset):
         fs, root_path = _filesystem(dataset)
-        protocol = dataset.split("://", 1)[0]
         if _GLOB_CHARS.search(root_path):
             found = fs.glob(root_path)
             root = root_path[: _GLOB_CHARS.search(root_path).start()].rsplit("/", 1)[0]
@@ -45,8 +44,8 @@ def list_parquet_files(dataset: str) -> tuple[list[str], str]:
         else:
             found = [root_path] if fs.exists(root_path) else []
             root = root_path.rsplit("/", 1)[0]
-        files = sorted(f"{protocol}://{p}" for p in found)
-        root = f"{protocol}://{root}"
+        files = sorted(fs.unstrip_protocol(p) for p in found)
+        root = fs.unstrip_protocol(root)
     else:
         if _GLOB_CHARS.search(dataset):
             files = sorted(glob.glob(dataset, recursive=True))
