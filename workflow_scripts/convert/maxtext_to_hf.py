@@ -1,0 +1,354 @@
+"""`distillery maxtext-to-hf`: a MaxText param-only Orbax checkpoint of a Llama model in, an HF Llama folder out.
+
+MaxText's tree (scanned layers are stacked on axis 1, MaxText's default `param_scan_axis`; unscanned ones are
+`decoder.layers_{i}`) maps onto HF names as MaxText's own converters map it (`llama_mistral_mixtral_orbax_to_hf`,
+`to_huggingface`'s LLAMA31 hooks), with the transforms MaxText's math implies (see models/maxtext_llama.py):
+
+    token_embedder.embedding            [vocab, emb]          -> model.embed_tokens.weight
+    self_attention.query.kernel         [emb, (L,) heads, hd]  -> q_proj: ×sqrt(hd), de-interleaved for llama3.1, [heads·hd, emb]
+    self_attention.key.kernel           [emb, (L,) kv, hd]     -> k_proj: de-interleaved for llama3.1, [kv·hd, emb]
+    self_attention.value.kernel         [emb, (L,) kv, hd]     -> v_proj [kv·hd, emb]
+    self_attention.out.kernel           [heads, (L,) hd, emb]  -> o_proj [emb, heads·hd]
+    mlp.wi_0 / wi_1 / wo.kernel         [emb, (L,) mlp] ...    -> gate_proj / up_proj / down_proj (transposed)
+    pre_/post_self_attention_layer_norm [emb, (L)]             -> input_layernorm / post_attention_layernorm
+    decoder.decoder_norm.scale          [emb]                  -> model.norm.weight
+    decoder.logits_dense.kernel         [emb, vocab]           -> lm_head.weight (transposed); absent: via the embedding
+
+Each stored array is read once, when its first HF tensor is written, and dropped before the next is read; the
+tensors cut from it are written in turn, so memory holds one stored array and one layer's tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..atomic import atomic_output_dir
+from ..choices import OUTPUT_DTYPES
+from ..errors import DistilleryError
+from ..formats import hf_writer
+from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
+from ..formats.safetensors_file import TensorSpec
+from ..models.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
+from ..progress import progress_bar
+from ..provenance import write_provenance
+from ..sizes import format_size, parse_size
+from .model_files import copy_model_files
+
+log = logging.getLogger(__name__)
+
+# (HF name inside model.layers.{i}, MaxText name inside a layer, MaxText shape of one layer from sizes)
+_LAYER_PARAMS = (
+    ("self_attn.q_proj.weight", "self_attention.query.kernel"),
+    ("self_attn.k_proj.weight", "self_attention.key.kernel"),
+    ("self_attn.v_proj.weight", "self_attention.value.kernel"),
+    ("self_attn.o_proj.weight", "self_attention.out.kernel"),
+    ("mlp.gate_proj.weight", "mlp.wi_0.kernel"),
+    ("mlp.up_proj.weight", "mlp.wi_1.kernel"),
+    ("mlp.down_proj.weight", "mlp.wo.kernel"),
+    ("input_layernorm.weight", "pre_self_attention_layer_norm.scale"),
+    ("post_attention_layernorm.weight", "post_self_attention_layer_norm.scale"),
+)
+_SCANNED_PROBE = "decoder.layers.self_attention.query.kernel"
+
+
+@dataclass
+class MaxTextToHFOptions:
+    orbax_checkpoint: str
+    hf_model_path: Path
+    model_size: str
+    config: Path | None = None
+    tokenizer_path: Path | None = None
+    dtype: str = "bfloat16"
+    rope_type: str | None = None  # None: as MaxText picks it from the model name
+    normalize_embedding_logits: bool = True
+    max_shard_size: str = "5GB"
+    force: bool = False
+    validate_vllm: bool = True
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MaxTextToHFResult:
+    output: Path
+    num_tensors: int
+    total_bytes: int
+    files: list[hf_writer.WrittenFile]
+    math: MaxTextLlamaMath
+
+
+def layer_shapes(math: MaxTextLlamaMath) -> dict[str, tuple[int, ...]]:
+    """Shape of each per-layer MaxText parameter (without the layer axis)."""
+    s = math.size
+    emb, heads, kv, hd, mlp = s.hidden_size, s.num_attention_heads, s.num_key_value_heads, s.head_dim, s.intermediate_size
+    return {
+        "self_attention.query.kernel": (emb, heads, hd),
+        "self_attention.key.kernel": (emb, kv, hd),
+        "self_attention.value.kernel": (emb, kv, hd),
+        "self_attention.out.kernel": (heads, hd, emb),
+        "mlp.wi_0.kernel": (emb, mlp),
+        "mlp.wi_1.kernel": (emb, mlp),
+        "mlp.wo.kernel": (mlp, emb),
+        "pre_self_attention_layer_norm.scale": (emb,),
+        "post_self_attention_layer_norm.scale": (emb,),
+    }
+
+
+def expected_maxtext_shapes(math: MaxTextLlamaMath, scanned: bool) -> dict[str, tuple[int, ...]]:
+    """Every MaxText parameter the checkpoint must hold for this size, with its stored shape."""
+    s = math.size
+    shapes = {
+        "token_embedder.embedding": (s.vocab_size, s.hidden_size),
+        "decoder.decoder_norm.scale": (s.hidden_size,),
+    }
+    if not math.tied_embeddings:
+        shapes["decoder.logits_dense.kernel"] = (s.hidden_size, s.vocab_size)
+    for name, shape in layer_shapes(math).items():
+        if scanned:
+            shapes[f"decoder.layers.{name}"] = (shape[0], s.num_hidden_layers, *shape[1:])
+        else:
+            for layer in range(s.num_hidden_layers):
+                shapes[f"decoder.layers_{layer}.{name}"] = shape
+    return shapes
+
+
+def check_fits_size(checkpoint: MaxTextCheckpoint, math: MaxTextLlamaMath, scanned: bool) -> None:
+    """Refuse before writing anything when the arrays do not have the shapes of --model-size."""
+    expected = expected_maxtext_shapes(math, scanned)
+    missing = [name for name in expected if name not in checkpoint.params]
+    if not scanned:
+        layers = sorted({int(name.split(".")[1].removeprefix("layers_")) for name in missing
+                         if name.startswith("decoder.layers_")})  # fmt: skip
+        if layers:
+            raise DistilleryError(
+                f"misses decoder layer(s) {layers[:5]} of the {math.size.num_hidden_layers} that --model-size "
+                f"{math.model_size} has (e.g. {next(n for n in missing if n.startswith('decoder.layers_'))})",
+                checkpoint.items,
+                "the checkpoint is incomplete, or --model-size has more layers than the model",
+            )
+    if missing:
+        raise DistilleryError(
+            f"misses MaxText parameter(s) {', '.join(missing[:3])}",
+            checkpoint.items,
+            "is this a MaxText Llama checkpoint written completely?",
+        )
+    wrong = []
+    for name, shape in expected.items():
+        actual = checkpoint.shape(name)
+        if actual != shape:
+            wrong.append(f"{name} is {list(actual)}, {math.model_size} expects {list(shape)}")
+    if wrong:
+        raise DistilleryError(
+            f"does not match --model-size {math.model_size}: {'; '.join(wrong[:3])}"
+            + (f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""),
+            checkpoint.items,
+            "pass the model's size, or --config with its config.json",
+        )
+
+
+def _deinterleave(kernel: np.ndarray) -> np.ndarray:
+    """MaxText llama3.1 rotary layout (adjacent pairs) -> HF's (halves): evens of head_dim first, then odds."""
+    return np.concatenate([kernel[..., 0::2], kernel[..., 1::2]], axis=-1)
+
+
+def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath) -> np.ndarray:
+    """One layer's MaxText array -> the HF weight, in float32."""
+    size = math.size
+    array = np.asarray(layer, dtype=np.float32)
+    if mt_name == "self_attention.query.kernel":
+        # MaxText's attention does not divide q·k by sqrt(head_dim); its query kernel carries that factor.
+        array = array * np.float32(np.sqrt(size.head_dim))
+    if mt_name in ("self_attention.query.kernel", "self_attention.key.kernel") and math.rope_type == "llama3.1":
+        array = _deinterleave(array)
+    if mt_name in ("self_attention.query.kernel", "self_attention.key.kernel", "self_attention.value.kernel"):
+        return array.reshape(size.hidden_size, -1).T
+    if mt_name == "self_attention.out.kernel":
+        return array.reshape(-1, size.hidden_size).T
+    if mt_name.startswith("mlp."):
+        return array.T
+    return array
+
+
+def _to_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(dtype)
+
+
+def _rows_to_torch(rows_of, num_rows: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A large 2-D tensor converted in row blocks, so no float32 copy of the whole of it is made."""
+    out = torch.empty(shape, dtype=dtype)
+    block = max(1, (64 << 20) // (4 * shape[1]))
+    for start in range(0, num_rows, block):
+        stop = min(num_rows, start + block)
+        out[start:stop] = _to_torch(rows_of(start, stop), dtype)
+    return out
+
+
+class _ArrayCache:
+    """Holds the one stored array the tensors being written are cut from."""
+
+    def __init__(self, checkpoint: MaxTextCheckpoint) -> None:
+        self.checkpoint = checkpoint
+        self.name: str | None = None
+        self.array = None
+
+    def get(self, name: str):
+        if name != self.name:
+            self.array = None  # drop the previous array before reading the next
+            self.array = self.checkpoint.read(name)
+            self.name = name
+        return self.array
+
+
+def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -> list[tuple[TensorSpec, tuple]]:
+    """HF tensors in the order that reads each stored array once: (spec, (maxtext name, layer or None, kind))."""
+    s = math.size
+    emb, vocab = s.hidden_size, s.vocab_size
+    plan = [(TensorSpec("model.embed_tokens.weight", dtype, (vocab, emb)), ("token_embedder.embedding", None, "copy"))]
+    hf_shapes = {
+        "self_attention.query.kernel": (s.num_attention_heads * s.head_dim, emb),
+        "self_attention.key.kernel": (s.num_key_value_heads * s.head_dim, emb),
+        "self_attention.value.kernel": (s.num_key_value_heads * s.head_dim, emb),
+        "self_attention.out.kernel": (emb, s.num_attention_heads * s.head_dim),
+        "mlp.wi_0.kernel": (s.intermediate_size, emb),
+        "mlp.wi_1.kernel": (s.intermediate_size, emb),
+        "mlp.wo.kernel": (emb, s.intermediate_size),
+        "pre_self_attention_layer_norm.scale": (emb,),
+        "post_self_attention_layer_norm.scale": (emb,),
+    }
+    for hf_name, mt_name in _LAYER_PARAMS:
+        for layer in range(s.num_hidden_layers):
+            stored = f"decoder.layers.{mt_name}" if scanned else f"decoder.layers_{layer}.{mt_name}"
+            spec = TensorSpec(f"model.layers.{layer}.{hf_name}", dtype, hf_shapes[mt_name])
+            plan.append((spec, (stored, layer if scanned else None, mt_name)))
+    plan.append((TensorSpec("model.norm.weight", dtype, (emb,)), ("decoder.decoder_norm.scale", None, "copy")))
+    if not math.tied_embeddings:
+        plan.append((TensorSpec("lm_head.weight", dtype, (vocab, emb)), ("decoder.logits_dense.kernel", None, "transpose")))
+    elif math.normalize_embedding_logits:
+        plan.append((TensorSpec("lm_head.weight", dtype, (vocab, emb)), ("token_embedder.embedding", None, "normalized")))
+    return plan
+
+
+def produce_tensor(cache: _ArrayCache, source: tuple, spec: TensorSpec, math: MaxTextLlamaMath) -> torch.Tensor:
+    stored, layer, kind = source
+    array = cache.get(stored)
+    if kind == "copy":
+        if array.ndim == 2:
+            return _rows_to_torch(lambda a, b: array[a:b], array.shape[0], spec.shape, spec.dtype)
+        return _to_torch(array, spec.dtype)
+    if kind == "transpose":
+        return _rows_to_torch(lambda a, b: array[:, a:b].T, array.shape[1], spec.shape, spec.dtype)
+    if kind == "normalized":
+        # MaxText divides logits computed through the embedding by sqrt(emb_dim) (normalize_embedding_logits).
+        scale = np.float32(1.0 / np.sqrt(math.size.hidden_size))
+        return _rows_to_torch(lambda a, b: np.asarray(array[a:b], np.float32) * scale, array.shape[0], spec.shape,
+                              spec.dtype)  # fmt: skip
+    layer_array = array if layer is None else np.take(array, layer, axis=1)
+    return _to_torch(hf_layer_tensor(kind, layer_array, math), spec.dtype)
+
+
+def read_math(checkpoint: MaxTextCheckpoint, options: MaxTextToHFOptions) -> tuple[MaxTextLlamaMath, bool]:
+    size = resolve_size(options.model_size, options.config)
+    rope_type = options.rope_type or default_rope_type(options.model_size)
+    if rope_type not in ROPE_TYPES:
+        raise DistilleryError(f"unknown --rope-type {rope_type!r}", hint=f"choose from {', '.join(ROPE_TYPES)}")
+    scanned = _SCANNED_PROBE in checkpoint.params
+    tied = "decoder.logits_dense.kernel" not in checkpoint.params
+    math_ = MaxTextLlamaMath(options.model_size, size, rope_type, tied, options.normalize_embedding_logits)
+    return math_, scanned
+
+
+def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
+    if options.dtype not in OUTPUT_DTYPES:
+        raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
+    if options.hf_model_path.exists() and not options.force:
+        raise DistilleryError("output already exists", options.hf_model_path, "pass --force to replace it")
+    max_shard_bytes = parse_size(options.max_shard_size)
+    checkpoint = MaxTextCheckpoint(options.orbax_checkpoint)
+    checkpoint.require(PARAM_ONLY)
+    math_, scanned = read_math(checkpoint, options)
+    check_fits_size(checkpoint, math_, scanned)
+    dtype = getattr(torch, options.dtype)
+    plan = plan_hf_tensors(math_, scanned, dtype)
+    total_bytes = sum(spec.nbytes for spec, _ in plan)
+    log.info("%s: %d tensors (%s) as %s", checkpoint.items, len(plan), format_size(total_bytes), options.dtype)
+
+    sources = {spec.name: source for spec, source in plan}
+    cache = _ArrayCache(checkpoint)
+    with (
+        atomic_output_dir(options.hf_model_path, force=options.force) as staging,
+        progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="maxtext-to-hf") as bar,
+    ):
+        files = hf_writer.write_weights(
+            staging,
+            [spec for spec, _ in plan],
+            lambda spec: produce_tensor(cache, sources[spec.name], spec, math_),
+            max_shard_bytes,
+            progress=lambda spec: bar.update(spec.nbytes),
+        )
+        cache.array = None
+        copied = _copy_tokenizer(options.tokenizer_path, staging)
+        config = hf_config(math_, options.dtype)
+        _take_token_ids(config, staging)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_provenance(
+            staging,
+            source={
+                "path": options.orbax_checkpoint,
+                "type": "maxtext",
+                "items": checkpoint.items,
+                "kind": checkpoint.kind,
+                "layout": f"{checkpoint.layout}, {'scanned' if scanned else 'unscanned'} layers",
+                "stored_bytes": checkpoint.stored_bytes(),
+                "tokenizer": str(options.tokenizer_path) if options.tokenizer_path else None,
+                "tokenizer_files": copied,
+            },
+            maxtext=math_.to_dict(),
+            conversion={"dtype": options.dtype, "max_shard_size": options.max_shard_size},
+            outputs=[vars(f) for f in files],
+            command=options.command,
+            tool_version=__version__,
+        )
+        if options.validate_vllm:
+            from .consolidate import validate_for_vllm
+
+            validate_for_vllm(staging, options.hf_model_path)
+    return MaxTextToHFResult(options.hf_model_path, len(plan), total_bytes, files, math_)
+
+
+def _copy_tokenizer(tokenizer_path: Path | None, staging: Path) -> list[str]:
+    if tokenizer_path is None:
+        log.warning("no --tokenizer-path: the model folder has no tokenizer (vLLM and verify need one)")
+        return []
+    tokenizer_path = Path(tokenizer_path)
+    if tokenizer_path.is_file():
+        (staging / tokenizer_path.name).write_bytes(tokenizer_path.read_bytes())
+        return [tokenizer_path.name]
+    if not tokenizer_path.is_dir():
+        raise DistilleryError("does not exist", tokenizer_path, "pass the tokenizer's folder with --tokenizer-path")
+    copied = copy_model_files(tokenizer_path, staging)
+    if not copied:
+        raise DistilleryError("holds no tokenizer files", tokenizer_path, "pass the folder with tokenizer.json")
+    return copied
+
+
+def _take_token_ids(config: dict, staging: Path) -> None:
+    """bos/eos/pad ids from the tokenizer itself, where one was given, so config and tokenizer agree."""
+    if not any((staging / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(staging, local_files_only=True)
+    except Exception:  # noqa: BLE001 - the table's ids stay; verify reports an unusable tokenizer
+        return
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            config[key] = value
+
