@@ -64,9 +64,15 @@ def make_param_only_checkpoint(options: ParamOnlyOptions) -> ParamOnlyResult:
         written = write_param_only(source, staging / "0", dtype, progress=lambda _: bar.update(1))
         write_provenance(
             staging,
-            source={"path": options.load_full_state_path, "type": "maxtext", "items": source.items,
-                    "kind": source.kind, "layout": source.layout, "step": step,
-                    "stored_bytes": source.stored_bytes()},  # fmt: skip
+            source={
+                "path": options.load_full_state_path,
+                "type": "maxtext",
+                "items": source.items,
+                "kind": source.kind,
+                "layout": source.layout,
+                "step": step,
+                "stored_bytes": source.stored_bytes(),
+            },  # fmt: skip
             conversion={"dtype": options.dtype, "parameters": [param.name for param in written]},
             command=options.command,
             tool_version=__version__,

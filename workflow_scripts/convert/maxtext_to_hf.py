@@ -86,7 +86,13 @@ class MaxTextToHFResult:
 def layer_shapes(math: MaxTextLlamaMath) -> dict[str, tuple[int, ...]]:
     """Shape of each per-layer MaxText parameter (without the layer axis)."""
     s = math.size
-    emb, heads, kv, hd, mlp = s.hidden_size, s.num_attention_heads, s.num_key_value_heads, s.head_dim, s.intermediate_size
+    emb, heads, kv, hd, mlp = (
+        s.hidden_size,
+        s.num_attention_heads,
+        s.num_key_value_heads,
+        s.head_dim,
+        s.intermediate_size,
+    )
     return {
         "self_attention.query.kernel": (emb, heads, hd),
         "self_attention.key.kernel": (emb, kv, hd),
@@ -228,9 +234,13 @@ def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -
             plan.append((spec, (stored, layer if scanned else None, mt_name)))
     plan.append((TensorSpec("model.norm.weight", dtype, (emb,)), ("decoder.decoder_norm.scale", None, "copy")))
     if not math.tied_embeddings:
-        plan.append((TensorSpec("lm_head.weight", dtype, (vocab, emb)), ("decoder.logits_dense.kernel", None, "transpose")))
+        plan.append(
+            (TensorSpec("lm_head.weight", dtype, (vocab, emb)), ("decoder.logits_dense.kernel", None, "transpose"))
+        )
     elif math.normalize_embedding_logits:
-        plan.append((TensorSpec("lm_head.weight", dtype, (vocab, emb)), ("token_embedder.embedding", None, "normalized")))
+        plan.append(
+            (TensorSpec("lm_head.weight", dtype, (vocab, emb)), ("token_embedder.embedding", None, "normalized"))
+        )
     return plan
 
 
@@ -351,4 +361,3 @@ def _take_token_ids(config: dict, staging: Path) -> None:
         value = getattr(tokenizer, key, None)
         if value is not None:
             config[key] = value
-

@@ -135,7 +135,9 @@ class OrbaxTree:
         for written, entry in tree.items():
             keys = tuple(str(k["key"]) for k in entry.get("key_metadata", [])) or tuple(ast.literal_eval(written))
             value = entry.get("value_metadata", {})
-            self.leaves[keys] = OrbaxLeaf(keys, value.get("value_type", "jax.Array"), value.get("skip_deserialize", False))
+            self.leaves[keys] = OrbaxLeaf(
+                keys, value.get("value_type", "jax.Array"), value.get("skip_deserialize", False)
+            )
 
     def _kvstore_base(self) -> str:
         return _join(self.items, "") if is_remote(self.items) else "file://" + _join(self.items, "")
@@ -342,5 +344,8 @@ def _zarr3_metadata(stored, data_type: str) -> dict:
         "shape": list(stored.shape),
         "data_type": data_type,
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
-        "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 1}}],
+        "codecs": [
+            {"name": "bytes", "configuration": {"endian": "little"}},
+            {"name": "zstd", "configuration": {"level": 1}},
+        ],
     }
