@@ -236,8 +236,9 @@ def test_model_size_that_does_not_match_lists_shapes(run_cli, param_only, tmp_pa
 
 def test_missing_layer_is_named(run_cli, maxtext_models, param_only, tmp_path):
     _, config, _ = maxtext_models["llama3.1-tiny"]
-    result = run_cli("maxtext-to-hf", "--orbax-checkpoint", param_only("llama3.1-tiny", "missing_layer"),
-                     "--hf-model-path", tmp_path / "out", "--model-size", "llama3.1-tiny", "--config", config)  # fmt: skip
+    checkpoint = param_only("llama3.1-tiny", "missing_layer")
+    result = run_cli("maxtext-to-hf", "--orbax-checkpoint", checkpoint, "--hf-model-path", tmp_path / "out",
+                     "--model-size", "llama3.1-tiny", "--config", config)  # fmt: skip
     assert result.exit_code == 1 and "misses decoder layer(s) [1]" in result.stderr
     assert not (tmp_path / "out").exists()
 

@@ -319,7 +319,7 @@ def _add_maxtext_to_hf(commands) -> None:
     parser.add_argument("--tokenizer-path", type=Path, help="folder (or file) of the tokenizer to ship with the model")
     parser.add_argument("--dtype", default="bfloat16", choices=dtypes, help="output precision (bfloat16)")
     parser.add_argument("--rope-type", choices=["default", "llama3.1"],
-                        help="MaxText's rope_type, if set in its config (default: from the model name, as MaxText)")  # fmt: skip
+                        help="MaxText's rope_type where its config set one (default: from the model name)")  # fmt: skip
     parser.add_argument("--no-normalize-embedding-logits", dest="normalize_embedding_logits", action="store_false",
                         help="for tied embeddings: MaxText ran with normalize_embedding_logits=false")  # fmt: skip
     parser.add_argument("--max-shard-size", default="5GB", help="largest weights file (5GB)")

@@ -5,8 +5,8 @@ MaxText's tree (scanned layers are stacked on axis 1, MaxText's default `param_s
 `to_huggingface`'s LLAMA31 hooks), with the transforms MaxText's math implies (see models/maxtext_llama.py):
 
     token_embedder.embedding            [vocab, emb]          -> model.embed_tokens.weight
-    self_attention.query.kernel         [emb, (L,) heads, hd]  -> q_proj: ×sqrt(hd), de-interleaved for llama3.1, [heads·hd, emb]
-    self_attention.key.kernel           [emb, (L,) kv, hd]     -> k_proj: de-interleaved for llama3.1, [kv·hd, emb]
+    self_attention.query.kernel         [emb, (L,) heads, hd]  -> q_proj [heads·hd, emb]: ×sqrt(hd), de-interleaved
+    self_attention.key.kernel           [emb, (L,) kv, hd]     -> k_proj [kv·hd, emb]: de-interleaved (llama3.1)
     self_attention.value.kernel         [emb, (L,) kv, hd]     -> v_proj [kv·hd, emb]
     self_attention.out.kernel           [heads, (L,) hd, emb]  -> o_proj [emb, heads·hd]
     mlp.wi_0 / wi_1 / wo.kernel         [emb, (L,) mlp] ...    -> gate_proj / up_proj / down_proj (transposed)
