@@ -248,3 +248,33 @@ def test_unknown_model_size_without_config_is_refused(run_cli, param_only, tmp_p
                      "--hf-model-path", tmp_path / "out", "--model-size", "llama3.1-tiny")  # fmt: skip
     assert result.exit_code == 1
     assert "unknown --model-size 'llama3.1-tiny'" in result.stderr and "--config" in result.stderr
+
+
+@pytest.mark.integration
+def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, maxtext_models, tmp_path):
+    import subprocess
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    hf, config, _ = maxtext_models["llama3.1-tiny"]
+    settings = yaml.safe_load((repo / "config/config.yaml").read_text())
+    settings["tiny_models"] = {}
+    settings["verify"]["parallel_sizes"] = []
+    source = {"format": "maxtext", "path": str(full_state), "model_size": "llama3.1-tiny", "config": str(config),
+              "tokenizer": str(hf)}  # fmt: skip
+    settings["models"] = {"teacher": {"source": source, "dtype": "bfloat16"}}
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(settings))
+    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path / "w"),
+               "--configfile", str(configfile), "--cores", "2"]  # fmt: skip
+    dry = subprocess.run([*command, "-n"], capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    for rule in ("maxtext_param_only", "maxtext_to_hf", "verify_model"):
+        assert f"rule {rule}:" in dry.stdout
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "w/results/models/teacher/verification.json").read_text())
+    assert report["passed"], report["failed_checks"]
+    numerics = next(c for c in report["checks"] if c["name"] == "numerics")
+    assert numerics["status"] == "pass" and "MaxText math" in numerics["detail"]
