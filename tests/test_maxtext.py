@@ -278,3 +278,18 @@ def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, 
     assert report["passed"], report["failed_checks"]
     numerics = next(c for c in report["checks"] if c["name"] == "numerics")
     assert numerics["status"] == "pass" and "MaxText math" in numerics["detail"]
+
+
+def test_small_read_slabs_give_the_same_model(run_cli, maxtext_models, param_only, tmp_path, monkeypatch):
+    """One layer per slab and a few rows per block (as for a large model) write the same bytes."""
+    from workflow_scripts.convert import maxtext_to_hf
+    from workflow_scripts.formats.hf_checkpoint import open_checkpoint
+
+    _, config, _ = maxtext_models["llama3.1-tiny"]
+    flags = ("--dtype", "bfloat16", "--no-validate-vllm")
+    whole = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "a", "llama3.1-tiny", config, *flags)
+    monkeypatch.setattr(maxtext_to_hf, "LAYER_SLAB_BYTES", 1)
+    monkeypatch.setattr(maxtext_to_hf, "ROW_BLOCK_BYTES", 1000)
+    sliced = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "b", "llama3.1-tiny", config, *flags)
+    first, second = open_checkpoint(whole).tensors, open_checkpoint(sliced).tensors
+    assert all(torch.equal(first[name].load(), second[name].load()) for name in first)

@@ -14,8 +14,10 @@ MaxText's tree (scanned layers are stacked on axis 1, MaxText's default `param_s
     decoder.decoder_norm.scale          [emb]                  -> model.norm.weight
     decoder.logits_dense.kernel         [emb, vocab]           -> lm_head.weight (transposed); absent: via the embedding
 
-Each stored array is read once, when its first HF tensor is written, and dropped before the next is read; the
-tensors cut from it are written in turn, so memory holds one stored array and one layer's tensor at a time.
+Stored arrays are read in slabs of whole layers (scanned layers) or blocks of rows (embedding, logits kernel),
+and the HF tensors cut from a slab are written before the next slab is read; so memory holds one slab and one
+layer's tensor, whatever the model's size. The price is that a storage chunk spanning several slabs (MaxText
+shards along the embedding, not the layer axis) is decoded once per slab.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..choices import OUTPUT_DTYPES
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
-from ..formats.safetensors_file import TensorSpec
+from ..formats.safetensors_file import TensorPieces, TensorSpec
 from ..models.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
 from ..progress import progress_bar
 from ..provenance import write_provenance
@@ -158,57 +160,89 @@ def check_fits_size(checkpoint: MaxTextCheckpoint, math: MaxTextLlamaMath, scann
         )
 
 
-def _deinterleave(kernel: np.ndarray) -> np.ndarray:
+def _deinterleave(kernel: torch.Tensor) -> torch.Tensor:
     """MaxText llama3.1 rotary layout (adjacent pairs) -> HF's (halves): evens of head_dim first, then odds."""
-    return np.concatenate([kernel[..., 0::2], kernel[..., 1::2]], axis=-1)
+    return torch.cat([kernel[..., 0::2], kernel[..., 1::2]], dim=-1)
 
 
-def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath) -> np.ndarray:
-    """One layer's MaxText array -> the HF weight, in float32."""
+def _as_torch(array: np.ndarray) -> torch.Tensor:
+    """A numpy array (bfloat16 ones are ml_dtypes') as a torch tensor of the same dtype, contiguous."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath, dtype: torch.dtype) -> torch.Tensor:
+    """One layer's MaxText array -> the HF weight in `dtype` (transposes and reshapes are exact in any dtype)."""
     size = math.size
-    array = np.asarray(layer, dtype=np.float32)
+    tensor = _as_torch(layer)
     if mt_name == "self_attention.query.kernel":
         # MaxText's attention does not divide q·k by sqrt(head_dim); its query kernel carries that factor.
-        array = array * np.float32(np.sqrt(size.head_dim))
+        tensor = tensor.float() * float(np.sqrt(size.head_dim))
     if mt_name in ("self_attention.query.kernel", "self_attention.key.kernel") and math.rope_type == "llama3.1":
-        array = _deinterleave(array)
+        tensor = _deinterleave(tensor)
     if mt_name in ("self_attention.query.kernel", "self_attention.key.kernel", "self_attention.value.kernel"):
-        return array.reshape(size.hidden_size, -1).T
-    if mt_name == "self_attention.out.kernel":
-        return array.reshape(-1, size.hidden_size).T
-    if mt_name.startswith("mlp."):
-        return array.T
-    return array
+        tensor = tensor.reshape(size.hidden_size, -1).T
+    elif mt_name == "self_attention.out.kernel":
+        tensor = tensor.reshape(-1, size.hidden_size).T
+    elif mt_name.startswith("mlp."):
+        tensor = tensor.T
+    return tensor.to(dtype).contiguous()
 
 
-def _to_torch(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(dtype)
+# The most bytes of one stored array held at once: scanned arrays are read in slabs of whole layers (at least
+# one), the embedding and logits kernels in blocks of rows; a slab decodes each storage chunk it touches.
+LAYER_SLAB_BYTES = 128 << 20
+ROW_BLOCK_BYTES = 32 << 20
 
 
-def _rows_to_torch(rows_of, num_rows: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A large 2-D tensor converted in row blocks, so no float32 copy of the whole of it is made."""
-    out = torch.empty(shape, dtype=dtype)
-    block = max(1, (64 << 20) // (4 * shape[1]))
-    for start in range(0, num_rows, block):
-        stop = min(num_rows, start + block)
-        out[start:stop] = _to_torch(rows_of(start, stop), dtype)
-    return out
-
-
-class _ArrayCache:
-    """Holds the one stored array the tensors being written are cut from."""
+class StoredArrays:
+    """Reads MaxText's stored arrays a slab of layers, or a block of rows, at a time."""
 
     def __init__(self, checkpoint: MaxTextCheckpoint) -> None:
         self.checkpoint = checkpoint
-        self.name: str | None = None
-        self.array = None
+        self._name: str | None = None
+        self._store = None
+        self._slab = None
+        self._layers = range(0)
 
-    def get(self, name: str):
-        if name != self.name:
-            self.array = None  # drop the previous array before reading the next
-            self.array = self.checkpoint.read(name)
-            self.name = name
-        return self.array
+    def _open(self, name: str):
+        if name != self._name:
+            self._slab, self._layers = None, range(0)
+            self._store = self.checkpoint.tree.open(self.checkpoint.params[name].keys)
+            self._name = name
+        return self._store
+
+    @staticmethod
+    def _nbytes(store) -> int:
+        return int(np.prod(store.shape)) * store.dtype.numpy_dtype.itemsize
+
+    def layer(self, name: str, layer: int) -> np.ndarray:
+        """Layer `layer` of a scanned array (layers on axis 1)."""
+        store = self._open(name)
+        if layer not in self._layers:
+            self._slab = None  # drop the previous slab before reading the next
+            per_layer = self._nbytes(store) // store.shape[1]
+            stop = min(store.shape[1], layer + max(1, LAYER_SLAB_BYTES // max(1, per_layer)))
+            self._slab = store[:, layer:stop].read().result()
+            self._layers = range(layer, stop)
+        return self._slab[:, layer - self._layers.start]
+
+    def whole(self, name: str) -> np.ndarray:
+        return self._open(name).read().result()
+
+    def blocks(self, name: str, axis: int):
+        """Consecutive blocks of a 2-D array along `axis`."""
+        store = self._open(name)
+        count = store.shape[axis]
+        step = max(1, ROW_BLOCK_BYTES // max(1, self._nbytes(store) // count))
+        for start in range(0, count, step):
+            index = slice(start, min(count, start + step))
+            yield (store[index] if axis == 0 else store[:, index]).read().result()
+
+    def close(self) -> None:
+        self._name, self._store, self._slab = None, None, None
 
 
 def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -> list[tuple[TensorSpec, tuple]]:
@@ -244,22 +278,21 @@ def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -
     return plan
 
 
-def produce_tensor(cache: _ArrayCache, source: tuple, spec: TensorSpec, math: MaxTextLlamaMath) -> torch.Tensor:
+def produce_tensor(arrays: StoredArrays, source: tuple, spec: TensorSpec, math: MaxTextLlamaMath):
     stored, layer, kind = source
-    array = cache.get(stored)
+    dtype = spec.dtype
+    if kind == "copy" and len(spec.shape) == 2:
+        return TensorPieces(_as_torch(block).to(dtype) for block in arrays.blocks(stored, axis=0))
     if kind == "copy":
-        if array.ndim == 2:
-            return _rows_to_torch(lambda a, b: array[a:b], array.shape[0], spec.shape, spec.dtype)
-        return _to_torch(array, spec.dtype)
+        return _as_torch(arrays.whole(stored)).to(dtype)
     if kind == "transpose":
-        return _rows_to_torch(lambda a, b: array[:, a:b].T, array.shape[1], spec.shape, spec.dtype)
+        return TensorPieces(_as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
     if kind == "normalized":
         # MaxText divides logits computed through the embedding by sqrt(emb_dim) (normalize_embedding_logits).
-        scale = np.float32(1.0 / np.sqrt(math.size.hidden_size))
-        return _rows_to_torch(lambda a, b: np.asarray(array[a:b], np.float32) * scale, array.shape[0], spec.shape,
-                              spec.dtype)  # fmt: skip
-    layer_array = array if layer is None else np.take(array, layer, axis=1)
-    return _to_torch(hf_layer_tensor(kind, layer_array, math), spec.dtype)
+        scale = float(1.0 / np.sqrt(math.size.hidden_size))
+        return TensorPieces((_as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
+    layer_array = arrays.whole(stored) if layer is None else arrays.layer(stored, layer)
+    return hf_layer_tensor(kind, layer_array, math, dtype)
 
 
 def read_math(checkpoint: MaxTextCheckpoint, options: MaxTextToHFOptions) -> tuple[MaxTextLlamaMath, bool]:
@@ -289,7 +322,7 @@ def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
     log.info("%s: %d tensors (%s) as %s", checkpoint.items, len(plan), format_size(total_bytes), options.dtype)
 
     sources = {spec.name: source for spec, source in plan}
-    cache = _ArrayCache(checkpoint)
+    arrays = StoredArrays(checkpoint)
     with (
         atomic_output_dir(options.hf_model_path, force=options.force) as staging,
         progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="maxtext-to-hf") as bar,
@@ -297,11 +330,11 @@ def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
         files = hf_writer.write_weights(
             staging,
             [spec for spec, _ in plan],
-            lambda spec: produce_tensor(cache, sources[spec.name], spec, math_),
+            lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_),
             max_shard_bytes,
             progress=lambda spec: bar.update(spec.nbytes),
         )
-        cache.array = None
+        arrays.close()
         copied = _copy_tokenizer(options.tokenizer_path, staging)
         config = hf_config(math_, options.dtype)
         _take_token_ids(config, staging)
