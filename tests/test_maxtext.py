@@ -280,16 +280,34 @@ def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, 
     assert numerics["status"] == "pass" and "MaxText math" in numerics["detail"]
 
 
-def test_small_read_slabs_give_the_same_model(run_cli, maxtext_models, param_only, tmp_path, monkeypatch):
-    """One layer per slab and a few rows per block (as for a large model) write the same bytes."""
+def test_small_read_blocks_give_the_same_model(run_cli, maxtext_models, param_only, tmp_path, monkeypatch):
+    """Blocks of a few rows (as for a large model, in proportion) write the same bytes."""
     from workflow_scripts.convert import maxtext_to_hf
     from workflow_scripts.formats.hf_checkpoint import open_checkpoint
 
     _, config, _ = maxtext_models["llama3.1-tiny"]
     flags = ("--dtype", "bfloat16", "--no-validate-vllm")
     whole = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "a", "llama3.1-tiny", config, *flags)
-    monkeypatch.setattr(maxtext_to_hf, "LAYER_SLAB_BYTES", 1)
-    monkeypatch.setattr(maxtext_to_hf, "ROW_BLOCK_BYTES", 1000)
+    monkeypatch.setattr(maxtext_to_hf, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(maxtext_to_hf, "SPOOL_ABOVE_BYTES", 0)
     sliced = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "b", "llama3.1-tiny", config, *flags)
     first, second = open_checkpoint(whole).tensors, open_checkpoint(sliced).tensors
+    assert all(torch.equal(first[name].load(), second[name].load()) for name in first)
+
+
+def test_nnx_decode_layout_converts_like_linen(run_cli, maxtext_models, param_only, tmp_path):
+    """MaxText 0.2's NNX decode checkpoints: the bare tree, each leaf under `value`, saved by orbax."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from workflow_scripts.formats.hf_checkpoint import open_checkpoint
+
+    _, config, weights = maxtext_models["llama3.1-tiny"]
+    wrapped = jax.tree.map(lambda array: {"value": np.asarray(array)}, weights)
+    ocp.PyTreeCheckpointer().save(tmp_path / "nnx" / "0" / "items", wrapped)
+    assert MaxTextCheckpoint(tmp_path / "nnx").layout == "nnx"
+    flags = ("--dtype", "bfloat16", "--no-validate-vllm")
+    linen = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "a", "llama3.1-tiny", config, *flags)
+    nnx = convert(run_cli, tmp_path / "nnx", tmp_path / "b", "llama3.1-tiny", config, *flags)
+    first, second = open_checkpoint(linen).tensors, open_checkpoint(nnx).tensors
     assert all(torch.equal(first[name].load(), second[name].load()) for name in first)
