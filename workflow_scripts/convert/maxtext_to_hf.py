@@ -46,7 +46,7 @@ from .model_files import copy_model_files
 
 log = logging.getLogger(__name__)
 
-# (HF name inside model.layers.{i}, MaxText name inside a layer, MaxText shape of one layer from sizes)
+# (HF name inside model.layers.{i}, MaxText name inside a layer), in the order they are written
 _LAYER_PARAMS = (
     ("self_attn.q_proj.weight", "self_attention.query.kernel"),
     ("self_attn.k_proj.weight", "self_attention.key.kernel"),
