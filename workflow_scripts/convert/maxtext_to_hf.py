@@ -225,6 +225,8 @@ class SpooledArray:
         self.layer_major = len(self.shape) >= 3
         self._inner = int(np.prod(self.shape[2:])) * self.dtype.itemsize  # bytes of one [i, l] entry
         with open(self.path, "wb", buffering=0) as handle:
+            # Sized up front: filling a file of known size is about twice as fast as growing it out of order.
+            os.ftruncate(handle.fileno(), int(np.prod(self.shape)) * self.dtype.itemsize)
             for start, block in _decoded_blocks(store, BLOCK_BYTES):
                 raw = np.ascontiguousarray(block).view(np.uint8).reshape(block.shape[0], self.shape[1], -1)
                 if not self.layer_major:
