@@ -15,6 +15,8 @@ VERIFY = config["verify"]
 MODELS = plan_models(config["models"])
 HF_MODELS = names_regex(MODELS, "hf")
 DEEPSPEED_MODELS = names_regex(MODELS, "deepspeed")
+MAXTEXT_MODELS = names_regex(MODELS, "maxtext")
+MAXTEXT_FULL_STATE_MODELS = names_regex(MODELS, "maxtext", full_state=True)
 
 
 wildcard_constraints:
@@ -45,6 +47,43 @@ def source_path(wildcards):
     return MODELS[wildcards.model].source
 
 
+def local_source(wildcards):
+    """The source as an input Snakemake can check; a gs:// source is passed as a parameter only."""
+    source = source_path(wildcards)
+    return [] if "://" in source else source
+
+
+def maxtext_param_only_path(wildcards):
+    """The param-only checkpoint maxtext_to_hf converts: made by maxtext_param_only, or the source itself."""
+    plan = MODELS[wildcards.model]
+    return (
+        f"{RESULTS}/models/{wildcards.model}/param_only"
+        if plan.full_state
+        else plan.source
+    )
+
+
+def maxtext_param_only_input(wildcards):
+    path = maxtext_param_only_path(wildcards)
+    return [] if "://" in path else path
+
+
+def maxtext_flags(wildcards):
+    settings = model_config(wildcards.model)
+    source = settings["source"]
+    dtype = "bfloat16" if settings["dtype"] == "original" else settings["dtype"]
+    flags = [
+        f"--model-size {shlex.quote(source['model_size'])}",
+        f"--dtype {dtype}",
+        f"--max-shard-size {settings['max_shard_size']}",
+    ]
+    if source.get("config"):
+        flags.append(f"--config {shlex.quote(source['config'])}")
+    if source.get("tokenizer"):
+        flags.append(f"--tokenizer-path {shlex.quote(source['tokenizer'])}")
+    return " ".join(flags)
+
+
 def reference_path(wildcards):
     """The numeric reference for verify_model: the model's own source by default."""
     reference = (
@@ -55,6 +94,9 @@ def reference_path(wildcards):
     if reference != "source":
         return reference
     plan = MODELS[wildcards.model]
+    if plan.format == "maxtext":
+        # MaxText's math on the param-only arrays (verify/maxtext_reference.py); local checkpoints only.
+        return maxtext_param_only_input(wildcards)
     # A DeepSpeed checkpoint is a reference only where HF Trainer also saved model weights beside it.
     if plan.format == "deepspeed" and not has_hf_weights(Path(plan.source)):
         return []

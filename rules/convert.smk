@@ -46,3 +46,58 @@ rule deepspeed_consolidate:
     shell:
         "distillery consolidate --input {input.checkpoint} --output {output} --type deepspeed {params.flags}"
         " > {log} 2>&1"
+
+
+rule maxtext_param_only:
+    input:
+        full_state=local_source,
+    output:
+        directory(f"{RESULTS}/models/{{model}}/param_only"),
+    log:
+        "logs/maxtext_param_only/{model}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/maxtext_param_only/{{model}}.tsv"
+    wildcard_constraints:
+        model=MAXTEXT_FULL_STATE_MODELS,
+    conda:
+        "../envs/convert-jax.yaml"
+    threads: 4
+    resources:
+        mem_mb=lambda wildcards: sizing.maxtext_param_only_mem_mb(
+            source_path(wildcards)
+        ),
+        runtime=lambda wildcards: sizing.maxtext_runtime_min(source_path(wildcards)),
+    params:
+        source=source_path,
+    shell:
+        "distillery maxtext-param-only --load-full-state-path {params.source} --checkpoint-dir {output}"
+        " > {log} 2>&1"
+
+
+rule maxtext_to_hf:
+    input:
+        checkpoint=maxtext_param_only_input,
+    output:
+        directory(f"{RESULTS}/models/{{model}}/hf"),
+    log:
+        "logs/maxtext_to_hf/{model}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/maxtext_to_hf/{{model}}.tsv"
+    wildcard_constraints:
+        model=MAXTEXT_MODELS,
+    conda:
+        "../envs/convert-jax.yaml"
+    threads: 4
+    resources:
+        mem_mb=lambda wildcards: sizing.maxtext_to_hf_mem_mb(
+            maxtext_param_only_path(wildcards)
+        ),
+        runtime=lambda wildcards: sizing.maxtext_runtime_min(
+            maxtext_param_only_path(wildcards)
+        ),
+    params:
+        checkpoint=maxtext_param_only_path,
+        flags=maxtext_flags,
+    shell:
+        "distillery maxtext-to-hf --orbax-checkpoint {params.checkpoint} --hf-model-path {output}"
+        " {params.flags} > {log} 2>&1"

@@ -275,6 +275,85 @@ def _run_validate_plans(args: argparse.Namespace) -> int:
     return 0 if report.passed or args.report_only else 1
 
 
+def _add_maxtext_param_only(commands) -> None:
+    parser = commands.add_parser(
+        "maxtext-param-only",
+        help="turn a MaxText full training-state checkpoint into a param-only one (no optimizer state)",
+        description="What MaxText's generate_param_only_checkpoint does, without building the model or restoring "
+        "the optimizer state: the parameters are copied array by array into CHECKPOINT_DIR/0/items.",
+    )
+    parser.add_argument(
+        "--load-full-state-path", "--input", dest="full_state", required=True,
+        help="the training checkpoint: .../checkpoints/N/items (or .../checkpoints/N, or .../checkpoints: newest N)",
+    )  # fmt: skip
+    parser.add_argument("--checkpoint-dir", "--output", dest="checkpoint_dir", required=True, type=Path,
+                        help="where the param-only checkpoint goes (its arrays in CHECKPOINT_DIR/0/items)")  # fmt: skip
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "original"],
+                        help="parameter precision (bfloat16, as MaxText writes it)")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.set_defaults(handler=_run_maxtext_param_only)
+
+
+def _run_maxtext_param_only(args: argparse.Namespace) -> int:
+    from .convert.maxtext_param_only import ParamOnlyOptions, make_param_only_checkpoint
+
+    result = make_param_only_checkpoint(
+        ParamOnlyOptions(args.full_state, args.checkpoint_dir, args.dtype, args.force, ["distillery", *args.argv])
+    )
+    print(f"✓ {result.items}: {result.num_params} parameter arrays from {result.source_items}")
+    return 0
+
+
+def _add_maxtext_to_hf(commands) -> None:
+    from .choices import OUTPUT_DTYPES as dtypes
+
+    parser = commands.add_parser(
+        "maxtext-to-hf",
+        help="convert a MaxText param-only checkpoint of a Llama model into an HF model folder",
+        description="The flags of llama_mistral_mixtral_orbax_to_hf: map MaxText's parameter tree onto HF Llama "
+        "names with MaxText's rotary layout and query scaling undone, and write config, tokenizer and provenance.",
+    )
+    parser.add_argument("--orbax-checkpoint", required=True, help="param-only checkpoint: .../0/items (local or gs://)")
+    parser.add_argument("--hf-model-path", required=True, type=Path, help="output folder")
+    parser.add_argument("--model-size", required=True, help="MaxText model name, e.g. llama3.1-1b, llama3.1-8b")
+    parser.add_argument("--config", type=Path, help="HF config.json giving the sizes of a model not in the table")
+    parser.add_argument("--tokenizer-path", type=Path, help="folder (or file) of the tokenizer to ship with the model")
+    parser.add_argument("--dtype", default="bfloat16", choices=dtypes, help="output precision (bfloat16)")
+    parser.add_argument("--rope-type", choices=["default", "llama3.1"],
+                        help="MaxText's rope_type where its config set one (default: from the model name)")  # fmt: skip
+    parser.add_argument("--no-normalize-embedding-logits", dest="normalize_embedding_logits", action="store_false",
+                        help="for tied embeddings: MaxText ran with normalize_embedding_logits=false")  # fmt: skip
+    parser.add_argument("--max-shard-size", default="5GB", help="largest weights file (5GB)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.add_argument("--validate-vllm", action=argparse.BooleanOptionalAction, default=True,
+                        help="check the output before it is moved into place (default: on)")  # fmt: skip
+    parser.set_defaults(handler=_run_maxtext_to_hf)
+
+
+def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
+    from .convert.maxtext_to_hf import MaxTextToHFOptions, convert_maxtext_to_hf
+
+    options = MaxTextToHFOptions(
+        orbax_checkpoint=args.orbax_checkpoint,
+        hf_model_path=args.hf_model_path,
+        model_size=args.model_size,
+        config=args.config,
+        tokenizer_path=args.tokenizer_path,
+        dtype=args.dtype,
+        rope_type=args.rope_type,
+        normalize_embedding_logits=args.normalize_embedding_logits,
+        max_shard_size=args.max_shard_size,
+        force=args.force,
+        validate_vllm=args.validate_vllm,
+        command=["distillery", *args.argv],
+    )
+    result = convert_maxtext_to_hf(options)
+    files = ", ".join(f.name for f in result.files)
+    print(f"✓ {result.output}: {result.num_tensors} tensors of {args.model_size} "
+          f"(rope {result.math.rope_type}) into {files}")  # fmt: skip
+    return 0
+
+
 def _add_make_tiny_model(commands) -> None:
     parser = commands.add_parser(
         "make-tiny-model", help="build a tiny random Llama or Qwen3 with a locally trained tokenizer (for tests)"
@@ -349,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(commands)
     _add_print_structure(commands)
     _add_validate_plans(commands)
+    _add_maxtext_param_only(commands)
+    _add_maxtext_to_hf(commands)
     _add_make_tiny_model(commands)
     _add_make_tiny_dataset(commands)
     add_kd_commands(commands)

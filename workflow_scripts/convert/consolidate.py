@@ -135,7 +135,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
             tool_version=__version__,
         )
         if options.validate_vllm:
-            _validate_for_vllm(staging, options.output)
+            validate_for_vllm(staging, options.output)
     return ConsolidationResult(options.output, input_type, len(plan), total_bytes, files, dropped)
 
 
@@ -262,7 +262,7 @@ def _dtype_counts(tensors) -> dict[str, int]:
 _TOKENIZER_CHECKS = ("file:tokenizer_config.json", "file:tokenizer", "tokenizer")
 
 
-def _validate_for_vllm(folder: Path, output: Path) -> None:
+def validate_for_vllm(folder: Path, output: Path) -> None:
     from ..verify.static_checks import run_static_checks
 
     # The NaN/Inf scan reads every byte again: it belongs to verify_model, not to every conversion.

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import torch_bin
-from .safetensors_file import ByteRange, ConvertedRange, SafetensorsWriter, TensorSpec
+from .safetensors_file import ByteRange, ConvertedRange, SafetensorsWriter, TensorPieces, TensorSpec
 
 WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
 
@@ -54,7 +54,7 @@ def index_file_name(weights_format: str) -> str:
 def write_weights(
     folder: Path,
     specs: Sequence[TensorSpec],
-    produce: Callable[[TensorSpec], torch.Tensor | ByteRange | ConvertedRange],
+    produce: Callable[[TensorSpec], torch.Tensor | ByteRange | ConvertedRange | TensorPieces],
     max_shard_bytes: int,
     weights_format: str = "safetensors",
     progress: Callable[[TensorSpec], None] | None = None,

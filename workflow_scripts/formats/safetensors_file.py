@@ -72,6 +72,14 @@ class ConvertedRange:
         return sum(source.nbytes for source in self.sources)
 
 
+@dataclass(frozen=True)
+class TensorPieces:
+    """A tensor given as consecutive pieces of its row-major data (e.g. row blocks), written as they come, so
+    the whole tensor never has to be in memory at once."""
+
+    pieces: Iterable[torch.Tensor]
+
+
 _CHUNK_BYTES = 32 << 20
 
 
@@ -271,11 +279,23 @@ class SafetensorsWriter:
             if write is not None:
                 write.result()
 
-    def write(self, name: str, tensor: torch.Tensor | ByteRange | list[ByteRange] | ConvertedRange) -> None:
+    def write(
+        self, name: str, tensor: torch.Tensor | ByteRange | list[ByteRange] | ConvertedRange | TensorPieces
+    ) -> None:
         spec = self._specs[self._next]
         if isinstance(tensor, ByteRange):
             tensor = [tensor]
-        if isinstance(tensor, ConvertedRange):
+        if isinstance(tensor, TensorPieces):
+            written = 0
+            for piece in tensor.pieces:
+                if name != spec.name or piece.dtype != spec.dtype:
+                    raise ValueError(f"expected pieces of {spec.name} {spec.dtype}, got {name} {piece.dtype}")
+                data = piece.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+                self._write_all(data)
+                written += len(data)
+            if written != spec.nbytes:
+                raise ValueError(f"{spec.name}: pieces hold {written} bytes, the tensor {spec.nbytes}")
+        elif isinstance(tensor, ConvertedRange):
             expected = spec.nbytes // dtype_itemsize(spec.dtype) * dtype_itemsize(tensor.source_dtype)
             if name != spec.name or tensor.nbytes != expected:
                 raise ValueError(f"expected {spec.name} of {expected} source bytes, got {name}")

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
+from ..formats.maxtext import looks_like_orbax
 from ..models.architecture import load_config
 from .report import FAIL, PASS, Check
 
@@ -116,6 +117,21 @@ def round_weights(model, dtype: torch.dtype) -> None:
         parameter.copy_(parameter.to(dtype).float())
 
 
+def load_maxtext_reference(reference_path: Path, model_path: Path):
+    """A MaxText checkpoint as reference: its forward pass as MaxText computes it, with the settings the model
+    was converted with (its provenance.json)."""
+    from .maxtext_reference import MaxTextReference, maxtext_math_of
+
+    math = maxtext_math_of(model_path)
+    if math is None:
+        raise DistilleryError(
+            "the reference is a MaxText checkpoint but the model records no MaxText settings in provenance.json",
+            model_path,
+            "convert it with distillery maxtext-to-hf, or pass an HF reference",
+        )
+    return MaxTextReference(reference_path, math)
+
+
 def stored_float_dtype(folder: Path) -> str:
     checkpoint = hf_checkpoint.open_checkpoint(folder)
     dtypes = [t.dtype for t in checkpoint.tensors.values() if t.dtype.is_floating_point]
@@ -134,13 +150,18 @@ def check_numerics(
 ) -> Check:
     tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     title = "logits match the reference"
+    maxtext = looks_like_orbax(reference_path)
     try:
         model = load_model_float32(model_path)
-        reference = load_model_float32(reference_path, config_folder=model_path, own_reader=True)
+        reference = (
+            load_maxtext_reference(reference_path, model_path)
+            if maxtext
+            else load_model_float32(reference_path, config_folder=model_path, own_reader=True)
+        )
     except DistilleryError as exc:
         return Check("numerics", FAIL, title, str(exc))
     dtype = stored_float_dtype(model_path)
-    if dtype != "float32":
+    if dtype != "float32" and not maxtext:
         round_weights(reference, getattr(torch, dtype))
     token_ids = probe_token_ids(model_path, prompts, model.config.vocab_size)
     try:
@@ -152,7 +173,8 @@ def check_numerics(
     detail = (
         f"max abs diff {comparison.max_abs_diff:.3g}, max rel diff {comparison.max_rel_diff:.3g} "
         f"({'within' if passed else 'above'} the {dtype} tolerance {tolerance:g}"
-        f"{'' if dtype == 'float32' else f', reference rounded to {dtype}'}), "
+        f"{'' if dtype == 'float32' or maxtext else f', reference rounded to {dtype}'}), "
+        f"{'reference: MaxText math in JAX on the Orbax arrays, ' if maxtext else ''}"
         f"top-1 agreement {comparison.top1_agreement:.1%} over {comparison.num_positions} positions"
     )
     return Check(

@@ -1,5 +1,8 @@
 """The models a config asks for, one entry per output model folder.
 
+A MaxText source is one model; whether its checkpoint is a full training state (made param-only first) or
+already param-only is read from its Orbax metadata when the workflow is planned.
+
 A DeepSpeed source with `step: all` (or a list of steps) becomes one model per checkpoint, named
 `{name}_step_{N}` like batch-consolidate's default template; `step: latest` (the default) becomes one model named
 `{name}` built from the newest `checkpoint-N` by step number. Steps are found by listing the run folder when the
@@ -19,10 +22,11 @@ from ..formats.deepspeed import list_step_folders, step_of
 @dataclass(frozen=True)
 class ModelPlan:
     name: str
-    format: str  # hf | deepspeed
-    source: str  # the folder a conversion job reads: an HF model, or one DeepSpeed checkpoint-N
+    format: str  # hf | deepspeed | maxtext
+    source: str  # the folder a conversion job reads: an HF model, one DeepSpeed checkpoint-N, a MaxText checkpoint
     settings: dict  # the model's config entry (dtype, max_shard_size, ...)
     step: int | None = None
+    full_state: bool = False  # MaxText: a training state that needs maxtext_param_only first
 
 
 def _step_folders(run: Path) -> dict[int, Path]:
@@ -33,6 +37,12 @@ def plan_models(models: dict[str, dict]) -> dict[str, ModelPlan]:
     plans: dict[str, ModelPlan] = {}
     for name, settings in models.items():
         source = settings["source"]
+        if source["format"] == "maxtext":
+            from ..formats.maxtext import FULL_STATE, checkpoint_kind
+
+            full_state = checkpoint_kind(source["path"]) == FULL_STATE
+            plans[name] = ModelPlan(name, "maxtext", source["path"], settings, full_state=full_state)
+            continue
         if source["format"] != "deepspeed":
             plans[name] = ModelPlan(name, source["format"], source["path"], settings)
             continue
@@ -64,7 +74,8 @@ def plan_models(models: dict[str, dict]) -> dict[str, ModelPlan]:
     return plans
 
 
-def names_regex(plans: dict[str, ModelPlan], format: str) -> str:
+def names_regex(plans: dict[str, ModelPlan], format: str, full_state: bool | None = None) -> str:
     """A wildcard constraint matching exactly the models of one format (never empty, so it stays valid)."""
-    names = [re.escape(name) for name, plan in plans.items() if plan.format == format]
+    names = [re.escape(name) for name, plan in plans.items()
+             if plan.format == format and (full_state is None or plan.full_state == full_state)]  # fmt: skip
     return "|".join(names) if names else "(?!)"
