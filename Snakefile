@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/sources.smk"
 include: "rules/convert.smk"
 include: "rules/verify.smk"
+include: "rules/icm.smk"
 
 
 rule all:
@@ -31,3 +32,8 @@ rule models:
 rule verification:
     input:
         [verification_report(model) for model in MODELS],
+
+
+rule icm:
+    input:
+        [icm_labels(job) for job in ICM_JOBS],

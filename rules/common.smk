@@ -3,6 +3,7 @@ import shlex
 from pathlib import Path
 
 from workflow_scripts.formats.hf_checkpoint import has_hf_weights
+from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
 from workflow_scripts.workflow.models import names_regex, plan_models
 
@@ -19,6 +20,7 @@ wildcard_constraints:
     source="[^/]+",
     tp="\\d+",
     pp="\\d+",
+    job="[^/]+",
 
 
 def model_config(model):
@@ -123,4 +125,71 @@ def all_outputs():
             verification_report(model),
             verification_report(model).replace(".json", ".md"),
         )
-    ]
+    ] + [icm_labels(job) for job in ICM_JOBS]
+
+
+# ICM label elicitation (rules/icm.smk).
+ICM = config.get("icm", {})
+ICM_JOBS = list(ICM.get("jobs", {}))
+
+
+def icm_settings(job):
+    return icm_jobs.job_settings(ICM, job)
+
+
+def icm_labels(job):
+    return f"{RESULTS}/icm/{job}/labels.jsonl"
+
+
+def icm_model_input(wildcards):
+    """A workflow model is built first; a folder is used as is; a served model name is no file at all."""
+    model = icm_settings(wildcards.job)["model"]
+    if model in MODELS:
+        return hf_model_dir(model)
+    return model if Path(model).exists() else []
+
+
+def icm_model_flag(wildcards, input):
+    model = input.get("model") or icm_settings(wildcards.job)["model"]
+    return f"--model {shlex.quote(str(model))}"
+
+
+def icm_data_input(wildcards):
+    return icm_settings(wildcards.job)["data"]["path"]
+
+
+def icm_server_input(wildcards):
+    if icm_jobs.starts_server(icm_settings(wildcards.job)):
+        return f"{WORK}/icm/{wildcards.job}/server.url"
+    return []
+
+
+def icm_server_flag(wildcards, input):
+    return f"--base-url-file {input.server}" if input.get("server") else ""
+
+
+def icm_flags(wildcards):
+    return icm_jobs.icm_flags(icm_settings(wildcards.job))
+
+
+def icm_serve_flags(wildcards):
+    return icm_jobs.serve_flags(icm_settings(wildcards.job))
+
+
+def icm_gpus(wildcards):
+    return icm_jobs.icm_gpus(icm_settings(wildcards.job))
+
+
+def icm_server_gpus(wildcards):
+    return int(icm_settings(wildcards.job)["tensor_parallel_size"])
+
+
+def icm_mem_mb(wildcards, input):
+    model = input.get("model")
+    return icm_jobs.icm_mem_mb(
+        icm_settings(wildcards.job), sizing.weights_mb(model) if model else 0
+    )
+
+
+def icm_runtime(wildcards):
+    return icm_jobs.icm_runtime_min(icm_settings(wildcards.job))
