@@ -155,7 +155,11 @@ def icm_model_flag(wildcards, input):
 
 
 def icm_data_input(wildcards):
-    return icm_settings(wildcards.job)["data"]["path"]
+    """A relative path missing from the working directory is looked up beside the Snakefile (config/icm/)."""
+    path = Path(icm_settings(wildcards.job)["data"]["path"])
+    if path.is_absolute() or path.exists():
+        return str(path)
+    return str(Path(workflow.basedir) / path)
 
 
 def icm_server_input(wildcards):

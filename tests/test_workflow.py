@@ -59,6 +59,16 @@ def test_default_config_leaves_a_passing_report_per_model(finished_run):
         assert plan["passed"]
 
 
+def test_default_config_labels_the_tiny_claims_with_icm(finished_run):
+    rows = (finished_run / "results/icm/tiny-claims/labels.jsonl").read_text().splitlines()
+    assert len(rows) == 20
+    report = json.loads((finished_run / "results/icm/tiny-claims/report.json").read_text())
+    assert report["iterations"] == 40
+    assert report["engine"] == "transformers"
+    assert (finished_run / "logs/icm_labels/tiny-claims.log").is_file()
+    assert (finished_run / "work/icm/tiny-claims/state.json").is_file()
+
+
 def test_finished_run_has_nothing_to_do(finished_run):
     result = snakemake(finished_run, "-n")
     assert result.returncode == 0
@@ -71,6 +81,7 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
     shutil.rmtree(workdir / "results/models/tiny-llama/hf")
     assert planned_jobs(snakemake(workdir, "-n")) == [
         ("hf_merge", "model=tiny-llama"),
+        ("icm_labels", "job=tiny-claims"),
         ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
         ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
         ("verify_model", "model=tiny-llama"),
