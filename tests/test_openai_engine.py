@@ -100,10 +100,10 @@ def test_wrong_url_is_told_apart_from_an_api_error(replay):
         engine_for(f"{replay.url}/api", max_retries=0)
 
 
-def test_429_and_503_are_retried_with_backoff(replay):
+def test_429_and_503_from_an_external_api_are_retried_with_backoff(replay):
     replay.fail_next(429, headers={"retry-after": "0"})
     replay.fail_next(503)
-    engine = engine_for(replay.url, max_retries=2)
+    engine = engine_for(replay.url, max_retries=2, self_hosted=False)
     try:
         assert engine.model == "tiny-llama"
     finally:
@@ -114,7 +114,15 @@ def test_429_and_503_are_retried_with_backoff(replay):
 def test_retries_give_up_after_max_retries(replay):
     replay.fail_next(503, count=3)
     with pytest.raises(DistilleryError, match="503"):
-        engine_for(replay.url, max_retries=2)
+        engine_for(replay.url, max_retries=2, self_hosted=False)
+    assert len(replay.received) == 3
+
+
+def test_a_self_hosted_server_is_not_retried(replay):
+    replay.fail_next(503)
+    with pytest.raises(DistilleryError, match="503"):
+        engine_for(replay.url, max_retries=5)
+    assert len(replay.received) == 1
 
 
 def test_rate_limit_applies_only_to_external_apis(replay):

@@ -7,10 +7,11 @@ OpenAI-compatible servers of base models):
   so the server schedules them together and its prefix cache shares their common demonstrations. External
   APIs get the batch in requests of `prompts_per_request` prompts instead, sent concurrently.
 
-Retries with exponential backoff on 429, 5xx and connection errors. A rate limit (`requests_per_minute`)
-applies only to external APIs: a self-hosted server (localhost, a private address, a cluster node name, or
-`self_hosted: true`) is never throttled. The base URL and key come from the settings, else from
-OPENAI_BASE_URL / OPENAI_API_KEY, else from the migration guide's VLLM_BASE_URL / API_KEY.
+For external APIs only: retries with exponential backoff on 429, 5xx and connection errors, and a rate limit
+(`requests_per_minute`). A self-hosted server (localhost, a private address, a cluster node name, or
+`self_hosted: true`) is neither throttled nor retried: its errors are reported at once. The base URL and key
+come from the settings, else from OPENAI_BASE_URL / OPENAI_API_KEY, else from the migration guide's
+VLLM_BASE_URL / API_KEY.
 The request and response bodies are OpenAI's completions API as vLLM implements it (see tests/fixtures/).
 """
 
@@ -149,7 +150,9 @@ class OpenAIEngine:
         self.base_url = resolve_base_url(settings.base_url)
         self.api_key = resolve_api_key(settings.api_key)
         self.self_hosted = settings.self_hosted if settings.self_hosted is not None else is_self_hosted(self.base_url)
-        self.max_retries = settings.max_retries
+        # Retries, like rate limits, are for external APIs: a self-hosted vLLM does not throttle, and its errors
+        # (a dead engine, a refused connection) are reported at once rather than hidden behind backoff.
+        self.max_retries = 0 if self.self_hosted else settings.max_retries
         self.requests_sent = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-engine", daemon=True)

@@ -369,8 +369,8 @@ class ICMSearch:
             delta = evaluation.energy - state.current.energy
             if accepts(delta, temperature(state.accepted, self.settings), draw):
                 accepted = True
-                order = self.demonstration_order(candidate)
-                state.entry_order += [u for u in order if u not in set(state.entry_order)]
+                known = set(state.entry_order)
+                state.entry_order += [u for u in self.demonstration_order(candidate) if u not in known]
                 state.labels, state.current = candidate, evaluation
                 state.accepted += 1
         stats = IterationStats(

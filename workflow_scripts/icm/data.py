@@ -169,8 +169,7 @@ def select_batch(dataset: Dataset, batch_size: int, seed: int) -> list[Example]:
     for example in dataset.examples:
         groups.setdefault(example.group, []).append(example)
     order = list(groups)
-    if sum(len(members) for members in groups.values()) > batch_size:
-        random.Random(seed).shuffle(order)
+    random.Random(seed).shuffle(order)  # as the reference, also when the whole file fits in one batch
     chosen: list[Example] = []
     for name in order:
         if len(chosen) + len(groups[name]) <= batch_size:
