@@ -131,6 +131,7 @@ def all_outputs():
 # ICM label elicitation (rules/icm.smk).
 ICM = config.get("icm", {})
 ICM_JOBS = list(ICM.get("jobs", {}))
+icm_jobs.check_jobs(ICM, MODELS)
 
 
 def icm_settings(job):

@@ -78,3 +78,12 @@ def test_a_job_that_starts_its_server_gets_the_url_from_the_service_job():
     assert icm_jobs.starts_server(settings)
     assert "--base-url " not in icm_jobs.icm_flags(settings)
     assert icm_jobs.serve_flags(settings) == "--preset 70B --port 8000"
+
+
+def test_a_job_whose_model_is_neither_a_workflow_model_nor_a_folder_is_refused():
+    from workflow_scripts.errors import DistilleryError
+
+    jobs = {"jobs": {"j": {"model": "tiny-llama", "data": {"path": "d"}}}}
+    with pytest.raises(DistilleryError, match="icm job 'j': model 'tiny-llama' is neither"):
+        icm_jobs.check_jobs(jobs, {"other": None})
+    icm_jobs.check_jobs(jobs, {"tiny-llama": None})

@@ -134,6 +134,10 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
     engine_settings = replace(job.engine, kind=kind)
     if kind == "vllm":  # vLLM keeps its prefix-cache counters only with stats on
         engine_settings = replace(engine_settings, extra={"disable_log_stats": False, **engine_settings.extra})
+    if kind != "openai" and not Path(engine_settings.model_path).is_dir():
+        # Never let transformers or vLLM read a name as a hub model to download.
+        raise DistilleryError("is not a model folder", engine_settings.model_path or "(no --model)",
+                              "pass the folder of a Hugging Face model")  # fmt: skip
     engine = open_engine(engine_settings)
     try:
         builder = PromptBuilder(engine_tokenizer(engine, engine_settings), batch)

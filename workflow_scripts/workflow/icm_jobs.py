@@ -64,6 +64,23 @@ def job_settings(icm_config: dict, job: str) -> dict:
     return {**JOB_DEFAULTS, **icm_config["jobs"][job]}
 
 
+def check_jobs(icm_config: dict, model_names) -> None:
+    """Refuse, before anything runs, a job whose model is neither a model of this workflow nor a folder."""
+    from pathlib import Path
+
+    from ..errors import DistilleryError
+
+    for job in icm_config.get("jobs", {}):
+        settings = job_settings(icm_config, job)
+        model = settings["model"]
+        if model in model_names or Path(model).exists() or settings["engine"] == "openai":
+            continue
+        raise DistilleryError(
+            f"icm job {job!r}: model {model!r} is neither a model of this workflow nor a folder",
+            hint=f"use one of {', '.join(model_names) or '(no models)'} or a model folder",
+        )
+
+
 def starts_server(settings: dict) -> bool:
     return settings["engine"] == "openai" and bool(settings.get("server", {}).get("start"))
 
