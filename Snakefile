@@ -16,6 +16,7 @@ include: "rules/sources.smk"
 include: "rules/convert.smk"
 include: "rules/verify.smk"
 include: "rules/generate.smk"
+include: "rules/icm.smk"
 
 
 rule all:
@@ -37,3 +38,8 @@ rule verification:
 rule kd:
     input:
         [path for job in KD_JOBS for path in kd_dataset_outputs(job)],
+
+
+rule icm:
+    input:
+        [icm_labels(job) for job in ICM_JOBS],

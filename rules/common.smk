@@ -5,6 +5,7 @@ from pathlib import Path
 
 from workflow_scripts.formats.hf_checkpoint import has_hf_weights
 from workflow_scripts.kd.manifest import load_manifest
+from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
 from workflow_scripts.workflow.kd_jobs import manifest_is_current, plan_kd_jobs
 from workflow_scripts.workflow.models import names_regex, plan_models
@@ -165,15 +166,19 @@ def budget_flags(wildcards):
 
 def all_outputs():
     # The models are targets too, so deleting one rebuilds it (and its report), not only a missing report.
-    return [
-        path
-        for model in MODELS
-        for path in (
-            hf_model_dir(model),
-            verification_report(model),
-            verification_report(model).replace(".json", ".md"),
-        )
-    ] + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
+    return (
+        [
+            path
+            for model in MODELS
+            for path in (
+                hf_model_dir(model),
+                verification_report(model),
+                verification_report(model).replace(".json", ".md"),
+            )
+        ]
+        + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
+        + [icm_labels(job) for job in ICM_JOBS]
+    )
 
 
 # --- sequence-KD generation -------------------------------------------------------------------------------------
@@ -219,11 +224,7 @@ def kd_dataset_outputs(job):
 
 
 def kd_manifest_inputs(wildcards):
-    plan = KD_JOBS[wildcards.job]
-    inputs = {"data": plan.dataset_inputs}
-    if plan.model_input:
-        inputs["model"] = plan.model_input
-    return inputs
+    return {"data": KD_JOBS[wildcards.job].dataset_inputs}
 
 
 def kd_teacher_inputs(wildcards):
@@ -233,7 +234,8 @@ def kd_teacher_inputs(wildcards):
 
 def kd_chunk_files(wildcards):
     """The chunks of the job's manifest. A current manifest is read directly: a checkpoint in the DAG makes
-    Snakemake redo its bookkeeping after every job, which at 10,000 chunks costs more than the planning itself."""
+    Snakemake redo its bookkeeping after every job, which at 10,000 chunks costs more than the planning itself.
+    """
     path = kd_manifest_path(wildcards.job)
     if not manifest_is_current(path, KD_JOBS[wildcards.job]):
         path = checkpoints.kd_manifest.get(job=wildcards.job).output[0]
@@ -268,3 +270,75 @@ KD_CHUNK_ENV = (
     if any(plan.gpus for plan in KD_JOBS.values())
     else "../envs/generate.yaml"
 )
+
+
+# ICM label elicitation (rules/icm.smk).
+ICM = config.get("icm", {})
+ICM_JOBS = list(ICM.get("jobs", {}))
+icm_jobs.check_jobs(ICM, MODELS)
+
+
+def icm_settings(job):
+    return icm_jobs.job_settings(ICM, job)
+
+
+def icm_labels(job):
+    return f"{RESULTS}/icm/{job}/labels.jsonl"
+
+
+def icm_model_input(wildcards):
+    """A workflow model is built first; a folder is used as is; a served model name is no file at all."""
+    model = icm_settings(wildcards.job)["model"]
+    if model in MODELS:
+        return hf_model_dir(model)
+    return model if Path(model).exists() else []
+
+
+def icm_model_flag(wildcards, input):
+    model = input.get("model") or icm_settings(wildcards.job)["model"]
+    return f"--model {shlex.quote(str(model))}"
+
+
+def icm_data_input(wildcards):
+    """A relative path missing from the working directory is looked up beside the Snakefile (config/icm/)."""
+    path = Path(icm_settings(wildcards.job)["data"]["path"])
+    if path.is_absolute() or path.exists():
+        return str(path)
+    return str(Path(workflow.basedir) / path)
+
+
+def icm_server_input(wildcards):
+    if icm_jobs.starts_server(icm_settings(wildcards.job)):
+        return f"{WORK}/icm/{wildcards.job}/server.url"
+    return []
+
+
+def icm_server_flag(wildcards, input):
+    return f"--base-url-file {input.server}" if input.get("server") else ""
+
+
+def icm_flags(wildcards):
+    return icm_jobs.icm_flags(icm_settings(wildcards.job))
+
+
+def icm_serve_flags(wildcards):
+    return icm_jobs.serve_flags(icm_settings(wildcards.job))
+
+
+def icm_gpus(wildcards):
+    return icm_jobs.icm_gpus(icm_settings(wildcards.job))
+
+
+def icm_server_gpus(wildcards):
+    return int(icm_settings(wildcards.job)["tensor_parallel_size"])
+
+
+def icm_mem_mb(wildcards, input):
+    model = input.get("model")
+    return icm_jobs.icm_mem_mb(
+        icm_settings(wildcards.job), sizing.weights_mb(model) if model else 0
+    )
+
+
+def icm_runtime(wildcards):
+    return icm_jobs.icm_runtime_min(icm_settings(wildcards.job))

@@ -47,6 +47,16 @@ def test_default_config_generates_the_kd_dataset_on_the_cpu(finished_run):
     assert len(lines) == summary["samples"] == 2 * summary["generated_rows"]
 
 
+def test_default_config_labels_the_tiny_claims_with_icm(finished_run):
+    rows = (finished_run / "results/icm/tiny-claims/labels.jsonl").read_text().splitlines()
+    assert len(rows) == 20
+    report = json.loads((finished_run / "results/icm/tiny-claims/report.json").read_text())
+    assert report["iterations"] == 40
+    assert report["engine"] == "transformers"
+    assert (finished_run / "logs/icm_labels/tiny-claims.log").is_file()
+    assert (finished_run / "work/icm/tiny-claims/state.json").is_file()
+
+
 def test_finished_run_has_nothing_to_do(finished_run):
     result = snakemake(finished_run, "-n")
     assert result.returncode == 0
@@ -62,6 +72,7 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
         ("hf_merge", "model=tiny-llama"),
         ("kd_dataset", "job=tiny-web-kd"),
         ("kd_manifest", "job=tiny-web-kd"),
+        ("icm_labels", "job=tiny-claims"),
         ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
         ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
         ("verify_model", "model=tiny-llama"),
@@ -91,6 +102,7 @@ def test_shell_lines_are_distillery_commands_a_person_can_rerun(finished_run):
 
 def write_config(tmp_path: Path, change) -> Path:
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config.pop("icm")  # the default ICM job labels with a default model that these configs replace
     change(config)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
 from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
+from .engines.base import ENGINE_KINDS
 from .errors import DistilleryError
+from .icm.data import FORMATS as ICM_FORMATS
 from .kd.commands import add_kd_commands
 
 log = logging.getLogger("distillery")
@@ -370,6 +373,7 @@ def _add_make_tiny_model(commands) -> None:
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--num-kv-heads", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--max-position-embeddings", type=int, default=512, help="context length (512)")
     parser.add_argument("--force", action="store_true")
     parser.set_defaults(handler=_run_make_tiny_model)
 
@@ -386,6 +390,7 @@ def _run_make_tiny_model(args: argparse.Namespace) -> int:
         num_attention_heads=args.num_heads,
         num_key_value_heads=args.num_kv_heads,
         vocab_size=args.vocab_size,
+        max_position_embeddings=args.max_position_embeddings,
     )
     with atomic_output_dir(args.output, force=args.force) as staging:
         build_tiny_model(staging, spec, args.layout, args.seed, args.dtype, args.max_shard_size)
@@ -417,6 +422,264 @@ def _run_make_tiny_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_engine_flags(parser: argparse.ArgumentParser, default_engine: str = "auto") -> None:
+    """How to reach the model: in-process vLLM or transformers, or an OpenAI-compatible server."""
+    group = parser.add_argument_group("engine")
+    group.add_argument("--engine", default=default_engine, choices=ENGINE_KINDS, help=f"({default_engine})")
+    group.add_argument("--model", help="model folder (vllm, transformers) or the served model's name (openai)")
+    group.add_argument("--tokenizer", help="tokenizer folder, if not the model's (openai: the served model's, here)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    group.add_argument("--tensor-parallel-size", type=int, default=1)
+    group.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    group.add_argument("--max-model-len", type=int)
+    group.add_argument("--max-num-seqs", type=int, default=256, help="sequences per engine batch (256)")
+    group.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs (faster start)")
+    group.add_argument(
+        "--base-url",
+        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or VLLM_BASE_URL)",
+    )
+    group.add_argument("--base-url-file", type=Path, help="read the server URL from this file (written by serve)")
+    group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key (OPENAI_API_KEY)")
+    group.add_argument("--served-model-name", help="the model's name on the server (default: the server's first)")
+    group.add_argument("--requests-per-minute", type=float, help="rate limit for external APIs (never self-hosted)")
+    group.add_argument("--max-concurrency", type=int, default=64, help="requests in flight to a server (64)")
+    group.add_argument(
+        "--self-hosted",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="treat the server as self-hosted: no rate limit (default: from the URL)",
+    )
+
+
+def _engine_settings(args: argparse.Namespace):
+    from .engines import EngineSettings
+
+    base_url = args.base_url
+    if args.base_url_file:
+        if not args.base_url_file.is_file():
+            raise DistilleryError("does not exist", args.base_url_file, "is the server rule running?")
+        base_url = args.base_url_file.read_text().strip()
+    return EngineSettings(
+        kind=args.engine,
+        model_path=args.model or "",
+        tokenizer_path=args.tokenizer,
+        dtype=args.dtype,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        enforce_eager=args.enforce_eager,
+        base_url=base_url,
+        api_key=os.environ.get(args.api_key_env) or None,
+        served_model_name=args.served_model_name,
+        requests_per_minute=args.requests_per_minute,
+        max_concurrency=args.max_concurrency,
+        self_hosted=args.self_hosted,
+    )
+
+
+def _add_icm(commands) -> None:
+    parser = commands.add_parser(
+        "icm",
+        help="label a dataset without gold labels by Internal Coherence Maximization (Wen et al. 2025)",
+        description="Search for the labels a base model finds most mutually predictable and logically consistent "
+        "(ICM). Flags keep the reference ICM.py's names (--alpha, --num_seed, --K, ...); writes labels.jsonl and "
+        "report.json into --output-dir, and saves its state so a killed run resumes.",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="the claims (JSON list or JSONL)")
+    parser.add_argument(
+        "--testbed",
+        "--format",
+        dest="data_format",
+        default="generic",
+        type=str.lower,
+        choices=ICM_FORMATS,
+        help="data format and prompt: truthfulqa, gsm8k, alpaca, generic",
+    )
+    parser.add_argument("--prompt-template", help="prompt of a claim, from its fields, e.g. '{text}\\nI think ...'")
+    parser.add_argument("--output-dir", required=True, type=Path, help="where labels.jsonl and report.json go")
+    parser.add_argument("--state", type=Path, help="search state for resuming (default: OUTPUT_DIR/.icm-state.json)")
+    search = parser.add_argument_group("search (the reference's flags and defaults)")
+    search.add_argument("--alpha", type=float, default=30.0, help="weight of mutual predictability (30)")
+    search.add_argument("--seed", type=int, default=27565976)
+    search.add_argument("--batch-size", "--batch_size", type=int, default=256, help="claims labeled together (256)")
+    search.add_argument("--num-seed", "--num_seed", type=int, default=8, help="randomly labeled claims at start (8)")
+    search.add_argument("--K", "--iterations", dest="iterations", type=int, default=3000, help="iterations (3000)")
+    search.add_argument(
+        "--consistency-fix-K",
+        "--consistency_fix_K",
+        dest="consistency_fix_iterations",
+        type=int,
+        default=10,
+        help="consistency-fix rounds for the seed labels (10)",
+    )
+    search.add_argument(
+        "--proposal-fix-K",
+        dest="proposal_fix_iterations",
+        type=int,
+        default=10,
+        help="consistency-fix rounds after each proposal (10)",
+    )
+    search.add_argument("--decay", type=float, default=0.99, help="decay of the exp schedule (0.99)")
+    search.add_argument("--initial-T", "--initial_T", dest="initial_temperature", type=float, default=10.0)
+    search.add_argument("--final-T", "--final_T", dest="final_temperature", type=float, default=0.01)
+    search.add_argument("--scheduler", dest="schedule", default="log", choices=["log", "exp"])
+    search.add_argument("--top-logprobs", type=int, default=20, help="next-token candidates read per prompt (20)")
+    search.add_argument(
+        "--predictability",
+        default="mean_logodds",
+        choices=["mean_logodds", "sum_logprob"],
+        help="mean log-odds (the reference's code) or sum of log P (the paper's formula)",
+    )
+    search.add_argument(
+        "--demonstration-order",
+        default="labeling",
+        choices=["labeling", "dataset"],
+        help="labeling: in the order claims got labels (cache-friendly); dataset: the reference's",
+    )
+    search.add_argument(
+        "--score-unlabeled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score unlabeled claims in each batch (default: on, off for transformers)",
+    )
+    search.add_argument("--save-every", type=int, default=10, help="save the state every N iterations (10)")
+    _add_engine_flags(parser)
+    parser.set_defaults(handler=_run_icm)
+
+
+def _run_icm(args: argparse.Namespace) -> int:
+    from .engines import resolve_engine_kind
+    from .icm.algorithm import ICMSettings
+    from .icm.run import ICMJob, run_icm_job
+
+    engine = _engine_settings(args)
+    kind = resolve_engine_kind(engine.kind)
+    score_unlabeled = args.score_unlabeled
+    if score_unlabeled is None:
+        # Without a prefix cache every extra prompt is a full forward pass: score unlabeled claims on demand.
+        score_unlabeled = kind != "transformers"
+    settings = ICMSettings(
+        alpha=args.alpha,
+        num_seed=args.num_seed,
+        iterations=args.iterations,
+        consistency_fix_iterations=args.consistency_fix_iterations,
+        proposal_fix_iterations=args.proposal_fix_iterations,
+        initial_temperature=args.initial_temperature,
+        final_temperature=args.final_temperature,
+        decay=args.decay,
+        schedule=args.schedule,
+        seed=args.seed,
+        predictability=args.predictability,
+        demonstration_order=args.demonstration_order,
+        score_unlabeled=score_unlabeled,
+        save_every=args.save_every,
+    )
+    if args.batch_size < 1:
+        raise DistilleryError(f"--batch-size must be at least 1, not {args.batch_size}")
+    job = ICMJob(
+        data=args.data,
+        data_format=args.data_format,
+        output_dir=args.output_dir,
+        state_path=args.state or args.output_dir / ".icm-state.json",
+        settings=settings,
+        engine=engine,
+        batch_size=args.batch_size,
+        prompt_template=args.prompt_template,
+        top_logprobs=args.top_logprobs,
+        command=("distillery", *args.argv),
+    )
+    report = run_icm_job(job, progress=True)
+    accuracy = ""
+    if report["accuracy"] is not None:
+        accuracy = f", accuracy {report['accuracy']:.1%} on {report['gold_labels_compared']} gold labels"
+    balance = report["label_balance"]
+    print(
+        f"✓ {args.output_dir}/labels.jsonl: {balance['true']} true, {balance['false']} false, "
+        f"{balance['unlabeled']} unlabeled after {report['iterations']} iterations{accuracy}"
+    )
+    print(
+        f"  acceptance {report['acceptance_rate']}, violations left {report['consistency_violations_left']}, "
+        f"{report['seconds_per_iteration']['mean']} s and {report['engine_calls_per_iteration']} engine calls "
+        f"per iteration, prefix-cache hit rate {report['prefix_cache']['hit_rate']}"
+    )
+    return 0
+
+
+def _add_serve(commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="start `vllm serve` from a size preset (8B, 70B, 405B), prefix caching always on",
+        description="Start an OpenAI-compatible vLLM server with a preset's tensor-parallel size, --max-num-seqs, "
+        "--max-num-batched-tokens and GPU memory (config/vllm-serve-presets.yaml); arguments after -- go to vLLM.",
+    )
+    parser.add_argument("--preset", required=True, help="model size preset: 8B, 70B, 405B (or one of --presets)")
+    parser.add_argument("--model", default=os.environ.get("MODEL_PATH"), help="model folder (default: MODEL_PATH)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1; 0.0.0.0 for remote)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", help="the name clients ask for (default: the model path)")
+    for key in ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, help="override the preset")
+    parser.add_argument("--gpu-memory-utilization", type=float, help="override the preset")
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--presets", type=Path, help="presets YAML (default: config/vllm-serve-presets.yaml)")
+    parser.add_argument("--url-file", type=Path, help="write the server's URL here once it answers")
+    parser.add_argument("--start-timeout", type=float, default=1800, help="seconds to wait for vLLM to answer")
+    parser.add_argument("--dry-run", action="store_true", help="print the vllm command and exit")
+    parser.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more vllm serve arguments")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .serve import PRESETS_FILE, ServerSettings, load_presets, run_server, serve_arguments, vllm_command
+
+    if not args.model:
+        raise DistilleryError("no model given", hint="pass --model FOLDER or set MODEL_PATH")
+    presets = load_presets(args.presets or PRESETS_FILE)
+    keys = ("tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization")
+    settings = ServerSettings(
+        model=args.model,
+        preset=args.preset,
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        overrides={key: getattr(args, key) for key in keys},
+        enforce_eager=args.enforce_eager,
+        seed=args.seed,
+        extra_args=tuple(arg for arg in args.vllm_args if arg != "--"),
+    )
+    if args.dry_run:
+        import shlex
+
+        print(shlex.join(vllm_command(serve_arguments(settings, presets))))
+        return 0
+    return run_server(settings, presets, args.url_file, args.start_timeout)
+
+
+def _add_check_server(commands) -> None:
+    parser = commands.add_parser(
+        "check-server",
+        help="check an OpenAI-compatible server: it answers, returns logprobs, has prefix caching on",
+    )
+    parser.add_argument("--base-url", help="server URL (default: OPENAI_BASE_URL or VLLM_BASE_URL)")
+    parser.add_argument("--model", help="the served model to probe (default: the first one the server lists)")
+    parser.add_argument("--api-key-env", help="variable holding the API key (default: OPENAI_API_KEY or API_KEY)")
+    parser.set_defaults(handler=_run_check_server)
+
+
+def _run_check_server(args: argparse.Namespace) -> int:
+    from .serve import api_key_from_environment, check_server
+
+    checks = check_server(args.base_url, api_key_from_environment(args.api_key_env), args.model)
+    for check in checks:
+        mark = {True: "✓", False: "✗", None: "?"}[check.passed]
+        print(f"{mark} {check.name}: {check.detail}")
+    failed = [check for check in checks if check.passed is False]
+    print("✗ the server is not ready for ICM" if failed else "✓ the server is ready for ICM")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"distillery {__version__}")
@@ -433,6 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_tiny_model(commands)
     _add_make_tiny_dataset(commands)
     add_kd_commands(commands)
+
+    _add_icm(commands)
+    _add_serve(commands)
+    _add_check_server(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ from .base import (
     GenerationRequest,
     GenerationResult,
     SamplingSettings,
+    TokenLogprob,
     resolve_engine_kind,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "SamplingSettings",
+    "TokenLogprob",
     "open_engine",
     "resolve_engine_kind",
 ]

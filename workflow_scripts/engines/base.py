@@ -39,6 +39,12 @@ class EngineSettings:
     served_model_name: str | None = None
     max_concurrency: int = 64
     requests_per_minute: float | None = None  # a limit for external APIs; none for self-hosted servers
+    self_hosted: bool | None = None  # None: decided from the URL (localhost, private address, node name)
+    max_retries: int = 5  # on 429, 5xx and connection errors, with exponential backoff
+    retry_base_delay_s: float = 1.0
+    retry_max_delay_s: float = 60.0
+    request_timeout_s: float = 600.0
+    prompts_per_request: int | None = None  # scoring batch split; None: all in one request when self-hosted
     extra: dict = field(default_factory=dict)
 
     @property
@@ -90,11 +96,25 @@ class GenerationResult:
     completions: list[Completion]
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One candidate for the next token: its id (None where a server returns only text), text and log-prob."""
+
+    token_id: int | None
+    text: str
+    logprob: float
+
+
 class Engine(Protocol):
     kind: str
 
     def generate(self, requests: Iterable[GenerationRequest], sampling: SamplingSettings) -> Iterator[GenerationResult]:
         """Yield one result per request as it finishes, in any order."""
+        ...
+
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int) -> list[list[TokenLogprob]]:
+        """The `top_k` most likely next tokens after each prompt, best first: all prompts in one batched call
+        (one `LLM.generate`, one HTTP request, or batched forward passes), so shared prefixes are cached."""
         ...
 
     def versions(self) -> dict[str, str]: ...

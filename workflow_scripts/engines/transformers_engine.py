@@ -12,9 +12,12 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 
 from ..errors import DistilleryError, first_line
-from .base import Completion, GenerationRequest, GenerationResult, SamplingSettings
+from .base import Completion, GenerationRequest, GenerationResult, SamplingSettings, TokenLogprob
 
 log = logging.getLogger(__name__)
+
+# Padded tokens per scoring forward pass: bounds activation memory when many long prompts are scored at once.
+SCORING_TOKENS_PER_PASS = 32768
 
 
 def _torch_dtype(name: str):
@@ -176,3 +179,44 @@ class TransformersEngine:
         text = self.tokenizer.decode(tokens)
         positions = [text.find(stop) for stop in stops if stop in text]
         return text[: min(positions)] if positions else None
+
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int) -> list[list[TokenLogprob]]:
+        """Batched forward passes (prompts of similar length together, left-padded), last position only."""
+        import torch
+
+        for prompt in prompts:
+            if len(prompt) >= self.max_model_len:
+                raise DistilleryError(
+                    f"a prompt of {len(prompt)} tokens does not fit max_model_len {self.max_model_len}",
+                    hint="use fewer or shorter examples per batch (icm batch_size)",
+                )
+        results: list[list[TokenLogprob] | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+        start = 0
+        while start < len(order):
+            longest = len(prompts[order[start]])
+            rows = max(1, min(self.batch_size, SCORING_TOKENS_PER_PASS // max(1, longest)))
+            chunk = order[start : start + rows]
+            start += len(chunk)
+            input_ids = torch.full((len(chunk), longest), self.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), longest), dtype=torch.long)
+            for row, index in enumerate(chunk):
+                prompt = prompts[index]
+                input_ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+                attention[row, longest - len(prompt) :] = 1
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    position_ids=positions.to(self.device),
+                    logits_to_keep=1,
+                ).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            values, ids = torch.topk(logprobs, min(top_k, logprobs.shape[-1]), dim=-1)
+            for row, index in enumerate(chunk):
+                results[index] = [
+                    TokenLogprob(int(token), self.tokenizer.decode([int(token)]), float(value))
+                    for value, token in zip(values[row].tolist(), ids[row].tolist(), strict=True)
+                ]
+        return results  # type: ignore[return-value]

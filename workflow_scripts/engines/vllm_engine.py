@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 
 from ..errors import DistilleryError, first_line
-from .base import Completion, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings
+from .base import Completion, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings, TokenLogprob
 
 
 def vllm_engine_arguments(settings: EngineSettings) -> dict:
@@ -91,6 +91,50 @@ class VllmEngine:
                     for choice in sorted(output.outputs, key=lambda choice: choice.index)
                 ]
                 yield GenerationResult(ours.get(output.request_id, output.request_id), completions)
+
+    def next_token_logprobs(self, prompts: list[list[int]], top_k: int) -> list[list[TokenLogprob]]:
+        """One `LLM.generate` call for all prompts (max_tokens=1, greedy, `logprobs=top_k`): vLLM schedules
+        them together and its prefix cache shares the demonstrations they have in common."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=top_k, seed=self.settings.seed)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": prompt} for prompt in prompts], sampling_params=params, use_tqdm=False
+        )
+        results = []
+        for output in outputs:
+            candidates = output.outputs[0].logprobs[0]  # {token_id: Logprob} for the first generated position
+            # vLLM adds the sampled token when it is outside the top k; keep exactly the k best.
+            ranked = sorted(candidates.items(), key=lambda item: -item[1].logprob)[:top_k]
+            results.append([TokenLogprob(int(token), _decoded(self.llm, token, entry), float(entry.logprob))
+                            for token, entry in ranked])  # fmt: skip
+        return results
+
+    def prefix_cache_counters(self) -> dict[str, float] | None:
+        """vLLM's prefix-cache query and hit token counters (needs `disable_log_stats: False` in extra)."""
+        try:
+            metrics = self.llm.get_metrics()
+        except Exception:  # older vLLM or stats disabled: the caller reports the rate as unknown
+            return None
+        return counters_from_metrics((metric.name, getattr(metric, "value", None)) for metric in metrics)
+
+
+def counters_from_metrics(pairs: Iterable[tuple[str, object]]) -> dict[str, float] | None:
+    """Sum vLLM's `prefix_cache_queries` / `prefix_cache_hits` counters (over engines) from (name, value) pairs."""
+    totals = {"queries": 0.0, "hits": 0.0}
+    found = False
+    for name, value in pairs:
+        for key in totals:
+            if name.removeprefix("vllm:").removesuffix("_total") == f"prefix_cache_{key}" and value is not None:
+                totals[key] += float(value)
+                found = True
+    return totals if found else None
+
+
+def _decoded(llm, token: int, entry) -> str:
+    if entry.decoded_token is not None:
+        return entry.decoded_token
+    return llm.get_tokenizer().decode([token])
 
 
 def _finish_reason(reason: str | None) -> str:

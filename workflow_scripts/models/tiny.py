@@ -166,3 +166,38 @@ def build_tiny_model(
     shard_bytes = parse_size(max_shard_size) if layout != "safetensors" else sum(s.nbytes for s in specs) + 1
     hf_writer.write_weights(weights_folder, specs, produce, shard_bytes, weights_format)
     return output
+
+
+LABEL_WORDS = ("True", "False", " True", " False")
+
+
+def build_tiny_icm_model(output: str | Path, spec: TinyModelSpec | None = None, seed: int = 0) -> Path:
+    """A tiny Llama whose tokenizer has ICM's label words as single tokens, and whose output rows for them are
+    scaled up so they reach the top 20 next tokens: ICM's scores are then not all zero, and depend on the
+    prompt. The embedding and output rows grow by the added tokens, so vocabulary and tokenizer stay equal."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    spec = spec or TinyModelSpec(max_position_embeddings=4096)
+    output = build_tiny_model(output, spec, "safetensors", seed, "float32")
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    tokenizer.add_tokens(list(LABEL_WORDS))
+    tokenizer.save_pretrained(output)
+    config_path = output / "config.json"
+    config = json.loads(config_path.read_text())
+    added = len(tokenizer) - config["vocab_size"]
+    weights = load_file(output / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in weights and added > 0:
+            rows = random_tensor(f"{name}:added", (added, weights[name].shape[1]), seed, weights[name].dtype)
+            weights[name] = torch.cat([weights[name], rows])
+    head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+    for word in LABEL_WORDS:
+        token = tokenizer.convert_tokens_to_ids(word)
+        weights[head][token] = weights[head][token] * 40
+    save_file(weights, output / "model.safetensors", metadata={"format": "pt"})
+    config["vocab_size"] = len(tokenizer)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return output

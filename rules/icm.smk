@@ -1,0 +1,53 @@
+# ICM label elicitation: a label set per job, and (optionally) the vLLM server its job talks to.
+
+
+rule icm_labels:
+    input:
+        model=icm_model_input,
+        data=icm_data_input,
+        server=icm_server_input,
+    output:
+        labels=f"{RESULTS}/icm/{{job}}/labels.jsonl",
+        report=f"{RESULTS}/icm/{{job}}/report.json",
+    log:
+        "logs/icm_labels/{job}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/icm_labels/{{job}}.tsv"
+    conda:
+        "../envs/vllm.yaml"
+    threads: 2
+    resources:
+        gpu=icm_gpus,
+        mem_mb=icm_mem_mb,
+        runtime=icm_runtime,
+    params:
+        model=icm_model_flag,
+        server=icm_server_flag,
+        flags=icm_flags,
+        output_dir=lambda wildcards, output: Path(output.labels).parent,
+        state=f"{WORK}/icm/{{job}}/state.json",
+    shell:
+        "distillery icm --data {input.data} {params.model} {params.server} {params.flags}"
+        " --output-dir {params.output_dir} --state {params.state} > {log} 2>&1"
+
+
+# A `vllm serve` for the jobs that ask for one (engine: openai, server: {start: true}): a service job that
+# runs while its consumer does and is stopped when the consumer is done.
+rule vllm_server:
+    input:
+        model=icm_model_input,
+    output:
+        service(f"{WORK}/icm/{{job}}/server.url"),
+    log:
+        "logs/vllm_server/{job}.log",
+    conda:
+        "../envs/vllm.yaml"
+    threads: 4
+    resources:
+        gpu=icm_server_gpus,
+        mem_mb=lambda wildcards, input: 16384 + sizing.weights_mb(input.model),
+        runtime=icm_runtime,
+    params:
+        flags=icm_serve_flags,
+    shell:
+        "distillery serve --model {input.model} {params.flags} --url-file {output} > {log} 2>&1"
