@@ -261,6 +261,9 @@ def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, 
     settings = yaml.safe_load((repo / "config/config.yaml").read_text())
     settings["tiny_models"] = {}
     settings["verify"]["parallel_sizes"] = []
+    # The default KD and ICM jobs use the default models, which this config replaces.
+    settings["kd"], settings["tiny_datasets"] = {}, {}
+    settings.pop("icm", None)
     source = {"format": "maxtext", "path": str(full_state), "model_size": "llama3.1-tiny", "config": str(config),
               "tokenizer": str(hf)}  # fmt: skip
     settings["models"] = {"teacher": {"source": source, "dtype": "bfloat16"}}

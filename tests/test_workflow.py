@@ -67,16 +67,18 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results/models/tiny-llama/hf")
-    # The KD job's teacher is tiny-llama: its manifest and dataset are redone (the chunks once the manifest is).
-    assert planned_jobs(snakemake(workdir, "-n")) == [
+    # tiny-llama is the teacher of the KD job (its teacher record and every chunk are redone) and the ICM model.
+    planned = planned_jobs(snakemake(workdir, "-n"))
+    assert [job for job in planned if job[0] != "kd_chunk"] == [
         ("hf_merge", "model=tiny-llama"),
-        ("kd_dataset", "job=tiny-web-kd"),
-        ("kd_manifest", "job=tiny-web-kd"),
         ("icm_labels", "job=tiny-claims"),
+        ("kd_dataset", "job=tiny-web-kd"),
+        ("kd_teacher", "job=tiny-web-kd"),
         ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
         ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
         ("verify_model", "model=tiny-llama"),
     ]
+    assert len([job for job in planned if job[0] == "kd_chunk"]) == 10
 
 
 def test_deleting_a_report_reruns_only_its_verification(finished_run, tmp_path):
