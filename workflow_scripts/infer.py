@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DistilleryError, require_folder
-from .vllm_models import ARCHITECTURES
+from .vllm_models import ARCHITECTURES, require_registered_architecture
 
 DEFAULT_PROMPT = "Hello, how are you?"
 
@@ -50,6 +50,7 @@ def run_inference(
 ) -> tuple[str, list[str]]:
     """(the engine used, one completion per prompt)."""
     require_folder(model_path, "pass the model folder with --model-path")
+    require_registered_architecture(model_path / "config.json")
     if settings.max_tokens < 1 or settings.tensor_parallel_size < 1:
         raise DistilleryError("--max-tokens and --tensor-parallel-size must be at least 1")
     engine = choose_engine(engine)

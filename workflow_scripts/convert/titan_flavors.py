@@ -81,16 +81,17 @@ FLAVORS: dict[str, dict[str, TitanModelArgs]] = {
         "32B": _qwen3(dim=5120, n_layers=64, n_heads=64, hidden_dim=25600),
     },
 }  # fmt: skip
-_FAMILY_NAMES = {"llama": "Llama 3", "qwen3": "Qwen3", "llama3": "llama"}
+_FAMILY_NAMES = {"llama": "Llama 3", "qwen3": "Qwen3"}
+_FAMILY_ALIASES = {"llama3": "llama", "llama": "llama", "qwen3": "qwen3"}
 
 
 def find_flavor(flavor: str, family: str) -> TitanModelArgs:
     """`flavor` ("8B", or "qwen3:8B" / "llama3:8B") of the family the checkpoint's names show."""
     named_family, _, name = flavor.rpartition(":")
-    named_family = _FAMILY_NAMES.get(named_family, named_family)
-    if named_family and named_family not in FLAVORS:
+    if named_family and named_family not in _FAMILY_ALIASES:
         raise DistilleryError(f"unknown model family {flavor.split(':')[0]!r} in --flavor {flavor}",
                               hint="use llama3:NAME or qwen3:NAME")  # fmt: skip
+    named_family = _FAMILY_ALIASES.get(named_family, "")
     if named_family and named_family != family:
         raise DistilleryError(_family_mismatch(named_family, family))
     if name in FLAVORS[family]:

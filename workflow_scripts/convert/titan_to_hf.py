@@ -27,6 +27,7 @@ from ..models.architecture import expected_weights
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import parse_size
+from ..vllm_models import ARCHITECTURES, require_registered_architecture
 from . import titan_names as names
 from .model_files import copy_model_files
 from .titan_flavors import LLAMA3_ROPE_SCALING, check_family, find_flavor, hf_config_from_args
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 FAMILY_OF_MODEL_TYPE = {"llama": "llama", "qwen3": "qwen3"}
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-TITAN_ARCHITECTURES = {"TorchTitanLlamaForCausalLM": "llama", "TorchTitanQwen3ForCausalLM": "qwen3"}
 
 
 @dataclass
@@ -104,11 +104,12 @@ def resolve_config(options: TitanToHFOptions, layout: names.TitanLayout):
             "pass --config HF_CONFIG_JSON or --flavor NAME (a TorchTitan flavor such as 8B or 0.6B)",
         )
     raw = _read_json_config(candidate)
+    require_registered_architecture(candidate / "config.json" if candidate.is_dir() else candidate)
     source = str(candidate)
     model_type = raw.get("model_type")
     architectures = raw.get("architectures") or []
     claimed = FAMILY_OF_MODEL_TYPE.get(model_type) or next(
-        (TITAN_ARCHITECTURES[a] for a in architectures if a in TITAN_ARCHITECTURES), None
+        (ARCHITECTURES[a] for a in architectures if a in ARCHITECTURES), None
     )
     if claimed is None:
         raise DistilleryError(

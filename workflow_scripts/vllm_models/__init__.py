@@ -12,6 +12,11 @@ Importing this package never imports vLLM: `register` names the classes by strin
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ..errors import DistilleryError
+
 # Architecture name in config.json -> the model family it serves.
 ARCHITECTURES = {"TorchTitanQwen3ForCausalLM": "qwen3", "TorchTitanLlamaForCausalLM": "llama"}
 
@@ -23,3 +28,21 @@ def register() -> None:
     for architecture in ARCHITECTURES:
         if architecture not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(architecture, f"{__name__}.torchtitan:{architecture}")
+
+
+def require_registered_architecture(config_path: Path) -> str | None:
+    """The TorchTitan architecture a config.json names (None for any other); refuse one distillery lacks."""
+    try:
+        architectures = json.loads(Path(config_path).read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None  # a missing or broken config.json is reported by whoever reads it properly
+    for architecture in architectures:
+        if architecture in ARCHITECTURES:
+            return architecture
+        if architecture.startswith("TorchTitan"):
+            raise DistilleryError(
+                f"names architecture {architecture!r}, which is not registered",
+                config_path,
+                f"distillery registers {', '.join(ARCHITECTURES)}",
+            )
+    return None
