@@ -25,6 +25,7 @@ from titan_models import (  # noqa: E402
 
 from workflow_scripts.convert import titan_names  # noqa: E402
 from workflow_scripts.convert.titan_flavors import FLAVORS  # noqa: E402
+from workflow_scripts.formats.dcp import TitanCheckpoint  # noqa: E402
 from workflow_scripts.models.tiny import train_tokenizer  # noqa: E402
 
 pytest.importorskip("torchtitan", reason="install with: pip install --no-deps torchtitan==0.3.0")
@@ -311,3 +312,63 @@ def test_tied_config_with_a_different_output_matrix_is_refused(tmp_path, run_cli
                      tmp_path / "config.json")  # fmt: skip
     assert result.exit_code == 1
     assert "ties the word embeddings, but lm_head.weight differs from tok_embeddings.weight" in result.stderr
+
+
+# verify_model's reference for a TorchTitan source: TorchTitan's own forward.
+
+
+@pytest.fixture
+def converted_llama(tmp_path, run_cli, tokenizer_folder):
+    spec = TinyTitanSpec("llama", fuse_qkv=True)
+    source = save_dcp(titan_state_dict(build_titan_model(spec, seed=3)), tmp_path / "step-5")
+    config = write_config(spec, tmp_path / "config.json")
+    output = tmp_path / "hf"
+    result = run_cli("titan-to-hf", "--input", source, "--output", output, "--config", config,
+                     "--tokenizer", tokenizer_folder, "--dtype", "bfloat16")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    return source, output
+
+
+def test_verify_compares_the_conversion_with_torchtitans_forward(converted_llama, run_cli):
+    source, output = converted_llama
+    result = run_cli("verify", "--model-path", output, "--reference", source)
+    assert result.exit_code == 0, result.stdout
+    assert "✓ logits match the reference" in result.stdout and "reference rounded to bfloat16" in result.stdout
+
+
+def test_verify_catches_a_conversion_without_the_rotary_permutation(converted_llama, run_cli):
+    from safetensors.torch import load_file, save_file
+
+    source, output = converted_llama
+    weights = load_file(output / "model.safetensors")
+    q = TitanCheckpoint(source).load("layers.0.attention.qkv_linear.wq.weight")
+    weights["model.layers.0.self_attn.q_proj.weight"] = q.to(torch.bfloat16)  # TorchTitan's pair order, unpermuted
+    save_file(weights, output / "model.safetensors", metadata={"format": "pt"})
+    result = run_cli("verify", "--model-path", output, "--reference", source)
+    assert result.exit_code == 1
+    assert "✗ logits match the reference" in result.stdout
+
+
+@pytest.mark.integration
+def test_workflow_converts_and_verifies_a_titan_source(tmp_path, tokenizer_folder):
+    import subprocess
+
+    import yaml
+
+    spec = TinyTitanSpec("qwen3", tie=True)
+    source = save_dcp(titan_state_dict(build_titan_model(spec, seed=4), "guide"), tmp_path / "ckpt/step-20")
+    config = write_config(spec, tmp_path / "qwen3-config.json")
+    workflow_config = {
+        "models": {"tiny-titan-qwen3": {"source": {"format": "titan", "path": str(source), "config": str(config),
+                                                   "tokenizer": str(tokenizer_folder)}, "dtype": "bfloat16"}},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(workflow_config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "results/models/tiny-titan-qwen3/verification.json").read_text())
+    assert report["passed"], report["failed_checks"]
+    numerics = next(c for c in report["checks"] if c["name"] == "numerics")
+    assert numerics["status"] == "pass" and numerics["data"]["reference"] == str(source)
+    assert (tmp_path / "results/benchmarks/titan_to_hf/tiny-titan-qwen3.tsv").is_file()

@@ -19,8 +19,8 @@ from ..formats.deepspeed import list_step_folders, step_of
 @dataclass(frozen=True)
 class ModelPlan:
     name: str
-    format: str  # hf | deepspeed
-    source: str  # the folder a conversion job reads: an HF model, or one DeepSpeed checkpoint-N
+    format: str  # hf | deepspeed | titan
+    source: str  # what a conversion job reads: an HF model, one DeepSpeed checkpoint-N, a TorchTitan checkpoint
     settings: dict  # the model's config entry (dtype, max_shard_size, ...)
     step: int | None = None
 
