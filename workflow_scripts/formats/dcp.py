@@ -94,15 +94,13 @@ def read_metadata(folder: Path):
         raise DistilleryError(f"cannot be read ({first_line(exc)})", path, "the checkpoint may be truncated") from None
 
 
-def _safe_reader(folder: Path):
-    """torch's FileSystemReader, with `.metadata` read through the allow-list."""
+def _safe_reader(folder: Path, metadata):
+    """torch's FileSystemReader, handed `metadata` as read through the allow-list (never its own pickle.load)."""
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
 
     class SafeFileSystemReader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
-            metadata = read_metadata(folder)
-            from torch.distributed.checkpoint.metadata import StorageMeta
-
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -127,10 +125,10 @@ class TitanCheckpoint:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._state: dict[str, torch.Tensor] | None = None
+        self._metadata = None
         self._prefix = ""
         if is_dcp_folder(self.path):
             self.layout = "dcp"
-            self._reader_folder = self.path
             all_tensors = self._dcp_tensors()
         elif self.path.is_file():
             self.layout = "torch_save"
@@ -148,7 +146,7 @@ class TitanCheckpoint:
     def _dcp_tensors(self) -> dict[str, TitanTensor]:
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        metadata = read_metadata(self.path)
+        metadata = self._metadata = read_metadata(self.path)
         return {
             name: TitanTensor(name, entry.properties.dtype, tuple(entry.size))
             for name, entry in metadata.state_dict_metadata.items()
@@ -192,7 +190,7 @@ class TitanCheckpoint:
             # DCP warns that it runs without a process group, which is what no_dist asks for.
             warnings.simplefilter("ignore")
             try:
-                dcp.load(target, storage_reader=_safe_reader(self._reader_folder), no_dist=True)
+                dcp.load(target, storage_reader=_safe_reader(self.path, self._metadata), no_dist=True)
             except DistilleryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - DCP wraps I/O errors in its own CheckpointException
