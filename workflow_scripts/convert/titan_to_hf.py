@@ -34,7 +34,6 @@ from .titan_flavors import LLAMA3_ROPE_SCALING, check_family, find_flavor, hf_co
 
 log = logging.getLogger(__name__)
 
-FAMILY_OF_MODEL_TYPE = {"llama": "llama", "qwen3": "qwen3"}
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
@@ -108,7 +107,7 @@ def resolve_config(options: TitanToHFOptions, layout: names.TitanLayout):
     source = str(candidate)
     model_type = raw.get("model_type")
     architectures = raw.get("architectures") or []
-    claimed = FAMILY_OF_MODEL_TYPE.get(model_type) or next(
+    claimed = (model_type if model_type in HF_ARCHITECTURES else None) or next(
         (ARCHITECTURES[a] for a in architectures if a in ARCHITECTURES), None
     )
     if claimed is None:
@@ -119,7 +118,7 @@ def resolve_config(options: TitanToHFOptions, layout: names.TitanLayout):
         check_family(claimed, layout.family)
     except DistilleryError as exc:
         raise DistilleryError(f"{candidate}: {exc}") from None
-    raw["model_type"] = {"llama": "llama", "qwen3": "qwen3"}[claimed]
+    raw["model_type"] = claimed  # the family names are transformers' model types
     raw["architectures"] = [HF_ARCHITECTURES[claimed]]
     if claimed == "llama" and not (raw.get("rope_scaling") or raw.get("rope_parameters", {}).get("rope_type")):
         log.warning(
