@@ -18,6 +18,7 @@ HF_MODELS = names_regex(MODELS, "hf")
 DEEPSPEED_MODELS = names_regex(MODELS, "deepspeed")
 MAXTEXT_MODELS = names_regex(MODELS, "maxtext")
 MAXTEXT_FULL_STATE_MODELS = names_regex(MODELS, "maxtext", full_state=True)
+TITAN_MODELS = names_regex(MODELS, "titan")
 
 
 wildcard_constraints:
@@ -121,6 +122,28 @@ def consolidate_flags(wildcards):
         flags.append(f"--base-model-name {settings['base_model']}")
     if settings["source"].get("trust_pickle"):
         flags.append("--trust-pickle")
+    return " ".join(flags)
+
+
+def titan_inputs(wildcards):
+    """The config and tokenizer a TorchTitan conversion reads besides the checkpoint."""
+    source = model_config(wildcards.model)["source"]
+    return [source[key] for key in ("config", "tokenizer") if source.get(key)]
+
+
+def titan_flags(wildcards):
+    settings = model_config(wildcards.model)
+    source = settings["source"]
+    flags = [f"--max-shard-size {settings['max_shard_size']}"]
+    if settings["dtype"] == "original":
+        flags.append("--keep-original-precision")
+    else:
+        flags.append(f"--dtype {settings['dtype']}")
+    for key in ("config", "flavor", "tokenizer"):
+        if source.get(key):
+            flags.append(f"--{key} {shlex.quote(str(source[key]))}")
+    if not source.get("tokenizer") and settings.get("base_model"):
+        flags.append(f"--tokenizer {settings['base_model']}")
     return " ".join(flags)
 
 

@@ -1,4 +1,5 @@
 # Conversions: training checkpoints -> HF model folders (config, safetensors, tokenizer, provenance.json).
+# hf_merge (HF folders), deepspeed_consolidate (DeepSpeed ZeRO), titan_to_hf (TorchTitan DCP or .pt).
 
 
 rule hf_merge:
@@ -101,3 +102,27 @@ rule maxtext_to_hf:
     shell:
         "distillery maxtext-to-hf --orbax-checkpoint {params.checkpoint} --hf-model-path {output}"
         " {params.flags} > {log} 2>&1"
+
+
+rule titan_to_hf:
+    input:
+        checkpoint=source_path,
+        extra=titan_inputs,
+    output:
+        directory(f"{RESULTS}/models/{{model}}/hf"),
+    log:
+        "logs/titan_to_hf/{model}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/titan_to_hf/{{model}}.tsv"
+    wildcard_constraints:
+        model=TITAN_MODELS,
+    conda:
+        "../envs/convert-torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, input: sizing.titan_mem_mb(input.checkpoint),
+        runtime=lambda wildcards, input: sizing.merge_runtime_min(input.checkpoint),
+    params:
+        flags=titan_flags,
+    shell:
+        "distillery titan-to-hf --input {input.checkpoint} --output {output} {params.flags} > {log} 2>&1"

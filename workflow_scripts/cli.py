@@ -354,6 +354,95 @@ def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
     files = ", ".join(f.name for f in result.files)
     print(f"✓ {result.output}: {result.num_tensors} tensors of {args.model_size} "
           f"(rope {result.math.rope_type}) into {files}")  # fmt: skip
+
+
+def _add_titan_to_hf(commands) -> None:
+    parser = commands.add_parser(
+        "titan-to-hf",
+        help="convert a TorchTitan Llama 3 or Qwen3 checkpoint (DCP folder or .pt) into an HF model folder",
+        description="Convert a TorchTitan checkpoint (torch.distributed.checkpoint folder or a .pt state dict, "
+        "with the names of TorchTitan's vLLM guide or of torchtitan 0.3) into a vLLM-ready HF Llama or Qwen3 "
+        "folder, reading one tensor at a time.",
+    )
+    parser.add_argument("--input", required=True, type=Path, help="DCP folder (e.g. checkpoint/step-1000) or .pt")
+    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    config = parser.add_mutually_exclusive_group()
+    config.add_argument("--config", type=Path, help="HF config.json of the model (or its folder)")
+    config.add_argument("--flavor", help="TorchTitan flavor, e.g. 8B, 0.6B, qwen3:1.7B, llama3:debugmodel")
+    parser.add_argument("--tokenizer", type=Path, help="folder with the tokenizer files to copy into the output")
+    parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
+    parser.add_argument(
+        "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
+    )
+    parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--validate-vllm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="check the output before it is moved into place (default: on)",
+    )
+    parser.set_defaults(handler=_run_titan_to_hf)
+
+
+def _run_titan_to_hf(args: argparse.Namespace) -> int:
+    from .convert.titan_to_hf import TitanToHFOptions, convert_titan_to_hf
+
+    result = convert_titan_to_hf(
+        TitanToHFOptions(
+            input=args.input,
+            output=args.output,
+            config=args.config,
+            flavor=args.flavor,
+            tokenizer=args.tokenizer,
+            dtype=args.dtype,
+            keep_original_precision=args.keep_original_precision,
+            max_shard_size=args.max_shard_size,
+            force=args.force,
+            validate_vllm=args.validate_vllm,
+            command=["distillery", *args.argv],
+        )
+    )
+    print(f"✓ {result.output}: {result.num_tensors} tensors of a {result.layout.describe}, config from "
+          f"{result.config_source}")  # fmt: skip
+    return 0
+
+
+def _add_infer(commands) -> None:
+    parser = commands.add_parser(
+        "infer",
+        help="generate completions of prompts with a model folder (vLLM where installed, else transformers)",
+        description="The inference script of TorchTitan's vLLM guide: vLLM when it is importable (TorchTitan-named "
+        "checkpoints load through distillery's registered model classes), transformers otherwise.",
+    )
+    parser.add_argument("--model-path", required=True, type=Path, help="model folder (HF, or TorchTitan-named)")
+    prompts = parser.add_mutually_exclusive_group()
+    prompts.add_argument("--prompt", help='one prompt (default: "Hello, how are you?")')
+    prompts.add_argument("--prompts-file", type=Path, help="a file with one prompt per line")
+    parser.add_argument("--max-tokens", type=int, default=100, help="most new tokens per prompt (100)")
+    parser.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0.8; 0 is greedy)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (0.95)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs for tensor parallelism (1)")
+    parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"], help="(auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from .infer import InferSettings, read_prompts, run_inference
+
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    settings = InferSettings(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        tensor_parallel_size=args.tensor_parallel_size,
+        seed=args.seed,
+    )
+    engine, completions = run_inference(args.model_path, prompts, settings, args.engine)
+    print(f"engine: {engine}")
+    for prompt, completion in zip(prompts, completions, strict=True):
+        print(f"\nPrompt: {prompt}\nCompletion: {completion}")
     return 0
 
 
@@ -700,6 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_icm(commands)
     _add_serve(commands)
     _add_check_server(commands)
+
+    _add_titan_to_hf(commands)
+    _add_infer(commands)
     return parser
 
 

@@ -19,8 +19,9 @@ import torch
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
 from ..formats.maxtext import looks_like_orbax
+from ..formats.dcp import is_titan_checkpoint
 from ..models.architecture import load_config
-from .report import FAIL, PASS, Check
+from .report import FAIL, PASS, SKIP, Check
 
 DEFAULT_PROBE_PROMPTS = (
     "The capital of France is",
@@ -29,6 +30,11 @@ DEFAULT_PROBE_PROMPTS = (
 )
 # Largest |a - b| / max|reference| accepted, by the dtype the converted weights are stored in.
 DEFAULT_TOLERANCES = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 5e-3}
+# A TorchTitan checkpoint's forward exists only in torchtitan's own model code.
+_NO_TORCHTITAN = (
+    "skipped: the reference is a TorchTitan checkpoint and torchtitan is not installed "
+    "(pip install --no-deps torchtitan==0.3.0 and distillery's [torchtitan] extra to compare with its forward)"
+)
 
 
 @dataclass(frozen=True)
@@ -153,11 +159,16 @@ def check_numerics(
     maxtext = looks_like_orbax(reference_path)
     try:
         model = load_model_float32(model_path)
-        reference = (
-            load_maxtext_reference(reference_path, model_path)
-            if maxtext
-            else load_model_float32(reference_path, config_folder=model_path, own_reader=True)
-        )
+        if maxtext:
+            reference = load_maxtext_reference(reference_path, model_path)
+        elif is_titan_checkpoint(reference_path):
+            from .titan_reference import load_titan_reference, torchtitan_available
+
+            if not torchtitan_available():
+                return Check("numerics", SKIP, title, _NO_TORCHTITAN, {"reference": str(reference_path)})
+            reference = load_titan_reference(reference_path, model_path)
+        else:
+            reference = load_model_float32(reference_path, config_folder=model_path, own_reader=True)
     except DistilleryError as exc:
         return Check("numerics", FAIL, title, str(exc))
     dtype = stored_float_dtype(model_path)

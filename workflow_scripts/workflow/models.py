@@ -22,8 +22,10 @@ from ..formats.deepspeed import list_step_folders, step_of
 @dataclass(frozen=True)
 class ModelPlan:
     name: str
-    format: str  # hf | deepspeed | maxtext
-    source: str  # the folder a conversion job reads: an HF model, one DeepSpeed checkpoint-N, a MaxText checkpoint
+    format: str  # hf | deepspeed | maxtext | titan
+    source: (
+        str  # what a conversion job reads: an HF model, one DeepSpeed checkpoint-N, a MaxText or TorchTitan checkpoint
+    )
     settings: dict  # the model's config entry (dtype, max_shard_size, ...)
     step: int | None = None
     full_state: bool = False  # MaxText: a training state that needs maxtext_param_only first

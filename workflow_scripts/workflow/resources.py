@@ -6,13 +6,14 @@ headers are read, so sizing a 400 GB checkpoint costs milliseconds.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..errors import DistilleryError
 from ..formats import safetensors_file
 
 _MB = 1024 * 1024
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
 
 
 def weight_files(folder: str | Path) -> list[Path]:
@@ -88,6 +89,18 @@ def maxtext_to_hf_mem_mb(checkpoint: str) -> int:
 
 def maxtext_runtime_min(checkpoint: str) -> int:
     return 30 if "://" in checkpoint else 10 + stored_mb(checkpoint) * 2 // (100 * 60)
+
+
+def titan_mem_mb(checkpoint: str | Path) -> int:
+    """A TorchTitan conversion holds one tensor, its transformed and converted copies (two for the tied check)."""
+    from ..formats.dcp import TitanCheckpoint
+
+    try:
+        tensors = TitanCheckpoint(Path(checkpoint)).tensors.values()
+        largest = max(math.prod(t.shape) * t.dtype.itemsize for t in tensors) // _MB
+    except (DistilleryError, ValueError):
+        largest = 1024  # the job itself reports what is wrong with the checkpoint
+    return 2048 + 4 * largest
 
 
 def deepspeed_mem_mb(checkpoint: str | Path) -> int:

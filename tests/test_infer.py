@@ -1,0 +1,41 @@
+"""`distillery infer`: the guide's inference script, here on the transformers engine (CI has no vLLM)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def test_infer_prints_each_prompt_with_its_greedy_completion(tiny_model, tmp_path, run_cli):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_path = tiny_model("qwen3")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\n\nQuestion: what is two plus two?\n")
+    result = run_cli("infer", "--model-path", model_path, "--prompts-file", prompts, "--max-tokens", "6",
+                     "--temperature", "0", "--engine", "auto")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("engine: transformers")
+    assert result.stdout.count("Prompt: ") == 2 and result.stdout.count("Completion: ") == 2
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        greedy = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(greedy[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert f"Prompt: The capital of France is\nCompletion: {expected}\n" in result.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_infer_without_vllm_refuses_the_vllm_engine(tiny_model, run_cli):
+    result = run_cli("infer", "--model-path", tiny_model("llama"), "--engine", "vllm")
+    assert result.exit_code == 1 and "vLLM is not installed" in result.stderr
+
+
+def test_infer_with_an_empty_prompts_file_is_refused(tiny_model, tmp_path, run_cli):
+    (tmp_path / "prompts.txt").write_text("\n\n")
+    result = run_cli("infer", "--model-path", tiny_model("llama"), "--prompts-file", tmp_path / "prompts.txt")
+    assert result.exit_code == 1 and "holds no prompts" in result.stderr
