@@ -18,8 +18,8 @@ import torch
 
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
-from ..formats.maxtext import looks_like_orbax
 from ..formats.dcp import is_titan_checkpoint
+from ..formats.maxtext import looks_like_orbax
 from ..models.architecture import load_config
 from .report import FAIL, PASS, SKIP, Check
 
