@@ -292,7 +292,7 @@ def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
             tool_version=__version__,
         )
         if options.validate_vllm:
-            from .consolidate import _validate_for_vllm
+            from .consolidate import validate_for_vllm
 
-            _validate_for_vllm(staging, options.output)
+            validate_for_vllm(staging, options.output)
     return TitanConversion(options.output, layout, len(plan), config_source, dropped)
