@@ -208,7 +208,14 @@ needs_client_fixtures = pytest.mark.skipif(
 @needs_client_fixtures
 def test_scoring_batch_is_one_request_and_replays_the_recorded_candidates():
     exchanges = load_exchanges(CLIENT)
-    scoring = [e for e in exchanges if e["path"] == "/v1/completions" and e["request"].get("max_tokens") == 1]
+    scoring = [
+        e
+        for e in exchanges
+        if e["path"] == "/v1/completions"
+        and e["request"].get("max_tokens") == 1
+        and e["status"] == 200
+        and isinstance(e["request"]["prompt"], list)  # ICM's batches, not check-server's one text probe
+    ]
     assert scoring
     with ReplayServer(exchanges) as server:
         engine = engine_for(server.url, served_model_name=scoring[0]["request"]["model"])

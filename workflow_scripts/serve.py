@@ -198,18 +198,13 @@ def check_server(base_url: str | None, api_key: str | None = None, model: str | 
             reply = call("POST", "/completions", body).json()
             top = (reply["choices"][0].get("logprobs") or {}).get("top_logprobs") or []
             count = len(top[-1]) if top and top[-1] else 0
-            checks.append(
-                Check(
-                    "logprobs present",
-                    count >= MAX_LOGPROBS,
-                    f"top {count} next-token logprobs"
-                    + (
-                        ""
-                        if count >= MAX_LOGPROBS
-                        else f"; ICM reads {MAX_LOGPROBS}: start vLLM with --max-logprobs 20"
-                    ),
-                )
-            )
+            # A server whose --max-logprobs is below MAX_LOGPROBS refuses the request (400, handled below). An answer
+            # may still list fewer entries: top_logprobs is keyed by token text, and tokens that decode to the same
+            # text (partial UTF-8 bytes, say) share one entry.
+            detail = f"top {count} next-token logprobs"
+            if 0 < count < MAX_LOGPROBS:
+                detail += f" (of {MAX_LOGPROBS} asked; tokens with the same text share an entry)"
+            checks.append(Check("logprobs present", count > 0, detail if count else "the answer has no logprobs"))
             call("POST", "/completions", body)  # the same prompt again: its blocks must now come from the cache
         except DistilleryError as exc:
             checks.append(Check("logprobs present", False, str(exc)))
