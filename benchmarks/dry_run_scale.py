@@ -33,6 +33,7 @@ REPO = HERE.parent
 
 # The interface the real kd rules follow (DESIGN.md), with everything a real rule declares.
 SYNTHETIC = """
+import json
 
 wildcard_constraints:
     job="[^/]+",
@@ -108,6 +109,7 @@ rule kd_dataset:
 """
 
 ANCHOR = """
+import json
 
 CHUNKS = json.loads(open("results/kd/bench/manifest.json").read())["chunks"]
 
