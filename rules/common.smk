@@ -45,8 +45,13 @@ def verification_report(model):
     return f"{RESULTS}/models/{model}/verification.json"
 
 
+def stored(path):
+    """A path in a bucket (s3://, gs://) is fetched through Snakemake's storage plugins; a local one is as is."""
+    return storage(path) if path.startswith(("s3://", "gs://", "gcs://")) else path
+
+
 def source_path(wildcards):
-    return MODELS[wildcards.model].source
+    return stored(MODELS[wildcards.model].source)
 
 
 def local_source(wildcards):
@@ -94,7 +99,7 @@ def reference_path(wildcards):
     if reference == "none":
         return []
     if reference != "source":
-        return reference
+        return stored(reference)
     plan = MODELS[wildcards.model]
     if plan.format == "maxtext":
         # MaxText's math on the param-only arrays (verify/maxtext_reference.py); local checkpoints only.
@@ -102,7 +107,7 @@ def reference_path(wildcards):
     # A DeepSpeed checkpoint is a reference only where HF Trainer also saved model weights beside it.
     if plan.format == "deepspeed" and not has_hf_weights(Path(plan.source)):
         return []
-    return plan.source
+    return stored(plan.source)
 
 
 def reference_flag(wildcards, input):

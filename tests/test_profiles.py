@@ -1,0 +1,95 @@
+"""profiles/slurm as Snakemake reads it: where each rule's jobs go, taken from the environment, never hard-coded."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles/slurm/config.yaml"
+
+
+def read_profile(monkeypatch, **env: str) -> dict:
+    """The profile's arguments as Snakemake's own profile parser gives them, under these DISTILLERY_SLURM_* values."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    for name in [name for name in os.environ if name.startswith("DISTILLERY_SLURM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(f"DISTILLERY_SLURM_{name}", value)
+    with PROFILE.open() as stream:
+        return ProfileConfigFileParser().parse(stream)
+
+
+def set_resources(profile: dict) -> dict[str, dict[str, str]]:
+    rules: dict[str, dict[str, str]] = {}
+    for entry in profile["set-resources"]:
+        rule, assignment = entry.split(":", 1)
+        name, value = assignment.split("=", 1)
+        rules.setdefault(rule, {})[name] = value.strip("'\"")
+    return rules
+
+
+def test_every_rule_has_an_entry(monkeypatch):
+    profile = read_profile(monkeypatch, PARTITION="cpu")
+    declared = {
+        m
+        for p in (REPO / "rules").glob("*.smk")
+        for m in re.findall(r"^(?:rule|checkpoint) (\w+):", p.read_text(), re.M)
+    }
+    future = {
+        "maxtext_param_only",
+        "maxtext_to_hf",
+        "titan_to_hf",
+        "kd_manifest",
+        "kd_chunk",
+        "kd_dataset",
+        "icm_labels",
+    }
+    assert declared | future <= set(set_resources(profile))
+
+
+def test_nothing_names_a_cluster_when_the_environment_does_not(monkeypatch):
+    profile = read_profile(monkeypatch)
+    # No partition, no account: the plugin takes the cluster's default partition and guesses the account.
+    assert not any(entry.startswith(("slurm_partition", "slurm_account")) for entry in profile["default-resources"])
+    assert all("slurm_partition" not in resources for resources in set_resources(profile).values())
+
+
+def test_jobs_go_to_the_partition_their_work_needs(monkeypatch):
+    profile = read_profile(
+        monkeypatch, PARTITION="cpu", ACCOUNT="proj", HIGHMEM_PARTITION="bigmem", GPU_PARTITION="gpu", GPU_MODEL="h100"
+    )
+    assert {"slurm_partition=cpu", "slurm_account=proj"} <= set(profile["default-resources"])
+    rules = set_resources(profile)
+    assert rules["verify_model"] == {"slurm_partition": "cpu"}
+    assert rules["hf_merge"] == rules["deepspeed_consolidate"] == {"slurm_partition": "bigmem"}
+    assert rules["maxtext_to_hf"] == {"slurm_partition": "bigmem"}
+    assert rules["kd_chunk"] == rules["icm_labels"] == {"slurm_partition": "gpu", "gpu_model": "h100"}
+    # GPU counts, memory and time come from the rules (tensor x pipeline size, checkpoint size), not from here.
+    assert not any({"gpu", "mem_mb", "runtime"} & set(resources) for resources in rules.values())
+
+
+def test_specific_partitions_fall_back_to_the_general_one(monkeypatch):
+    rules = set_resources(read_profile(monkeypatch, PARTITION="batch"))
+    assert {resources["slurm_partition"] for resources in rules.values()} == {"batch"}
+
+
+def test_maxtext_conversions_go_to_tpu_vms_where_the_cluster_has_them(monkeypatch):
+    rules = set_resources(read_profile(monkeypatch, PARTITION="cpu", TPU_PARTITION="tpu", TPU_CONSTRAINT="v5e-8"))
+    assert rules["maxtext_param_only"] == rules["maxtext_to_hf"] == {"slurm_partition": "tpu", "constraint": "v5e-8"}
+    assert rules["hf_merge"] == {"slurm_partition": "cpu"}
+
+
+@pytest.mark.parametrize(
+    ("env", "chunks", "gpus"), [({}, "4", "8"), ({"CHUNKS_PER_JOB": "16", "GPUS_PER_NODE": "4"}, "16", "4")]
+)
+def test_kd_chunks_share_allocations_capped_at_a_node(monkeypatch, env, chunks, gpus):
+    profile = read_profile(monkeypatch, **env)
+    assert profile["groups"] == ["kd_chunk=kd_chunks"]
+    assert profile["group-components"] == [f"kd_chunks={chunks}"]
+    assert profile["resources"] == [f"gpu={gpus}"]
+    assert profile["set-resource-scopes"] == ["gpu=local"]

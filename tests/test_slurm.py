@@ -1,0 +1,241 @@
+"""The workflow on a real SLURM cluster through profiles/slurm: a full run, and the faults it must survive.
+
+Needs a SLURM with accounting (the executor polls `sacct`); `.ci/run` starts a single-node one with
+`.ci/slurm/start-slurm.sh` and sets DISTILLERY_REQUIRE_SLURM=1, so there a missing cluster fails the tests
+instead of skipping them. The profile is used unchanged: partition and account reach it through the environment,
+as on a user's cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+
+# The executor waits 40 s before its first sacct poll by default; a test cluster answers at once.
+FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5")
+
+
+def _slurm_missing() -> str | None:
+    if not shutil.which("sinfo"):
+        return "no SLURM here (sinfo not found); .ci/run starts one with .ci/slurm/start-slurm.sh"
+    probe = subprocess.run(["sinfo", "-h", "-o", "%P %a"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0 or " up" not in probe.stdout:
+        return f"SLURM does not answer: {(probe.stderr or probe.stdout).strip()[:200]}"
+    accounting = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=30)
+    if accounting.returncode != 0:
+        return f"SLURM accounting is off (the executor polls sacct): {accounting.stderr.strip()[:200]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm_env() -> dict[str, str]:
+    """The environment a user sets for profiles/slurm, read from the cluster: its default partition, our account."""
+    reason = _slurm_missing()
+    if reason:
+        if os.environ.get("DISTILLERY_REQUIRE_SLURM") == "1":
+            pytest.fail(f"DISTILLERY_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    partitions = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True).stdout
+    default = next(p.rstrip("*") for p in partitions.split() if p.endswith("*"))
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    associations = subprocess.run(
+        ["sacctmgr", "-n", "-P", "show", "associations", f"user={user}", "format=account"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    gres = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True).stdout
+    gpus = re.search(r"gpu(?::\w+)?:(\d+)", gres)
+    return {
+        **os.environ,
+        "DISTILLERY_SLURM_PARTITION": default,
+        # An account other than SLURM's own `root` one, to see the profile pass it on.
+        "DISTILLERY_SLURM_ACCOUNT": next((a for a in associations if a != "root"), associations[0]),
+        "DISTILLERY_SLURM_GPUS_PER_NODE": gpus.group(1) if gpus else "1",
+    }
+
+
+def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(configfile), "--profile", str(REPO / "profiles/slurm"), *FAST_POLLING, *args,
+    ]  # fmt: skip
+
+
+def run_snakemake(env, workdir, configfile, *args, timeout=600) -> subprocess.CompletedProcess:
+    command = snakemake_command(workdir, configfile, *args)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def submitted_jobs(log: str) -> list[tuple[str, str]]:
+    """(rule, or group and rules, SLURM job id) of each submission a Snakemake run logged."""
+    pattern = r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/(?:rule|group)_(\w+?)/"
+    return [(name, jobid) for jobid, name in re.findall(pattern, log)]
+
+
+def run_id(log: str) -> str:
+    return re.search(r"SLURM run ID: (\S+)", log).group(1)
+
+
+def accounting(run: str) -> dict[str, dict[str, str]]:
+    """sacct's record of each job of a run (the executor names every job of a run after the run's id)."""
+    fields = ["JobID", "State", "Partition", "Account", "ExitCode"]
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "--name", run, "-S", "now-1hour", "-o", ",".join(fields)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return {line.split("|")[0]: dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines() if line}
+
+
+def write_config(tmp_path: Path, change=None) -> Path:
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    if change:
+        change(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_default_workflow_runs_to_completion_through_the_slurm_profile(slurm_env, tmp_path):
+    workdir = tmp_path / "run"
+    result = run_snakemake(slurm_env, workdir, REPO / "config/config.yaml")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    for model in ("tiny-llama", "tiny-qwen3"):
+        report = json.loads((workdir / f"results/models/{model}/verification.json").read_text())
+        assert report["passed"], report["failed_checks"]
+    # Every job went through SLURM (none ran on the submit host), and sacct records each as completed,
+    # on the partition and account the profile took from the environment.
+    jobs = submitted_jobs(result.stderr)
+    assert Counter(rule for rule, _ in jobs) == {
+        "build_tiny_model": 2, "hf_merge": 2, "validate_plans": 4, "verify_model": 2,
+    }  # fmt: skip
+    records = accounting(run_id(result.stderr))
+    assert sorted(records) == sorted(jobid for _, jobid in jobs)
+    for record in records.values():
+        assert record["State"] == "COMPLETED", record
+        assert record["Partition"] == slurm_env["DISTILLERY_SLURM_PARTITION"]
+        assert record["Account"] == slurm_env["DISTILLERY_SLURM_ACCOUNT"]
+
+    again = run_snakemake(slurm_env, workdir, REPO / "config/config.yaml", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def one_model(config):
+    config["tiny_models"] = {"src": {"architecture": "llama", "layout": "safetensors_sharded", "seed": 3}}
+    config["models"] = {"m": {"source": {"format": "hf", "path": "work/sources/src"}, "dtype": "bfloat16"}}
+    config["verify"]["parallel_sizes"] = []
+
+
+def wait_for_running_job(process: subprocess.Popen, log: Path, rule: str, timeout: float = 300) -> str:
+    """The SLURM job id of `rule` once SLURM reports it RUNNING (Snakemake still waiting on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"Snakemake ended before {rule} ran:\n{log.read_text()[-3000:]}"
+        for name, jobid in submitted_jobs(log.read_text()):
+            state = subprocess.run(["squeue", "-h", "-j", jobid, "-o", "%T"], capture_output=True, text=True)
+            if (name == rule or name.startswith(f"{rule}_")) and state.stdout.strip() == "RUNNING":
+                return jobid
+        time.sleep(1)
+    raise AssertionError(f"no {rule} job ran within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unfinished_job(slurm_env, tmp_path):
+    configfile = write_config(tmp_path, one_model)
+    workdir = tmp_path / "run"
+    first_log = tmp_path / "first.log"
+    with first_log.open("w") as sink:
+        first = subprocess.Popen(
+            snakemake_command(workdir, configfile), stdout=sink, stderr=subprocess.STDOUT, env=slurm_env,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            orphan = wait_for_running_job(first, first_log, "verify_model")
+        finally:
+            # The submit host dies: no clean-up by Snakemake (its lock and the job's incomplete marker stay).
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    # What README tells a user to do after that: cancel the dead run's jobs, unlock, run again.
+    subprocess.run(["scancel", "--name", run_id(first_log.read_text())], check=True)
+    while subprocess.run(["squeue", "-h", "-j", orphan], capture_output=True, text=True).stdout.strip():
+        time.sleep(1)
+    unlock = run_snakemake(slurm_env, workdir, configfile, "--unlock")
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
+
+    second = run_snakemake(slurm_env, workdir, configfile, "--rerun-incomplete")
+    assert second.returncode == 0, second.stderr[-4000:]
+
+    # Only the job that was running reran; what had finished before the kill was neither lost nor redone.
+    before = Counter(rule for rule, _ in submitted_jobs(first_log.read_text()))
+    after = Counter(rule for rule, _ in submitted_jobs(second.stderr))
+    assert before == {"build_tiny_model": 1, "hf_merge": 1, "verify_model": 1}
+    assert after == {"verify_model": 1}
+    report = json.loads((workdir / "results/models/m/verification.json").read_text())
+    assert report["passed"], report["failed_checks"]
+    again = run_snakemake(slurm_env, workdir, configfile, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _has_rule(name: str) -> bool:
+    return any(re.search(rf"^rule {name}:", p.read_text(), re.M) for p in (REPO / "rules").glob("*.smk"))
+
+
+def chunk_ranges(kd_folder: Path) -> list[tuple[str, int, int]]:
+    """(part, start, stop) of each chunk file of a KD job (results/kd/{job}/chunks/{part}/{start}-{stop}.jsonl)."""
+    ranges = []
+    for path in sorted((kd_folder / "chunks").glob("*/*.jsonl")):
+        start, stop = (int(bound) for bound in path.stem.split("-"))
+        ranges.append((path.parent.name, start, stop))
+    return ranges
+
+
+@pytest.mark.skipif(not _has_rule("kd_chunk"), reason="rule kd_chunk is not in rules/*.smk yet (issue 7 waits on it)")
+def test_cancelled_kd_chunk_job_is_resubmitted_and_the_dataset_has_every_row_once(slurm_env, tmp_path):
+    """A node lost mid-chunk, as SLURM reports it: the job is cancelled; the profile's retries resubmit it."""
+    configfile = REPO / "config/config.yaml"
+    workdir = tmp_path / "run"
+    log = tmp_path / "run.log"
+    with log.open("w") as sink:
+        run = subprocess.Popen(
+            snakemake_command(workdir, configfile), stdout=sink, stderr=subprocess.STDOUT, env=slurm_env,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            # kd_chunk jobs are grouped (profiles/slurm: group kd_chunks), so the SLURM job is the group's.
+            victim = wait_for_running_job(run, log, "kd_chunks")
+            subprocess.run(["scancel", victim], check=True)
+            assert run.wait(timeout=900) == 0, log.read_text()[-4000:]
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Trying to restart job" in text  # Snakemake's retry, not a second run, brought the chunks back
+    records = accounting(run_id(text))
+    assert records[victim]["State"].startswith("CANCELLED"), records[victim]
+
+    for kd_folder in sorted((workdir / "results/kd").iterdir()):
+        ranges = chunk_ranges(kd_folder)
+        assert ranges, f"no chunk files under {kd_folder}"
+        for part in {part for part, _, _ in ranges}:
+            bounds = sorted((start, stop) for p, start, stop in ranges if p == part)
+            # The chunks of a part tile its rows: no gap, no overlap.
+            assert all(prev[1] == nxt[0] for prev, nxt in zip(bounds, bounds[1:], strict=False)), (part, bounds)
+        rows = (kd_folder / "dataset.jsonl").read_text().splitlines()
+        assert len(rows) == sum(stop - start for _, start, stop in ranges)
+        assert len(set(rows)) == len(rows), "a row appears twice in the dataset"
+        for part, start, stop in ranges:
+            chunk = kd_folder / "chunks" / part / f"{start:09d}-{stop:09d}.jsonl"
+            assert len(chunk.read_text().splitlines()) == stop - start, chunk
