@@ -14,8 +14,8 @@ Workflows:
 The anchor, timed in the same run: the leanest Snakefile Snakemake can plan for the same 10,000 outputs (the
 chunk list read from the manifest at parse time, a rule with an output and nothing else).
 
-    python benchmarks/dry_run_scale.py                      # synthetic + anchor, 10,000 chunks
-    python benchmarks/dry_run_scale.py --workflow distillery --configfile config/examples/kd-10k.yaml
+    python benchmarks/dry_run_scale.py                       # the repository's workflow + anchor, 10,000 chunks
+    python benchmarks/dry_run_scale.py --workflow synthetic  # a stand-alone Snakefile shaped like ours + anchor
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def snakemake(workdir: Path, snakefile: Path, *args: str) -> subprocess.Complete
 
 def planned_chunks(dry_run_output: str) -> list[str]:
     """The output of each kd_chunk job a dry run lists."""
-    return re.findall(r"^rule kd_chunk:\n(?:    \w+: .*\n)*?    output: (\S+)$", dry_run_output, re.M)
+    return re.findall(r"^rule kd_chunk:\n(?:    \w+: .*\n)*?    output: (\S+?\.jsonl)", dry_run_output, re.M)
 
 
 def timed_dry_runs(workdir: Path, snakefile: Path, args: list[str], repeats: int) -> dict:
@@ -155,8 +155,9 @@ def timed_dry_runs(workdir: Path, snakefile: Path, args: list[str], repeats: int
 
 
 def prepare(workdir: Path, snakefile: Path, args: list[str], chunks: int) -> list[str]:
-    """Make the manifest with the real checkpoint job; return every chunk file the plan asks for."""
-    snakemake(workdir, snakefile, "--until", "kd_manifest", *args)
+    """Make the manifest (and the teacher record) with the real jobs; return every chunk file the plan asks for."""
+    until = ["kd_teacher", "kd_manifest"] if snakefile == REPO / "Snakefile" else ["kd_manifest"]
+    snakemake(workdir, snakefile, "--until", *until, *args)
     every = planned_chunks(snakemake(workdir, snakefile, "-n", *args).stdout)
     if len(every) < chunks:
         raise SystemExit(f"the KD job has {len(every)} chunks, fewer than --chunks {chunks}: use a larger dataset")
@@ -170,7 +171,29 @@ def write_half(workdir: Path, chunk_files: list[str]) -> set[str]:
         path = workdir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text('{"row": 0}\n')
+        path.with_name(path.name.replace(".jsonl", ".stats.json")).write_text("{}\n")  # kd_chunk's second output
     return written
+
+
+def distillery_config(workdir: Path, chunks: int, parts: int) -> Path:
+    """A KD job of `chunks` chunks of 10 rows over `parts` parquet files, with a tiny local teacher."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    sys.path.insert(0, str(REPO))
+    from workflow_scripts.models.tiny import build_tiny_model
+
+    build_tiny_model(workdir / "teacher")
+    (workdir / "data").mkdir(exist_ok=True)
+    rows = chunks // parts * 10
+    for part in range(parts):
+        pq.write_table(pa.table({"text": [f"row {i}" for i in range(rows)]}), workdir / f"data/part-{part:03d}.parquet")
+    config = {"models": {}, "kd": {"bench": {"model": "teacher", "dataset": {"path": "data/*.parquet"},
+                                              "chunk_rows": 10, "gpus": 1, "engine": {"kind": "vllm"}}}}  # fmt: skip
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def main() -> None:
@@ -178,8 +201,9 @@ def main() -> None:
     from harness import new_record, save_result
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workflow", choices=["synthetic", "distillery"], default="synthetic")
-    parser.add_argument("--configfile", type=Path, help="distillery: a config whose KD job has >= --chunks chunks")
+    parser.add_argument("--workflow", choices=["synthetic", "distillery"], default="distillery")
+    parser.add_argument("--configfile", type=Path, help="distillery: a config whose KD job has >= --chunks chunks "
+                        "(default: one made here, with a tiny teacher and --parts parquet files)")  # fmt: skip
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--parts", type=int, default=10, help="synthetic: parquet parts the chunks spread over")
     parser.add_argument("--repeats", type=int, default=3)
@@ -191,9 +215,10 @@ def main() -> None:
     workdir = args.work / args.workflow
     workdir.mkdir(parents=True)
     if args.workflow == "distillery":
-        if not args.configfile:
-            parser.error("--workflow distillery needs --configfile")
-        snakefile, extra = REPO / "Snakefile", ["--configfile", str(args.configfile.resolve())]
+        configfile = (
+            args.configfile.resolve() if args.configfile else distillery_config(workdir, args.chunks, args.parts)
+        )
+        snakefile, extra = REPO / "Snakefile", ["--configfile", str(configfile)]
     else:
         snakefile = args.work / "Snakefile"
         snakefile.write_text(SYNTHETIC)
@@ -209,8 +234,7 @@ def main() -> None:
     # The anchor plans the same files in the same folder, with the leanest rule Snakemake allows.
     anchor = args.work / "Snakefile.anchor"
     anchor.write_text(ANCHOR)
-    if args.workflow == "synthetic":
-        measured["anchor"] = timed_dry_runs(workdir, anchor, [], args.repeats)
+    measured["anchor"] = timed_dry_runs(workdir, anchor, [], args.repeats)
 
     record = new_record(
         "dry_run_scale",
