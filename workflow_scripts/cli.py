@@ -354,6 +354,7 @@ def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
     files = ", ".join(f.name for f in result.files)
     print(f"✓ {result.output}: {result.num_tensors} tensors of {args.model_size} "
           f"(rope {result.math.rope_type}) into {files}")  # fmt: skip
+    return 0
 
 
 def _add_titan_to_hf(commands) -> None:
