@@ -189,8 +189,8 @@ def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unf
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_cancelled_kd_chunk_job_is_resubmitted_and_the_dataset_has_every_row_once(slurm_env, tmp_path):
-    """A node lost mid-chunk, as SLURM reports it: the job is cancelled; the profile's retries resubmit it."""
+def test_killed_kd_chunk_job_is_retried_and_the_dataset_has_every_row_once(slurm_env, tmp_path):
+    """A chunk job dies mid-chunk: it fails, the profile's retries resubmit it, and it resumes its chunk."""
     configfile = REPO / "config/config.yaml"
     workdir = tmp_path / "run"
     log = tmp_path / "run.log"
