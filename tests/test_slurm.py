@@ -120,9 +120,11 @@ def test_default_workflow_runs_to_completion_through_the_slurm_profile(slurm_env
     # Every job went through SLURM (none ran on the submit host), and sacct records each as completed,
     # on the partition and account the profile took from the environment.
     jobs = submitted_jobs(result.stderr)
-    assert Counter(rule for rule, _ in jobs) == {
-        "build_tiny_model": 2, "hf_merge": 2, "validate_plans": 4, "verify_model": 2,
-    }  # fmt: skip
+    counts = Counter(rule for rule, _ in jobs)
+    expected = {"build_tiny_model": 2, "hf_merge": 2, "validate_plans": 4, "verify_model": 2, "build_tiny_dataset": 1,
+                "kd_teacher": 1, "kd_manifest": 1, "kd_dataset": 1, "icm_labels": 1}  # fmt: skip
+    assert {rule: counts[rule] for rule in expected} == expected
+    assert (workdir / "results/kd/tiny-web-kd/dataset.jsonl").is_file()  # its chunks ran in grouped allocations
     records = accounting(run_id(result.stderr))
     assert sorted(records) == sorted(jobid for _, jobid in jobs)
     for record in records.values():
@@ -138,6 +140,8 @@ def one_model(config):
     config["tiny_models"] = {"src": {"architecture": "llama", "layout": "safetensors_sharded", "seed": 3}}
     config["models"] = {"m": {"source": {"format": "hf", "path": "work/sources/src"}, "dtype": "bfloat16"}}
     config["verify"]["parallel_sizes"] = []
+    config["kd"], config["tiny_datasets"] = {}, {}  # the default KD and ICM jobs use the models replaced here
+    config.pop("icm", None)
 
 
 def wait_for_running_job(process: subprocess.Popen, log: Path, rule: str, timeout: float = 300) -> str:
