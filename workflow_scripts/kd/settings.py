@@ -68,60 +68,6 @@ class KdJob:
         return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def job_from_config(name: str, entry: dict, model_path: str) -> KdJob:
-    """A job from its (schema-validated, defaults filled) config entry; `model_path` is the resolved model folder."""
-    dataset = entry["dataset"]
-    prompt = PromptSettings(
-        mode=dataset["prompt_mode"],
-        text_column=dataset["text_column"],
-        messages_column=dataset["messages_column"],
-        id_column=dataset.get("id_column"),
-        max_prompt_tokens=entry["max_prompt_tokens"],
-    )
-    sampling_entry = entry["sampling"]
-    sampling = SamplingSettings(
-        n=sampling_entry["n"],
-        temperature=sampling_entry["temperature"],
-        top_p=sampling_entry["top_p"],
-        top_k=sampling_entry["top_k"],
-        max_tokens=sampling_entry["max_tokens"],
-        stop=tuple(sampling_entry["stop"]),
-        return_token_ids=entry["return_token_ids"],
-    )
-    engine_entry = entry["engine"]
-    engine = EngineSettings(
-        kind=engine_entry["kind"],
-        model_path=model_path,
-        tokenizer_path=entry.get("tokenizer"),
-        dtype=engine_entry["dtype"],
-        tensor_parallel_size=engine_entry["tensor_parallel_size"],
-        pipeline_parallel_size=engine_entry["pipeline_parallel_size"],
-        max_model_len=engine_entry.get("max_model_len"),
-        gpu_memory_utilization=engine_entry["gpu_memory_utilization"],
-        enable_prefix_caching=engine_entry["enable_prefix_caching"],
-        max_num_seqs=engine_entry["gen_batch_size"],
-        enforce_eager=engine_entry["enforce_eager"],
-        seed=sampling_entry["seed"],
-        base_url=engine_entry.get("base_url"),
-        api_key=engine_entry.get("api_key"),
-        served_model_name=engine_entry.get("served_model_name"),
-        max_concurrency=engine_entry["max_concurrency"],
-    )
-    return KdJob(
-        name=name,
-        model=model_path,
-        dataset=dataset["path"],
-        prompt=prompt,
-        sampling=sampling,
-        engine=engine,
-        seed=sampling_entry["seed"],
-        chunk_rows=entry["chunk_rows"],
-        shuffle_chunks=entry["shuffle_chunks"],
-        max_target_length=entry.get("max_target_length"),
-        output_format=entry["output_format"],
-    )
-
-
 def job_to_dict(job: KdJob) -> dict:
     """The job as plain data for the manifest; secrets stay out (the API key is read from the environment)."""
     data = asdict(job)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistilleryError
-from ..kd.settings import job_from_config
 from ..kd.sources import is_url
 
 _UNSET_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
@@ -123,11 +122,16 @@ def _flags(name: str, entry: dict, model_path: str, dataset: str) -> str:
     return " ".join(flags)
 
 
-def _normalized(entry: dict, dataset: str) -> dict:
-    """The entry as the CLI will parse it from the flags: numbers of float flags as floats, the dataset expanded."""
-    sampling = dict(entry["sampling"], temperature=float(entry["sampling"]["temperature"]))
-    sampling["top_p"] = float(sampling["top_p"])
-    return dict(entry, sampling=sampling, dataset=dict(entry["dataset"], path=dataset))
+def _settings_hash(flags: str) -> str:
+    """The hash `distillery kd-manifest` will write for these flags: computed by parsing them with its own parser,
+    so the workflow and the command cannot disagree on what the settings are."""
+    import argparse
+
+    from ..kd.commands import add_job_flags, job_from_args
+
+    parser = argparse.ArgumentParser()
+    add_job_flags(parser)
+    return job_from_args(parser.parse_args(shlex.split(flags))).settings_hash()
 
 
 def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datasets: dict[str, str]) -> dict:
@@ -146,15 +150,16 @@ def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
         if gpus is None:
             parallel = engine["tensor_parallel_size"] * engine["pipeline_parallel_size"]
             gpus = parallel if engine["kind"] in ("vllm", "auto") else 0
+        flags = _flags(name, entry, model_path, dataset)
         plans[name] = KdPlan(
             name=name,
             model_path=model_path,
             model_input=model_input,
             dataset_inputs=_dataset_inputs(dataset, built_datasets),
-            flags=_flags(name, entry, model_path, dataset),
+            flags=flags,
             gpus=gpus,
             output_format=entry["output_format"],
             dataset=dataset,
-            settings_hash=job_from_config(name, _normalized(entry, dataset), model_path).settings_hash(),
+            settings_hash=_settings_hash(flags),
         )
     return plans
