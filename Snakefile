@@ -2,7 +2,11 @@
 # The DAG and artifact paths are described in README.md; every step is a `distillery` CLI command.
 from snakemake.utils import min_version, validate
 
+from workflow_scripts.workflow.slurm_states import read_cancelled_jobs_as_failed
+
 min_version("9.0")
+# `scancel` of a job is a failure that the profile's retries answer, not a job that never ends (see the module).
+read_cancelled_jobs_as_failed()
 
 
 configfile: "config/config.yaml"
