@@ -3,7 +3,6 @@ import re
 import shlex
 from pathlib import Path
 
-from workflow_scripts.formats.hf_checkpoint import has_hf_weights
 from workflow_scripts.kd.manifest import load_manifest
 from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
@@ -105,8 +104,12 @@ def reference_path(wildcards):
         # MaxText's math on the param-only arrays (verify/maxtext_reference.py); local checkpoints only.
         return maxtext_param_only_input(wildcards)
     # A DeepSpeed checkpoint is a reference only where HF Trainer also saved model weights beside it.
-    if plan.format == "deepspeed" and not has_hf_weights(Path(plan.source)):
-        return []
+    if plan.format == "deepspeed":
+        # Imported here: the module loads torch, which every parse of the Snakefile would pay for.
+        from workflow_scripts.formats.hf_checkpoint import has_hf_weights
+
+        if not has_hf_weights(Path(plan.source)):
+            return []
     return stored(plan.source)
 
 
@@ -251,13 +254,84 @@ def kd_dataset_outputs(job):
     ]
 
 
+def _kd_model(plan):
+    """The teacher folder as an input: the workflow's own model follows --default-storage-provider, a folder of
+    the user's is read where it is."""
+    if not plan.model_input:
+        return None
+    built = plan.model_input in (hf_model_dir(model) for model in MODELS)
+    return plan.model_input if built else local(plan.model_input)
+
+
 def kd_manifest_inputs(wildcards):
-    return {"data": KD_JOBS[wildcards.job].dataset_inputs}
+    plan = KD_JOBS[wildcards.job]
+    if plan.built_dataset:
+        return {"data": plan.built_dataset}
+    return {"data": [local(path) for path in plan.dataset_inputs]}
 
 
 def kd_teacher_inputs(wildcards):
-    model = KD_JOBS[wildcards.job].model_input
+    model = _kd_model(KD_JOBS[wildcards.job])
     return {"model": model} if model else {}
+
+
+def kd_local_dataset(wildcards, input):
+    """Where a job reads the built dataset: the storage plugin's copy, or the folder itself."""
+    built = KD_JOBS[wildcards.job].built_dataset
+    return f"--local-dataset={input.data}" if built else ""
+
+
+def kd_local_model(wildcards, input):
+    return (
+        f"--local-model={shlex.quote(str(input.model))}" if input.get("model") else ""
+    )
+
+
+def kd_chunk_model(wildcards):
+    model = _kd_model(KD_JOBS[wildcards.job])
+    return ancient(model) if model else []
+
+
+def kd_chunk_data(wildcards):
+    built = KD_JOBS[wildcards.job].built_dataset
+    return ancient(built) if built else []
+
+
+# A chunk job is outdated by teacher.json (the model or the settings changed), never by the manifest: a new parquet
+# file rewrites the manifest, and that must not redo finished chunks. With a storage provider every job fetches
+# what it reads, so the manifest, the teacher and the built dataset become (`ancient`) inputs. Without one they are
+# read by path: as inputs, the manifest would put the checkpoint among the dependencies of every chunk, which
+# Snakemake re-evaluates (it tripled the planning time of 10,000 chunks).
+USES_STORAGE = workflow.storage_settings.default_storage_provider is not None
+KD_MANIFEST = f"{RESULTS}/kd/{{job}}/manifest.json"
+KD_TEACHER = f"{RESULTS}/kd/{{job}}/teacher.json"
+if USES_STORAGE:
+    KD_CHUNK_INPUTS = {
+        "teacher": KD_TEACHER,
+        "manifest": ancient(KD_MANIFEST),
+        "model": kd_chunk_model,
+        "data": kd_chunk_data,
+    }
+    KD_CHUNK_PARAMS = {
+        "manifest": lambda wildcards, input: input.manifest,
+        "copies": lambda wildcards, input: " ".join(
+            (kd_local_model(wildcards, input), kd_local_dataset(wildcards, input))
+        ),
+    }
+else:
+    KD_CHUNK_INPUTS = {"teacher": KD_TEACHER}
+    KD_CHUNK_PARAMS = {"manifest": KD_MANIFEST, "copies": ""}
+
+
+def kd_dataset_inputs(wildcards):
+    chunks = {"chunks": kd_chunk_files(wildcards)}
+    if USES_STORAGE:
+        return {"manifest": kd_manifest_path(wildcards.job), **chunks}
+    return chunks
+
+
+def kd_dataset_manifest(wildcards, input):
+    return input.manifest if USES_STORAGE else kd_manifest_path(wildcards.job)
 
 
 def kd_chunk_files(wildcards):
@@ -265,12 +339,17 @@ def kd_chunk_files(wildcards):
     Snakemake redo its bookkeeping after every job, which at 10,000 chunks costs more than the planning itself.
     """
     path = kd_manifest_path(wildcards.job)
-    if not manifest_is_current(path, KD_JOBS[wildcards.job]):
-        path = checkpoints.kd_manifest.get(job=wildcards.job).output[0]
+    if manifest_is_current(path, KD_JOBS[wildcards.job]):
+        chunks = load_manifest(path).chunks
+    else:
+        manifest = checkpoints.kd_manifest.get(job=wildcards.job).output[0]
+        # open(): where a storage provider keeps the manifest, Snakemake fetches it first and asks again.
+        with manifest.open():
+            chunks = load_manifest(manifest).chunks
     folder = f"{RESULTS}/kd/{wildcards.job}"
     return [
         f"{folder}/chunks/{chunk.name}{suffix}"
-        for chunk in load_manifest(path).chunks
+        for chunk in chunks
         for suffix in (".jsonl", ".stats.json")
     ]
 
@@ -328,11 +407,12 @@ def icm_model_flag(wildcards, input):
 
 
 def icm_data_input(wildcards):
-    """A relative path missing from the working directory is looked up beside the Snakefile (config/icm/)."""
+    """The user's data file, read where it is (also with --default-storage-provider). A relative path missing
+    from the working directory is looked up beside the Snakefile (config/icm/)."""
     path = Path(icm_settings(wildcards.job)["data"]["path"])
-    if path.is_absolute() or path.exists():
-        return str(path)
-    return str(Path(workflow.basedir) / path)
+    if not (path.is_absolute() or path.exists()):
+        path = Path(workflow.basedir) / path
+    return local(str(path))
 
 
 def icm_server_input(wildcards):

@@ -18,8 +18,9 @@ checkpoint kd_manifest:
         runtime=15,
     params:
         flags=lambda wildcards: KD_JOBS[wildcards.job].flags,
+        local_dataset=kd_local_dataset,
     shell:
-        "distillery kd-manifest --output {output} {params.flags} > {log} 2>&1"
+        "distillery kd-manifest --output {output} {params.flags} {params.local_dataset} > {log} 2>&1"
 
 
 rule kd_teacher:
@@ -37,15 +38,14 @@ rule kd_teacher:
         runtime=5,
     params:
         flags=lambda wildcards: KD_JOBS[wildcards.job].flags,
+        local_model=kd_local_model,
     shell:
-        "distillery kd-teacher --output {output} {params.flags} > {log} 2>&1"
+        "distillery kd-teacher --output {output} {params.flags} {params.local_model} > {log} 2>&1"
 
 
 rule kd_chunk:
     input:
-        # Not the manifest: a new parquet file rewrites it, and that must not make finished chunks look outdated.
-        # teacher.json changes with the model or the generation settings, and then every chunk is redone.
-        teacher=f"{RESULTS}/kd/{{job}}/teacher.json",
+        **KD_CHUNK_INPUTS,  # teacher.json, and what a job fetches with a storage provider (common.smk)
     output:
         chunk=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl",
         stats=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json",
@@ -61,15 +61,15 @@ rule kd_chunk:
         disk_mb=1000,
         runtime=240,
     params:
-        manifest=f"{RESULTS}/kd/{{job}}/manifest.json",
+        **KD_CHUNK_PARAMS,
     shell:
         "distillery kd-chunk --manifest {params.manifest} --chunk {wildcards.part}/{wildcards.start}-{wildcards.stop}"
-        " --output {output.chunk} > {log} 2>&1"
+        " --output {output.chunk} {params.copies} > {log} 2>&1"
 
 
 rule kd_dataset:
     input:
-        kd_chunk_files,
+        unpack(kd_dataset_inputs),
     output:
         dataset=f"{RESULTS}/kd/{{job}}/dataset.jsonl",
         summary=f"{RESULTS}/kd/{{job}}/summary.json",
@@ -86,7 +86,7 @@ rule kd_dataset:
         mem_mb=4096,
         runtime=60,
     params:
-        manifest=lambda wildcards: kd_manifest_path(wildcards.job),
+        manifest=kd_dataset_manifest,
     shell:
         "distillery kd-dataset --manifest {params.manifest} --output {output.dataset} --summary {output.summary}"
         " > {log} 2>&1"

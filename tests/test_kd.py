@@ -332,3 +332,46 @@ def test_dataset_by_url_is_read_through_fsspec(run_cli, model, dataset, tmp_path
     by_url = read_jsonl(tmp_path / "job/chunks/part-001/000000016-000000024.jsonl")
     from_disk = read_jsonl(tmp_path / "local/chunks/part-001/000000016-000000024.jsonl")
     assert [r["completion"] for r in by_url] == [r["completion"] for r in from_disk]
+
+
+def test_a_job_on_local_copies_names_the_jobs_own_paths(run_cli, model, dataset, tmp_path):
+    """What a storage plugin's job does: read the model and the parquet files from copies (`.snakemake/storage/`),
+    and write records, manifest and dataset exactly as a job reading the named paths would."""
+    import shutil
+
+    named_model, named_dataset = tmp_path / "bucket/models/teacher", tmp_path / "bucket/datasets/web"
+    copies = tmp_path / "copies"
+    shutil.copytree(model, copies / "teacher")
+    shutil.copytree(dataset, copies / "web")
+    flags = job_flags(named_model, named_dataset)  # neither path exists here
+
+    on_copies = make_manifest(run_cli, tmp_path / "on-copies", *flags, "--local-dataset", str(copies / "web"))
+    for chunk in load_manifest(on_copies).chunks:
+        result = run_cli(
+            "kd-chunk", "--manifest", on_copies, "--chunk", chunk.name,
+            f"--local-model={copies / 'teacher'}", f"--local-dataset={copies / 'web'}",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+
+    # The same job with the named paths in place gives the same manifest chunks and the same records.
+    shutil.copytree(model, named_model)
+    shutil.copytree(dataset, named_dataset)
+    in_place = make_manifest(run_cli, tmp_path / "in-place", *flags)
+    run_all_chunks(run_cli, in_place)
+    assert json.loads(on_copies.read_text())["chunks"] == json.loads(in_place.read_text())["chunks"]
+    for chunk in load_manifest(in_place).chunks:
+        assert (on_copies.parent / chunk.relative_path).read_text() == (
+            in_place.parent / chunk.relative_path
+        ).read_text()
+    assert {line["source_file"] for line in read_jsonl(on_copies.parent / chunk.relative_path)} <= {
+        str(named_dataset / "part-000.parquet"),
+        str(named_dataset / "part-001.parquet"),
+    }
+
+
+def test_an_empty_local_copy_flag_reads_the_named_paths(run_cli, model, dataset, tmp_path):
+    """The workflow passes `--local-model=` with nothing after it when the job has no copy to point at."""
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset), "--local-dataset=")
+    chunk = load_manifest(manifest).chunks[0]
+    result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk.name, "--local-model=", "--local-dataset=")
+    assert result.exit_code == 0, result.stderr

@@ -79,13 +79,7 @@ def test_default_workflow_writes_its_outputs_to_the_bucket(s3_endpoint, bucket, 
     storage = ("--default-storage-provider", "s3", "--default-storage-prefix", prefix)
     workdir = tmp_path / "run"
 
-    def models_only(config):
-        # KD and ICM jobs read their manifest and data by paths that the storage plugin does not translate yet
-        # (issue 7 is open on this): the models, plans and reports go to the bucket.
-        config["kd"], config["tiny_datasets"] = {}, {}
-        config.pop("icm", None)
-
-    configfile = write_config(tmp_path, models_only)
+    configfile = REPO / "config/config.yaml"
     result = snakemake(workdir, configfile, s3_endpoint, *storage)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -98,6 +92,19 @@ def test_default_workflow_writes_its_outputs_to_the_bucket(s3_endpoint, bucket, 
         report = json.loads(body.read())
         assert report["passed"], report["failed_checks"]
     assert "work/sources/tiny-llama-src/config.json" in stored
+    # KD: the chunks, the dataset and its summary; the records name the workflow's paths, not the job's copies.
+    assert {"results/kd/tiny-web-kd/manifest.json", "results/kd/tiny-web-kd/summary.json"} <= stored
+    chunks = {key for key in stored if key.startswith("results/kd/tiny-web-kd/chunks/") and key.endswith(".jsonl")}
+    manifest = json.loads(
+        bucket.get_object(Bucket=BUCKET, Key="default-run/results/kd/tiny-web-kd/manifest.json")["Body"].read()
+    )
+    assert len(chunks) == len(manifest["chunks"])
+    dataset = bucket.get_object(Bucket=BUCKET, Key="default-run/results/kd/tiny-web-kd/dataset.jsonl")["Body"].read()
+    records = [json.loads(line) for line in dataset.decode().splitlines()]
+    assert records and {record["model"] for record in records} == {"results/models/tiny-llama/hf"}
+    assert {record["source_file"].split("/part-")[0] for record in records} == {"work/datasets/tiny-web"}
+    # ICM: the label set and its report.
+    assert {"results/icm/tiny-claims/labels.jsonl", "results/icm/tiny-claims/report.json"} <= stored
     # Nothing is left in the working directory but Snakemake's own state and the logs.
     assert not (workdir / "results").exists()
 

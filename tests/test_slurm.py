@@ -109,33 +109,6 @@ def write_config(tmp_path: Path, change=None) -> Path:
     return path
 
 
-def test_default_workflow_runs_to_completion_through_the_slurm_profile(slurm_env, tmp_path):
-    workdir = tmp_path / "run"
-    result = run_snakemake(slurm_env, workdir, REPO / "config/config.yaml")
-    assert result.returncode == 0, result.stderr[-4000:]
-
-    for model in ("tiny-llama", "tiny-qwen3"):
-        report = json.loads((workdir / f"results/models/{model}/verification.json").read_text())
-        assert report["passed"], report["failed_checks"]
-    # Every job went through SLURM (none ran on the submit host), and sacct records each as completed,
-    # on the partition and account the profile took from the environment.
-    jobs = submitted_jobs(result.stderr)
-    counts = Counter(rule for rule, _ in jobs)
-    expected = {"build_tiny_model": 2, "hf_merge": 2, "validate_plans": 4, "verify_model": 2, "build_tiny_dataset": 1,
-                "kd_teacher": 1, "kd_manifest": 1, "kd_dataset": 1, "icm_labels": 1}  # fmt: skip
-    assert {rule: counts[rule] for rule in expected} == expected
-    assert (workdir / "results/kd/tiny-web-kd/dataset.jsonl").is_file()  # its chunks ran in grouped allocations
-    records = accounting(run_id(result.stderr))
-    assert sorted(records) == sorted(jobid for _, jobid in jobs)
-    for record in records.values():
-        assert record["State"] == "COMPLETED", record
-        assert record["Partition"] == slurm_env["DISTILLERY_SLURM_PARTITION"]
-        assert record["Account"] == slurm_env["DISTILLERY_SLURM_ACCOUNT"]
-
-    again = run_snakemake(slurm_env, workdir, REPO / "config/config.yaml", "-n")
-    assert "Nothing to be done" in again.stdout + again.stderr
-
-
 def one_model(config):
     config["tiny_models"] = {"src": {"architecture": "llama", "layout": "safetensors_sharded", "seed": 3}}
     config["models"] = {"m": {"source": {"format": "hf", "path": "work/sources/src"}, "dtype": "bfloat16"}}
@@ -193,8 +166,9 @@ def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unf
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_cancelled_kd_chunk_job_is_retried_and_the_dataset_has_every_row_once(slurm_env, tmp_path):
-    """`scancel` of a chunk job mid-chunk: it fails, the profile's retries resubmit it, and it resumes its chunk."""
+def test_default_workflow_runs_to_completion_through_the_slurm_profile_past_a_cancelled_chunk_job(slurm_env, tmp_path):
+    """The default config through profiles/slurm, and a KD chunk job cancelled with `scancel` mid-chunk on the way:
+    it fails, the profile's retries resubmit it, it resumes its chunk, and the dataset has every row once."""
     configfile = REPO / "config/config.yaml"
     workdir = tmp_path / "run"
     log = tmp_path / "run.log"
@@ -216,9 +190,26 @@ def test_cancelled_kd_chunk_job_is_retried_and_the_dataset_has_every_row_once(sl
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
     text = log.read_text()
-    assert "Trying to restart job" in text  # Snakemake's retry, not a second run, brought the chunks back
+
+    for model in ("tiny-llama", "tiny-qwen3"):
+        report = json.loads((workdir / f"results/models/{model}/verification.json").read_text())
+        assert report["passed"], report["failed_checks"]
+    assert (workdir / "results/icm/tiny-claims/labels.jsonl").is_file()
+    # Every job went through SLURM (none ran on the submit host), and sacct records each as completed, on the
+    # partition and account the profile took from the environment; the cancelled one as cancelled.
+    jobs = submitted_jobs(text)
+    counts = Counter(rule for rule, _ in jobs)
+    expected = {"build_tiny_model": 2, "hf_merge": 2, "validate_plans": 4, "verify_model": 2, "build_tiny_dataset": 1,
+                "kd_teacher": 1, "kd_manifest": 1, "kd_dataset": 1, "icm_labels": 1}  # fmt: skip
+    assert {rule: counts[rule] for rule in expected} == expected
     records = accounting(run_id(text))
-    assert records[victim]["State"].startswith("CANCELLED by "), records[victim]
+    assert sorted(records) == sorted(jobid for _, jobid in jobs)
+    assert records.pop(victim)["State"].startswith("CANCELLED by ")
+    for record in records.values():
+        assert record["State"] == "COMPLETED", record
+        assert record["Partition"] == slurm_env["DISTILLERY_SLURM_PARTITION"]
+        assert record["Account"] == slurm_env["DISTILLERY_SLURM_ACCOUNT"]
+    assert "Trying to restart job" in text  # Snakemake's retry, not a second run, brought the chunks back
 
     manifest = json.loads((workdir / "results/kd/tiny-web-kd/manifest.json").read_text())
     samples = manifest["settings"]["sampling"]["n"]
@@ -234,3 +225,6 @@ def test_cancelled_kd_chunk_job_is_retried_and_the_dataset_has_every_row_once(sl
     assert len(keys) == len(set(keys)), "a sample appears twice in the dataset"
     assert {(file, row) for file, row, _ in keys} == generated, "a row is missing from the dataset"
     assert len(keys) == samples * len(generated)
+
+    again = run_snakemake(slurm_env, workdir, configfile, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr

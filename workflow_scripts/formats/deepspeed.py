@@ -34,12 +34,11 @@ import torch
 
 from ..errors import DistilleryError, require_folder
 from .deepspeed_pickle import load_deepspeed_file
+from .deepspeed_steps import list_step_folders, step_of
 from .hf_checkpoint import SourceTensor
 from .safetensors_file import ByteRange, dtype_itemsize
 from .torch_zip import file_offset_finder
 
-_STEP_FOLDER = re.compile(r"checkpoint-(\d+)$")
-_TAG_STEP = re.compile(r"global_step(\d+)$")
 _OPTIM_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 _MODEL_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_00_model_states\.pt$")
 
@@ -65,16 +64,6 @@ def _libc():
         _LIBC = ctypes.CDLL(None, use_errno=True)
         _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return _LIBC
-
-
-def step_of(folder: Path) -> int | None:
-    match = _STEP_FOLDER.search(folder.name) or _TAG_STEP.search(folder.name)
-    return int(match.group(1)) if match else None
-
-
-def list_step_folders(run: Path) -> list[Path]:
-    """`checkpoint-N` folders of a training run, by step number (not by name: 1000 comes after 200)."""
-    return sorted((p for p in run.glob("checkpoint-*") if p.is_dir() and step_of(p) is not None), key=step_of)
 
 
 @dataclass(frozen=True)

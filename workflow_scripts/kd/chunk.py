@@ -20,6 +20,7 @@ from ..engines import Engine, GenerationRequest, open_engine
 from ..engines.base import derive_seed
 from ..errors import DistilleryError
 from ..progress import progress_bar
+from .local_copies import IN_PLACE, LocalCopies
 from .manifest import Chunk, Manifest
 from .prompts import Prompt, build_prompt, check_tokenizer
 from .records import SideFile, recover, side_file, skip_line, stats_file
@@ -42,11 +43,11 @@ def row_id(job: KdJob, chunk: Chunk, index: int, id_value) -> str:
     return f"{chunk.part}:{index}"
 
 
-def read_chunk_rows(job: KdJob, chunk: Chunk) -> list[RowInput]:
+def read_chunk_rows(job: KdJob, chunk: Chunk, copies: LocalCopies = IN_PLACE) -> list[RowInput]:
     from .sources import read_rows
 
     columns = [job.prompt.column] + ([job.prompt.id_column] if job.prompt.id_column else [])
-    data = read_rows(chunk.file, chunk.start, chunk.stop, columns)
+    data = read_rows(copies.local_file(job, chunk.file), chunk.start, chunk.stop, columns)
     ids = data[job.prompt.id_column] if job.prompt.id_column else [None] * (chunk.stop - chunk.start)
     return [
         RowInput(chunk.start + offset, row_id(job, chunk, chunk.start + offset, ids[offset]), value)
@@ -78,11 +79,23 @@ def chunk_output(manifest: Manifest, chunk: Chunk) -> Path:
 
 
 class ChunkRunner:
-    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks)."""
+    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks).
 
-    def __init__(self, manifest: Manifest, engine: Engine | None = None, show_progress: bool = True) -> None:
+    `copies`: where this job reads the model and the parquet files, if not at the paths the manifest names; the
+    records name the manifest's paths either way.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        engine: Engine | None = None,
+        show_progress: bool = True,
+        copies: LocalCopies = IN_PLACE,
+    ) -> None:
         self.manifest = manifest
         self.job = job_from_dict(manifest.settings)
+        self.copies = copies
+        self.reading_job = copies.job_reading_copies(self.job)
         self.engine = engine
         self.engine_start_seconds = 0.0
         self.tokenizer = None
@@ -91,11 +104,11 @@ class ChunkRunner:
     def _ensure_engine(self) -> Engine:
         if self.engine is None:
             started = time.perf_counter()
-            self.engine = open_engine(self.job.engine)
+            self.engine = open_engine(self.reading_job.engine)
             self.engine_start_seconds = time.perf_counter() - started
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.job)
-            check_tokenizer(self.tokenizer, self.job.prompt, self.job.engine.tokenizer)
+            self.tokenizer = load_tokenizer(self.reading_job)
+            check_tokenizer(self.tokenizer, self.job.prompt, self.reading_job.engine.tokenizer)
         return self.engine
 
     def run(self, chunk: Chunk, output: Path | None = None) -> dict:
@@ -116,7 +129,7 @@ class ChunkRunner:
 
     def _generate(self, chunk: Chunk, recovered, writer: SideFile) -> dict:
         job = self.job
-        rows = read_chunk_rows(job, chunk)
+        rows = read_chunk_rows(job, chunk, self.copies)
         todo = [row for row in rows if row.index not in recovered.done_rows]
         if recovered.done_rows:
             log.info("chunk %s: resuming, %d of %d rows already done", chunk.name, len(recovered.done_rows), len(rows))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings
 from ..errors import DistilleryError
+from .local_copies import LocalCopies
 from .settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
 
 
@@ -130,7 +131,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
     from .manifest import write_manifest
 
     job = job_from_args(args)
-    manifest = write_manifest(job, job_to_dict(job), args.output)
+    manifest = write_manifest(job, job_to_dict(job), args.output, _copies(args))
     print(
         f"✓ {args.output}: {len(manifest['chunks'])} chunks over {len(manifest['files'])} files, "
         f"{manifest['rows']} rows"
@@ -142,7 +143,7 @@ def _run_teacher(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
 
     job = job_from_args(args)
-    model = Path(job.model)
+    model = Path(_copies(args).job_reading_copies(job).engine.model_path)
     if job.engine.kind != "openai" and not (model / "config.json").is_file():
         where = model if model.exists() else model.parent
         raise DistilleryError(f"no HF model folder {model.name!r} here (config.json missing)", where)
@@ -157,7 +158,7 @@ def _run_chunk(args: argparse.Namespace) -> int:
     from .manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
-    runner = ChunkRunner(manifest)
+    runner = ChunkRunner(manifest, copies=_copies(args))
     try:
         stats = runner.run(manifest.chunk(args.chunk), args.output)
     finally:
@@ -236,6 +237,16 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+_LOCAL_MODEL_HELP = "read the model from this copy (e.g. a storage plugin's); records keep the job's model path"
+_LOCAL_DATASET_HELP = (
+    "read the dataset from this copy of what --dataset names (e.g. a storage plugin's); records keep the job's paths"
+)
+
+
+def _copies(args: argparse.Namespace) -> LocalCopies:
+    return LocalCopies(model=getattr(args, "local_model", None), dataset=getattr(args, "local_dataset", None))
+
+
 def add_kd_commands(commands) -> None:
     manifest = commands.add_parser(
         "kd-manifest",
@@ -244,6 +255,7 @@ def add_kd_commands(commands) -> None:
         "--chunk-rows per file) with the job's settings. Fails on a missing column or unreadable file.",
     )
     manifest.add_argument("--output", required=True, type=Path, help="manifest.json to write")
+    manifest.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
     add_job_flags(manifest)
     manifest.set_defaults(handler=_run_manifest)
 
@@ -252,6 +264,7 @@ def add_kd_commands(commands) -> None:
         help="record a KD job's teacher and generation settings (chunks are redone when they change)",
     )
     teacher.add_argument("--output", required=True, type=Path, help="teacher.json to write")
+    teacher.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
     add_job_flags(teacher)
     teacher.set_defaults(handler=_run_teacher)
 
@@ -264,6 +277,8 @@ def add_kd_commands(commands) -> None:
     chunk.add_argument("--manifest", required=True, type=Path)
     chunk.add_argument("--chunk", required=True, help="PART/START-STOP, as in the chunk's path")
     chunk.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
+    chunk.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    chunk.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
     chunk.set_defaults(handler=_run_chunk)
 
     dataset = commands.add_parser("kd-dataset", help="merge a KD job's chunks into the dataset and summary.json")

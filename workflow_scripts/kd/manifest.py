@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import DistilleryError
+from .local_copies import IN_PLACE, LocalCopies
 from .settings import KdJob
 from .sources import list_parquet_files, part_name, read_footer
 
@@ -56,14 +57,15 @@ def _check_column(job: KdJob, footer) -> None:
         raise DistilleryError(f"has no id column {job.prompt.id_column!r}", footer.path)
 
 
-def plan_chunks(job: KdJob) -> tuple[list[Chunk], list[dict]]:
-    files, root = list_parquet_files(job.dataset)
+def plan_chunks(job: KdJob, copies: LocalCopies = IN_PLACE) -> tuple[list[Chunk], list[dict]]:
+    local_files, root = list_parquet_files(copies.local_dataset(job))
     chunks, described = [], []
     parts: dict[str, str] = {}
-    for file in files:
-        footer = read_footer(file)
+    for local_file in local_files:
+        footer = read_footer(local_file)
         _check_column(job, footer)
-        part = part_name(file, root)
+        part = part_name(local_file, root)
+        file = copies.named_file(job, local_file)
         if part in parts:
             raise DistilleryError(f"gives the same chunk folder name {part!r} as {parts[part]}", file)
         parts[part] = file
@@ -76,8 +78,8 @@ def plan_chunks(job: KdJob) -> tuple[list[Chunk], list[dict]]:
     return chunks, described
 
 
-def write_manifest(job: KdJob, job_settings: dict, output: Path) -> dict:
-    chunks, files = plan_chunks(job)
+def write_manifest(job: KdJob, job_settings: dict, output: Path, copies: LocalCopies = IN_PLACE) -> dict:
+    chunks, files = plan_chunks(job, copies)
     manifest = {
         "version": MANIFEST_VERSION,
         "job": job.name,

@@ -28,6 +28,12 @@ def _filesystem(path: str):
         raise DistilleryError(f"cannot open this location: {first_line(exc)}", path) from None
 
 
+def glob_root(pattern: str) -> str | None:
+    """The folder of a glob before its first wildcard (`data/web/*.parquet` -> `data/web`); None for a plain path."""
+    match = _GLOB_CHARS.search(pattern)
+    return None if match is None else os.path.dirname(pattern[: match.start()] + "x")
+
+
 def list_parquet_files(dataset: str) -> tuple[list[str], str]:
     """The dataset's parquet files, sorted, and the root their part names are taken relative to.
 
@@ -37,7 +43,7 @@ def list_parquet_files(dataset: str) -> tuple[list[str], str]:
         fs, root_path = _filesystem(dataset)
         if _GLOB_CHARS.search(root_path):
             found = fs.glob(root_path)
-            root = root_path[: _GLOB_CHARS.search(root_path).start()].rsplit("/", 1)[0]
+            root = glob_root(root_path)
         elif fs.isdir(root_path):
             found = [p for p in fs.find(root_path) if p.endswith(".parquet")]
             root = root_path.rstrip("/")
@@ -49,7 +55,7 @@ def list_parquet_files(dataset: str) -> tuple[list[str], str]:
     else:
         if _GLOB_CHARS.search(dataset):
             files = sorted(glob.glob(dataset, recursive=True))
-            root = os.path.dirname(dataset[: _GLOB_CHARS.search(dataset).start()] + "x")
+            root = glob_root(dataset)
         elif os.path.isdir(dataset):
             files = sorted(glob.glob(os.path.join(dataset, "**", "*.parquet"), recursive=True))
             root = dataset

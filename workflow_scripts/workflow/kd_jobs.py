@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistilleryError
+from ..kd.local_copies import dataset_root
 from ..kd.sources import is_url
 
 _UNSET_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
@@ -26,6 +27,7 @@ class KdPlan:
     model_path: str  # what the engine loads
     model_input: str | None  # a file target or existing folder Snakemake tracks, if any
     dataset_inputs: list[str]  # local parquet files (or a folder another rule builds) the manifest depends on
+    built_dataset: str | None  # that folder, when a rule of the workflow builds the dataset
     flags: str
     gpus: int
     output_format: str
@@ -67,12 +69,26 @@ def expand(value: str, where: str) -> str:
     return expanded
 
 
-def _dataset_inputs(path: str, built_datasets: dict[str, str]) -> list[str]:
+def _built_dataset(name: str, path: str, built_datasets: dict[str, str]) -> str | None:
+    """The workflow-built folder the dataset is in. It must be the dataset's own folder: `--local-dataset` copies
+    that one."""
+    for folder in built_datasets.values():
+        folder = folder.rstrip("/")
+        if path.rstrip("/") == folder or path.startswith(folder + "/"):
+            if os.path.normpath(dataset_root(path)) != os.path.normpath(folder):
+                raise DistilleryError(
+                    f"config kd.{name}.dataset.path {path!r} is below {folder}, which the workflow builds",
+                    hint=f"name {folder} itself, a parquet file in it or a glob of its files",
+                )
+            return folder
+    return None
+
+
+def _dataset_inputs(path: str, built: str | None) -> list[str]:
     if is_url(path):
         return []
-    for folder in built_datasets.values():
-        if path == folder or path.startswith(folder.rstrip("/") + "/"):
-            return [folder]
+    if built:
+        return [built]
     if os.path.isdir(path):
         return sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
     return sorted(glob.glob(path, recursive=True))
@@ -145,6 +161,7 @@ def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             model_path = model
             model_input = model if os.path.isdir(model) else None
         dataset = expand(entry["dataset"]["path"], f"kd.{name}.dataset.path")
+        built = None if is_url(dataset) else _built_dataset(name, dataset, built_datasets)
         engine = entry["engine"]
         gpus = entry.get("gpus")
         if gpus is None:
@@ -155,7 +172,8 @@ def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             name=name,
             model_path=model_path,
             model_input=model_input,
-            dataset_inputs=_dataset_inputs(dataset, built_datasets),
+            dataset_inputs=_dataset_inputs(dataset, built),
+            built_dataset=built,
             flags=flags,
             gpus=gpus,
             output_format=entry["output_format"],

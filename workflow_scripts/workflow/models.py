@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistilleryError
-from ..formats.deepspeed import list_step_folders, step_of
+from ..formats.deepspeed_steps import list_step_folders, step_of
 
 
 @dataclass(frozen=True)

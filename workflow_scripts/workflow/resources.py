@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 from ..errors import DistilleryError
-from ..formats import safetensors_file
 
 _MB = 1024 * 1024
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".distcp")
@@ -29,6 +28,8 @@ def weights_mb(folder: str | Path) -> int:
 
 def largest_tensor_mb(folder: str | Path) -> int:
     """The largest tensor in safetensors files; for pickled shards, the largest shard (mapped whole)."""
+    from ..formats import safetensors_file  # loads torch: only where a rule sizes a job, not at every parse
+
     largest = 0
     for path in weight_files(folder):
         if path.suffix == ".safetensors":
