@@ -288,18 +288,17 @@ def kd_local_model(wildcards, input):
 
 
 def kd_chunk_model(wildcards):
-    model = _kd_model(KD_JOBS[wildcards.job])
-    return ancient(model) if model else []
+    return _kd_model(KD_JOBS[wildcards.job]) or []
 
 
 def kd_chunk_data(wildcards):
-    built = KD_JOBS[wildcards.job].built_dataset
-    return ancient(built) if built else []
+    return KD_JOBS[wildcards.job].built_dataset or []
 
 
 # A chunk job is outdated by teacher.json (the model or the settings changed), never by the manifest: a new parquet
 # file rewrites the manifest, and that must not redo finished chunks. With a storage provider every job fetches
-# what it reads, so the manifest, the teacher and the built dataset become (`ancient`) inputs. Without one they are
+# what it reads, so the manifest (`ancient`), the teacher and the built dataset become inputs (a new teacher also
+# makes a new teacher.json; a rebuilt dataset has other rows, so its chunks are redone). Without one they are
 # read by path: as inputs, the manifest would put the checkpoint among the dependencies of every chunk, which
 # Snakemake re-evaluates (it tripled the planning time of 10,000 chunks).
 USES_STORAGE = workflow.storage_settings.default_storage_provider is not None
@@ -331,7 +330,8 @@ def kd_dataset_inputs(wildcards):
 
 
 def kd_dataset_manifest(wildcards, input):
-    return input.manifest if USES_STORAGE else kd_manifest_path(wildcards.job)
+    """The storage plugin's copy where there is one (the inputs are complete only once the checkpoint ran)."""
+    return input.get("manifest") or kd_manifest_path(wildcards.job)
 
 
 def kd_chunk_files(wildcards):

@@ -74,23 +74,28 @@ def write_config(tmp_path: Path, change) -> Path:
     return path
 
 
-def test_default_workflow_writes_its_outputs_to_the_bucket(s3_endpoint, bucket, tmp_path):
+def test_model_kd_dataset_and_icm_labels_are_written_to_the_bucket(s3_endpoint, bucket, tmp_path):
     prefix = f"s3://{BUCKET}/default-run"
     storage = ("--default-storage-provider", "s3", "--default-storage-prefix", prefix)
     workdir = tmp_path / "run"
 
-    configfile = REPO / "config/config.yaml"
+    def teacher_model_only(config):
+        # The default config less its second model and the plan checks (tests/test_workflow.py runs those): the
+        # model its KD and ICM jobs use, built, converted and verified in the bucket.
+        config["tiny_models"] = {"tiny-llama-src": config["tiny_models"]["tiny-llama-src"]}
+        config["models"] = {"tiny-llama": config["models"]["tiny-llama"]}
+        config["verify"]["parallel_sizes"] = []
+
+    configfile = write_config(tmp_path, teacher_model_only)
     result = snakemake(workdir, configfile, s3_endpoint, *storage)
     assert result.returncode == 0, result.stderr[-4000:]
 
     stored = keys(bucket, "default-run/")
-    for model in ("tiny-llama", "tiny-qwen3"):
-        # The model folder is uploaded file by file, with the reports beside it.
-        assert {f"results/models/{model}/hf/{name}" for name in ("config.json", "model.safetensors")} <= stored
-        assert f"results/models/{model}/plans/tp2_pp1.json" in stored
-        body = bucket.get_object(Bucket=BUCKET, Key=f"default-run/results/models/{model}/verification.json")["Body"]
-        report = json.loads(body.read())
-        assert report["passed"], report["failed_checks"]
+    # The model folder is uploaded file by file, with its report beside it.
+    assert {f"results/models/tiny-llama/hf/{name}" for name in ("config.json", "model.safetensors")} <= stored
+    body = bucket.get_object(Bucket=BUCKET, Key="default-run/results/models/tiny-llama/verification.json")["Body"]
+    report = json.loads(body.read())
+    assert report["passed"], report["failed_checks"]
     assert "work/sources/tiny-llama-src/config.json" in stored
     # KD: the chunks, the dataset and its summary; the records name the workflow's paths, not the job's copies.
     assert {"results/kd/tiny-web-kd/manifest.json", "results/kd/tiny-web-kd/summary.json"} <= stored
