@@ -104,3 +104,11 @@ def deepspeed_run(tmp_path_factory, tiny_model_store):
         return runs[key]
 
     return get
+
+
+def pytest_collection_modifyitems(items):
+    """SLURM tests first, then the files that take minutes, the other integration tests, the unit tests (each in
+    file order): the two workers take whole files as they get free, so the longest start first and the short ones
+    fill in."""
+    order = {"slurm": 0, "long": 1, "integration": 2}
+    items.sort(key=lambda item: min((order[m.name] for m in item.iter_markers() if m.name in order), default=3))

@@ -12,7 +12,7 @@ from helpers.snakemake_runs import executed_jobs, planned_jobs, snakemake
 
 from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 def kd_config(workdir: Path, model: Path, **changes) -> Path:

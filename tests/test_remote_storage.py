@@ -18,7 +18,7 @@ from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "distillery-test"
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,9 @@ def test_model_kd_dataset_and_icm_labels_are_written_to_the_bucket(s3_endpoint, 
         config["tiny_models"] = {"tiny-llama-src": config["tiny_models"]["tiny-llama-src"]}
         config["models"] = {"tiny-llama": config["models"]["tiny-llama"]}
         config["verify"]["parallel_sizes"] = []
+        # Fewer, larger jobs than the default's, as on a real run (each job fetches and uploads its files).
+        config["kd"]["tiny-web-kd"]["chunk_rows"] = 64
+        config["icm"]["jobs"]["tiny-claims"]["iterations"] = 10
 
     configfile = write_config(tmp_path, teacher_model_only)
     result = snakemake(workdir, configfile, s3_endpoint, *storage)

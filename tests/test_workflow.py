@@ -11,7 +11,7 @@ import yaml
 from helpers.snakemake_runs import planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
