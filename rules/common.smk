@@ -259,8 +259,7 @@ def _kd_model(plan):
     the user's is read where it is."""
     if not plan.model_input:
         return None
-    built = plan.model_input in (hf_model_dir(model) for model in MODELS)
-    return plan.model_input if built else local(plan.model_input)
+    return plan.model_input if plan.model_is_built else local(plan.model_input)
 
 
 def kd_manifest_inputs(wildcards):
@@ -278,7 +277,7 @@ def kd_teacher_inputs(wildcards):
 def kd_local_dataset(wildcards, input):
     """Where a job reads the built dataset: the storage plugin's copy, or the folder itself."""
     built = KD_JOBS[wildcards.job].built_dataset
-    return f"--local-dataset={input.data}" if built else ""
+    return f"--local-dataset={shlex.quote(str(input.data))}" if built else ""
 
 
 def kd_local_model(wildcards, input):

@@ -26,6 +26,7 @@ class KdPlan:
     name: str
     model_path: str  # what the engine loads
     model_input: str | None  # a file target or existing folder Snakemake tracks, if any
+    model_is_built: bool  # model_input is a model folder the workflow itself writes
     dataset_inputs: list[str]  # local parquet files (or a folder another rule builds) the manifest depends on
     built_dataset: str | None  # that folder, when a rule of the workflow builds the dataset
     flags: str
@@ -172,6 +173,7 @@ def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             name=name,
             model_path=model_path,
             model_input=model_input,
+            model_is_built=model in model_dirs,
             dataset_inputs=_dataset_inputs(dataset, built),
             built_dataset=built,
             flags=flags,
