@@ -31,8 +31,8 @@ convert_zero_checkpoint_to_state_dict(sys.argv[1], sys.argv[2], max_shard_size="
 
 
 def build_base(folder: str, layers: int, hidden: int, intermediate: int, vocab: int) -> int:
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
     from workflow_scripts.formats.hf_checkpoint import open_checkpoint
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
 
     folder = Path(folder)
     if not (folder / "model.safetensors").is_file():

@@ -184,7 +184,7 @@ def distillery_config(workdir: Path, chunks: int, parts: int) -> Path:
     import yaml
 
     sys.path.insert(0, str(REPO))
-    from workflow_scripts.models.tiny import build_tiny_model
+    from workflow_scripts.architectures.tiny import build_tiny_model
 
     build_tiny_model(workdir / "teacher")
     (workdir / "data").mkdir(exist_ok=True)

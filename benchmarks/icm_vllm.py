@@ -81,7 +81,7 @@ def write_gsm8k_batch(path: Path, questions: int, seed: int = 0) -> Path:
 
 
 def build_model(folder: Path, shape: str) -> Path:
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_icm_model
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_icm_model
 
     sizes = {
         "small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16),

@@ -46,7 +46,7 @@ def word_level_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from workflow_scripts.models.tiny import SPECIAL_TOKENS
+    from workflow_scripts.architectures.tiny import SPECIAL_TOKENS
 
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     vocab.update({f"w{index}": index for index in range(len(SPECIAL_TOKENS), vocab_size)})
@@ -62,7 +62,7 @@ def word_level_tokenizer(vocab_size: int):
 
 
 def build_teacher(folder: Path) -> None:
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
 
     if (folder / "config.json").exists():
         return

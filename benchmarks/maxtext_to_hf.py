@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
 
 def build_hf(folder: str, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int) -> str:
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
 
     folder = Path(folder)
     if not (folder / "model.safetensors.index.json").is_file():

@@ -33,8 +33,8 @@ model.save_pretrained(sys.argv[2], max_shard_size="40GB")
 
 
 def build_source(folder: str, layers: int, hidden: int, intermediate: int, vocab: int) -> int:
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
     from workflow_scripts.formats.hf_checkpoint import open_checkpoint
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
 
     folder = Path(folder)
     if not (folder / "model.safetensors.index.json").is_file():

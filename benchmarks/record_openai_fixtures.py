@@ -126,7 +126,7 @@ def main() -> None:
 
     from icm_vllm import stop
 
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_icm_model
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_icm_model
     from workflow_scripts.serve import vllm_command, wait_until_healthy
 
     args.work.mkdir(parents=True, exist_ok=True)

@@ -143,8 +143,8 @@ def build_case(work: Path, name: str, family: str, naming: str, tied: bool, fuse
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
 
+    from workflow_scripts.architectures.tiny import train_tokenizer
     from workflow_scripts.cli import main as distillery
-    from workflow_scripts.models.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(SIZES["vocab_size"])
     state = titan_state_dict(family, naming, tied, fused)

@@ -39,8 +39,8 @@ CASES = [
 
 
 def build_and_consolidate(work: Path, name: str, architecture: str, layout: str, flags: list[str]) -> dict:
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
     from workflow_scripts.cli import main as distillery
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
     from workflow_scripts.verify.run import verify_model
 
     source, output = work / f"{name}-source", work / f"{name}-hf"

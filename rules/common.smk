@@ -6,13 +6,13 @@ from pathlib import Path
 from workflow_scripts.kd.manifest import load_manifest
 from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
-from workflow_scripts.workflow.kd_jobs import manifest_is_current, plan_kd_jobs
-from workflow_scripts.workflow.models import names_regex, plan_models
+from workflow_scripts.workflow.kd_jobs import manifest_is_current, wire_kd_jobs
+from workflow_scripts.workflow.model_targets import names_regex, model_targets
 
 RESULTS = config["results"]
 WORK = config["work"]
 VERIFY = config["verify"]
-MODELS = plan_models(config["models"])
+MODELS = model_targets(config["models"])
 HF_MODELS = names_regex(MODELS, "hf")
 DEEPSPEED_MODELS = names_regex(MODELS, "deepspeed")
 MAXTEXT_MODELS = names_regex(MODELS, "maxtext")
@@ -217,7 +217,7 @@ def all_outputs():
 BUILT_DATASETS = {
     name: f"{WORK}/datasets/{name}" for name in config.get("tiny_datasets", {})
 }
-KD_JOBS = plan_kd_jobs(
+KD_JOBS = wire_kd_jobs(
     config.get("kd", {}),
     {model: hf_model_dir(model) for model in MODELS},
     BUILT_DATASETS,

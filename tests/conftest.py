@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
 from workflow_scripts.cli import main
-from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ def test_schema_refuses_unknown_keys():
 
 
 def test_kd_job_defaults_and_the_guides_variables(monkeypatch):
-    from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
+    from workflow_scripts.workflow.kd_jobs import wire_kd_jobs
 
     config = yaml.safe_load((REPO / "config/examples/kd-llama3.1-1b.yaml").read_text())
     validate(config, SCHEMA)
@@ -43,7 +43,7 @@ def test_kd_job_defaults_and_the_guides_variables(monkeypatch):
     monkeypatch.setenv("MODEL_PATH", "/models/llama3.1-1b-hf")
     monkeypatch.setenv("TOKENIZER_PATH", "/tokenizers/Llama-3.1-8B")
     monkeypatch.setenv("DATASET_PATH", "gs://bucket/finewebedu")
-    plan = plan_kd_jobs(config["kd"], {}, {})["finewebedu-kd"]
+    plan = wire_kd_jobs(config["kd"], {}, {})["finewebedu-kd"]
     assert plan.gpus == 1 and plan.model_input is None and plan.dataset_inputs == []
     assert "--model-path /models/llama3.1-1b-hf --tokenizer-path /tokenizers/Llama-3.1-8B" in plan.flags
     assert "--dataset 'gs://bucket/finewebedu/*.parquet'" in plan.flags and "--shuffle-chunks" in plan.flags
@@ -52,7 +52,7 @@ def test_kd_job_defaults_and_the_guides_variables(monkeypatch):
 def test_kd_dataset_in_a_folder_the_workflow_builds():
     """A chunk job reads a built dataset from its copy of the folder, so the job names the folder, or files in it."""
     from workflow_scripts.errors import DistilleryError
-    from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
+    from workflow_scripts.workflow.kd_jobs import wire_kd_jobs
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     validate(config, SCHEMA)
@@ -63,9 +63,9 @@ def test_kd_dataset_in_a_folder_the_workflow_builds():
         "work/datasets/tiny-web/part-000.parquet",
     ):
         config["kd"]["tiny-web-kd"]["dataset"]["path"] = path
-        plan = plan_kd_jobs(config["kd"], {}, built)["tiny-web-kd"]
+        plan = wire_kd_jobs(config["kd"], {}, built)["tiny-web-kd"]
         assert plan.built_dataset == "work/datasets/tiny-web" and plan.dataset_inputs == ["work/datasets/tiny-web"]
 
     config["kd"]["tiny-web-kd"]["dataset"]["path"] = "work/datasets/tiny-web/en/*.parquet"
     with pytest.raises(DistilleryError, match="is below work/datasets/tiny-web, which the workflow builds"):
-        plan_kd_jobs(config["kd"], {}, built)
+        wire_kd_jobs(config["kd"], {}, built)

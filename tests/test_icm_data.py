@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from workflow_scripts.architectures.tiny import train_tokenizer
 from workflow_scripts.engines.base import TokenLogprob
 from workflow_scripts.errors import DistilleryError
 from workflow_scripts.icm.data import load_dataset, select_batch
 from workflow_scripts.icm.prompts import PromptBuilder, Query, prompt_text
 from workflow_scripts.icm.scoring import label_margin
-from workflow_scripts.models.tiny import train_tokenizer
 
 
 def write_json(path, rows):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts.models.tiny import build_tiny_icm_model
+from workflow_scripts.architectures.tiny import build_tiny_icm_model
 
 pytestmark = pytest.mark.integration
 CLAIMS = Path(__file__).resolve().parents[1] / "config" / "icm" / "tiny-claims.jsonl"

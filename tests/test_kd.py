@@ -294,14 +294,14 @@ def test_generate_runs_each_workers_share_then_merges(run_cli, model, dataset, t
 def test_manifest_is_current_until_a_file_or_a_setting_changes(run_cli, model, dataset, tmp_path):
     from snakemake.utils import validate
 
-    from workflow_scripts.workflow.kd_jobs import manifest_is_current, plan_kd_jobs
+    from workflow_scripts.workflow.kd_jobs import manifest_is_current, wire_kd_jobs
 
     def plan(**sampling):
         config = {"kd": {"kd": {"model": str(model), "dataset": {"path": str(dataset / "*.parquet")},
                                 "max_prompt_tokens": 12, "chunk_rows": 8, "sampling": {"seed": 3, **sampling},
                                 "engine": {"gen_batch_size": 4}}}}  # fmt: skip
         validate(config, str(REPO / "config/schema/config.schema.yaml"))
-        return plan_kd_jobs(config["kd"], {}, {})["kd"]
+        return wire_kd_jobs(config["kd"], {}, {})["kd"]
 
     manifest = make_manifest(
         run_cli, tmp_path / "job", *job_flags(model, dataset / "*.parquet", **{"--max-tokens": 256})

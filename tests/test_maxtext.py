@@ -156,7 +156,7 @@ def test_rotary_embeddings_equal_maxtext_layers():
     import jax.numpy as jnp
     from maxtext.layers.embeddings import LLaMARotaryEmbedding, RotaryEmbedding
 
-    from workflow_scripts.models.maxtext_llama import SIZES, MaxTextLlamaMath
+    from workflow_scripts.architectures.maxtext_llama import SIZES, MaxTextLlamaMath
 
     x = np.random.default_rng(0).standard_normal((1, 40, 4, 16)).astype(np.float32)
     positions = jnp.arange(40, dtype=jnp.float32)

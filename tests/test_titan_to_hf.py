@@ -23,10 +23,10 @@ from titan_models import (  # noqa: E402
     write_config,
 )
 
+from workflow_scripts.architectures.tiny import train_tokenizer  # noqa: E402
 from workflow_scripts.convert import titan_names  # noqa: E402
 from workflow_scripts.convert.titan_flavors import FLAVORS  # noqa: E402
 from workflow_scripts.formats.dcp import TitanCheckpoint  # noqa: E402
-from workflow_scripts.models.tiny import train_tokenizer  # noqa: E402
 
 pytest.importorskip("torchtitan", reason="install with: pip install --no-deps torchtitan==0.3.0")
 PROBE = [3, 17, 250, 9, 41, 300, 77, 5, 128, 64, 33, 499, 1, 2]

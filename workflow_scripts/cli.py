@@ -469,8 +469,8 @@ def _add_make_tiny_model(commands) -> None:
 
 
 def _run_make_tiny_model(args: argparse.Namespace) -> int:
+    from .architectures.tiny import TinyModelSpec, build_tiny_model
     from .atomic import atomic_output_dir
-    from .models.tiny import TinyModelSpec, build_tiny_model
 
     spec = TinyModelSpec(
         architecture=args.architecture,

@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..architectures.architecture import expected_weights, load_config, read_config_json, tied_weights
 from ..atomic import atomic_output_dir
 from ..choices import OUTPUT_DTYPES
 from ..errors import DistilleryError, require_folder
 from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
 from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
 from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
-from ..models.architecture import expected_weights, load_config, read_config_json, tied_weights
 from ..progress import progress_bar
 from ..provenance import describe_source_files, write_provenance
 from ..sizes import format_size, parse_size

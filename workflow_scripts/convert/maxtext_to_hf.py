@@ -2,7 +2,7 @@
 
 MaxText's tree (scanned layers are stacked on axis 1, MaxText's default `param_scan_axis`; unscanned ones are
 `decoder.layers_{i}`) maps onto HF names as MaxText's own converters map it (`llama_mistral_mixtral_orbax_to_hf`,
-`to_huggingface`'s LLAMA31 hooks), with the transforms MaxText's math implies (see models/maxtext_llama.py):
+`to_huggingface`'s LLAMA31 hooks), with the transforms MaxText's math implies (see architectures/maxtext_llama.py):
 
     token_embedder.embedding            [vocab, emb]          -> model.embed_tokens.weight
     self_attention.query.kernel         [emb, (L,) heads, hd]  -> q_proj [heads·hd, emb]: ×sqrt(hd), de-interleaved
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..architectures.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
 from ..atomic import atomic_output_dir
 from ..choices import OUTPUT_DTYPES
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
 from ..formats.safetensors_file import TensorPieces, TensorSpec
-from ..models.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import format_size, parse_size

@@ -10,16 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..architectures.rope import LLAMA3_ROPE_SCALING
 from ..errors import DistilleryError
-
-# TorchTitan's Llama 3 always uses Llama 3.1's rotary scaling ("llama" scaling of its RoPE).
-LLAMA3_ROPE_SCALING = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
 
 
 @dataclass(frozen=True)

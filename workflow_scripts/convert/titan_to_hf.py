@@ -17,20 +17,21 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..architectures.architecture import expected_weights
+from ..architectures.rope import LLAMA3_ROPE_SCALING
 from ..atomic import atomic_output_dir
 from ..choices import OUTPUT_DTYPES
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.dcp import TitanCheckpoint
 from ..formats.safetensors_file import TensorSpec
-from ..models.architecture import expected_weights
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import parse_size
 from ..vllm_models import ARCHITECTURES, require_registered_architecture
 from . import titan_names as names
 from .model_files import copy_model_files
-from .titan_flavors import LLAMA3_ROPE_SCALING, check_family, find_flavor, hf_config_from_args
+from .titan_flavors import check_family, find_flavor, hf_config_from_args
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def _check_column(job: KdJob, footer) -> None:
         raise DistilleryError(f"has no id column {job.prompt.id_column!r}", footer.path)
 
 
-def plan_chunks(job: KdJob, copies: LocalCopies = IN_PLACE) -> tuple[list[Chunk], list[dict]]:
+def split_into_chunks(job: KdJob, copies: LocalCopies = IN_PLACE) -> tuple[list[Chunk], list[dict]]:
     local_files, root = list_parquet_files(copies.local_dataset(job))
     chunks, described = [], []
     parts: dict[str, str] = {}
@@ -79,7 +79,7 @@ def plan_chunks(job: KdJob, copies: LocalCopies = IN_PLACE) -> tuple[list[Chunk]
 
 
 def write_manifest(job: KdJob, job_settings: dict, output: Path, copies: LocalCopies = IN_PLACE) -> dict:
-    chunks, files = plan_chunks(job, copies)
+    chunks, files = split_into_chunks(job, copies)
     manifest = {
         "version": MANIFEST_VERSION,
         "job": job.name,

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..architectures.architecture import load_config
 from ..errors import DistilleryError, first_line
-from ..models.architecture import load_config
 
 
 def build_meta_model(folder: str | Path, trust_remote_code: bool = False) -> nn.Module:

@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..architectures.maxtext_llama import MaxTextLlamaMath
+from ..architectures.rope import LLAMA3_ROPE_SCALING
 from ..formats.maxtext import MaxTextCheckpoint
-from ..models.maxtext_llama import LLAMA31_ROPE_SCALING, MaxTextLlamaMath
 
 
 def _timescale(head_dim: int, theta: float, llama31: bool):
@@ -35,9 +36,9 @@ def _llama31_scaled(freq):
     """LLaMARotaryEmbedding._apply_scaling_factor, vectorised."""
     import jax.numpy as jnp
 
-    factor = LLAMA31_ROPE_SCALING["factor"]
-    low, high = LLAMA31_ROPE_SCALING["low_freq_factor"], LLAMA31_ROPE_SCALING["high_freq_factor"]
-    old_context = LLAMA31_ROPE_SCALING["original_max_position_embeddings"]
+    factor = LLAMA3_ROPE_SCALING["factor"]
+    low, high = LLAMA3_ROPE_SCALING["low_freq_factor"], LLAMA3_ROPE_SCALING["high_freq_factor"]
+    old_context = LLAMA3_ROPE_SCALING["original_max_position_embeddings"]
     wavelen = 2 * jnp.pi / freq
     smooth = (old_context / wavelen - low) / (high - low)
     bigger = jnp.where(wavelen > old_context / low, freq / factor, (1 - smooth) * freq / factor + smooth * freq)

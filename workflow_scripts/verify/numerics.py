@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..architectures.architecture import load_config
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
 from ..formats.dcp import is_titan_checkpoint
 from ..formats.maxtext import looks_like_orbax
-from ..models.architecture import load_config
 from .report import FAIL, PASS, SKIP, Check
 
 DEFAULT_PROBE_PROMPTS = (

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from ..architectures.architecture import expected_weights, load_config
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint, safetensors_file
 from ..formats.hf_checkpoint import HFCheckpoint
-from ..models.architecture import expected_weights, load_config
 from ..sizes import format_size
 from .report import FAIL, PASS, SKIP, WARN, Check
 

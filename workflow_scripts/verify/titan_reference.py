@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from ..architectures.architecture import load_config
 from ..convert import titan_names
 from ..errors import DistilleryError
 from ..formats.dcp import TitanCheckpoint
-from ..models.architecture import load_config
 
 # The rotary cache covers the probe prompts; a model's full context (131072 for Llama 3) would only cost memory.
 _MAX_PROBE_POSITIONS = 4096

@@ -22,7 +22,7 @@ _UNSET_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(frozen=True)
-class KdPlan:
+class KdJobWiring:
     name: str
     model_path: str  # what the engine loads
     model_input: str | None  # a file target or existing folder Snakemake tracks, if any
@@ -36,7 +36,7 @@ class KdPlan:
     settings_hash: str
 
 
-def manifest_is_current(manifest_path: str, plan: KdPlan) -> bool:
+def manifest_is_current(manifest_path: str, plan: KdJobWiring) -> bool:
     """Whether an existing manifest already lists this job's local files with these settings.
 
     Then the workflow reads it directly instead of through the Snakemake checkpoint, whose re-evaluation costs
@@ -151,7 +151,7 @@ def _settings_hash(flags: str) -> str:
     return job_from_args(parser.parse_args(shlex.split(flags))).settings_hash()
 
 
-def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datasets: dict[str, str]) -> dict:
+def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datasets: dict[str, str]) -> dict:
     """`model_dirs`: the HF folder of each workflow model; `built_datasets`: folders the workflow writes itself."""
     plans = {}
     for name, entry in jobs.items():
@@ -169,7 +169,7 @@ def plan_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             parallel = engine["tensor_parallel_size"] * engine["pipeline_parallel_size"]
             gpus = parallel if engine["kind"] in ("vllm", "auto") else 0
         flags = _flags(name, entry, model_path, dataset)
-        plans[name] = KdPlan(
+        plans[name] = KdJobWiring(
             name=name,
             model_path=model_path,
             model_input=model_input,

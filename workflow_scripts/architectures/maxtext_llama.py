@@ -23,16 +23,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
+from .rope import LLAMA3_ROPE_SCALING
 
 ROPE_TYPES = ("default", "llama3.1")
-# LLaMARotaryEmbedding._apply_scaling_factor, as HF's `llama3` rope type names the same constants.
-LLAMA31_ROPE_SCALING = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
 
 
 @dataclass(frozen=True)
@@ -165,7 +158,7 @@ def hf_config(math: MaxTextLlamaMath, dtype: str) -> dict:
         rms_norm_eps=size.rms_norm_eps,
         max_position_embeddings=size.max_position_embeddings,
         rope_theta=size.rope_theta,
-        rope_scaling=dict(LLAMA31_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
+        rope_scaling=dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
         hidden_act="silu",
         attention_bias=False,
         mlp_bias=False,

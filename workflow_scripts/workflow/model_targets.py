@@ -20,7 +20,7 @@ from ..formats.deepspeed_steps import list_step_folders, step_of
 
 
 @dataclass(frozen=True)
-class ModelPlan:
+class ModelTarget:
     name: str
     format: str  # hf | deepspeed | maxtext | titan
     source: (
@@ -35,29 +35,29 @@ def _step_folders(run: Path) -> dict[int, Path]:
     return {step_of(folder): folder for folder in list_step_folders(run)}
 
 
-def plan_models(models: dict[str, dict]) -> dict[str, ModelPlan]:
-    plans: dict[str, ModelPlan] = {}
+def model_targets(models: dict[str, dict]) -> dict[str, ModelTarget]:
+    plans: dict[str, ModelTarget] = {}
     for name, settings in models.items():
         source = settings["source"]
         if source["format"] == "maxtext":
             from ..formats.maxtext import FULL_STATE, checkpoint_kind
 
             full_state = checkpoint_kind(source["path"]) == FULL_STATE
-            plans[name] = ModelPlan(name, "maxtext", source["path"], settings, full_state=full_state)
+            plans[name] = ModelTarget(name, "maxtext", source["path"], settings, full_state=full_state)
             continue
         if source["format"] != "deepspeed":
-            plans[name] = ModelPlan(name, source["format"], source["path"], settings)
+            plans[name] = ModelTarget(name, source["format"], source["path"], settings)
             continue
         run = Path(source["path"])
         steps = _step_folders(run)
         wanted = source.get("step", "latest")
         if not steps:
             # A single checkpoint folder (with `latest`) rather than a run: consolidate resolves it.
-            plans[name] = ModelPlan(name, "deepspeed", str(run), settings)
+            plans[name] = ModelTarget(name, "deepspeed", str(run), settings)
             continue
         if wanted == "latest":
             step = max(steps)
-            plans[name] = ModelPlan(name, "deepspeed", str(steps[step]), settings, step)
+            plans[name] = ModelTarget(name, "deepspeed", str(steps[step]), settings, step)
             continue
         chosen = (
             sorted(steps) if wanted == "all" else [int(s) for s in ([wanted] if isinstance(wanted, int) else wanted)]
@@ -70,13 +70,13 @@ def plan_models(models: dict[str, dict]) -> dict[str, ModelPlan]:
                 f"available: {sorted(steps)}",
             )
         for step in chosen:
-            plans[f"{name}_step_{step}"] = ModelPlan(
+            plans[f"{name}_step_{step}"] = ModelTarget(
                 f"{name}_step_{step}", "deepspeed", str(steps[step]), settings, step
             )
     return plans
 
 
-def names_regex(plans: dict[str, ModelPlan], format: str, full_state: bool | None = None) -> str:
+def names_regex(plans: dict[str, ModelTarget], format: str, full_state: bool | None = None) -> str:
     """A wildcard constraint matching exactly the models of one format (never empty, so it stays valid)."""
     names = [re.escape(name) for name, plan in plans.items()
              if plan.format == format and (full_state is None or plan.full_state == full_state)]  # fmt: skip
