@@ -129,7 +129,8 @@ def run_server(
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    from .engines.openai_engine import http_module, server_root
+    from .engines.openai_engine import server_root
+    from .engines.openai_http import http_module
 
     http = http_module()
     deadline = time.monotonic() + timeout_s
@@ -154,14 +155,9 @@ class Check:
 
 def check_server(base_url: str | None, api_key: str | None = None, model: str | None = None) -> list[Check]:
     """Answers, logprobs present, prefix caching on; each failure worded with what to do."""
-    from .engines.openai_engine import (
-        connection_diagnostic,
-        http_error_message,
-        http_module,
-        parse_prefix_cache_metrics,
-        resolve_base_url,
-        server_root,
-    )
+    from .engines.openai_engine import parse_prefix_cache_metrics, resolve_base_url, server_root
+    from .engines.openai_http import completion_choices, connection_diagnostic, decode_json, http_error_message
+    from .engines.openai_http import http_module
 
     http = http_module()
     url = resolve_base_url(base_url)
@@ -195,8 +191,8 @@ def check_server(base_url: str | None, api_key: str | None = None, model: str | 
 
         body = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "logprobs": MAX_LOGPROBS, "temperature": 0}
         try:
-            reply = call("POST", "/completions", body).json()
-            top = (reply["choices"][0].get("logprobs") or {}).get("top_logprobs") or []
+            choices = completion_choices(f"{url}/completions", decode_json(url, call("POST", "/completions", body)))
+            top = (choices[0].get("logprobs") or {}).get("top_logprobs") or [] if choices else []
             count = len(top[-1]) if top and top[-1] else 0
             # A server whose --max-logprobs is below MAX_LOGPROBS refuses the request (400, handled below). An answer
             # may still list fewer entries: top_logprobs is keyed by token text, and tokens that decode to the same
