@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLAIMS = REPO / "config" / "icm" / "tiny-claims.jsonl"
 NOT_JSON = (200, "application/json", b"<html>502 Bad Gateway</html>")
 NO_CHOICES = (200, "application/json", b'{"object": "text_completion", "usage": {}}')
+BUSY = (503, "application/json", b'{"error": {"message": "busy"}}')
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_20000_requests_to_a_flaky_server_each_give_their_result_exactly_once(fl
 
 
 def test_after_the_last_retry_one_line_names_the_url_and_the_error():
-    with FlakyServer(faults=False, completions_reply=(503, "application/json", b'{"error": {"message": "busy"}}')) as server:
+    with FlakyServer(faults=False, completions_reply=BUSY) as server:
         engine = engine_for(server.url, max_retries=2)
         try:
             with pytest.raises(DistilleryError) as raised:
@@ -99,7 +100,7 @@ def test_icm_and_generate_on_a_server_without_completions_fail_in_one_line(run_c
         icm = run_cli("icm", "--data", CLAIMS, "--engine", "openai", "--base-url", server.url, "--tokenizer", model,
                       "--K", "2", "--batch-size", "6", "--output-dir", tmp_path / "icm")  # fmt: skip
         generate = run_cli("generate", "--engine", "openai", "--base-url", server.url, "--model-path", model,
-                           "--dataset", tmp_path / "data", "--max-tokens", "2", "--output-dir", tmp_path / "kd")  # fmt: skip
+                           "--dataset", tmp_path / "data", "--output-dir", tmp_path / "kd")  # fmt: skip
     for result, command in ((icm, "icm"), (generate, "generate")):
         assert result.exit_code == 1 and "Traceback" not in result.stderr
         errors = [line for line in result.stderr.split("\n") if "error:" in line]  # not the progress bar's

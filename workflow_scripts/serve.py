@@ -156,8 +156,13 @@ class Check:
 def check_server(base_url: str | None, api_key: str | None = None, model: str | None = None) -> list[Check]:
     """Answers, logprobs present, prefix caching on; each failure worded with what to do."""
     from .engines.openai_engine import parse_prefix_cache_metrics, resolve_base_url, server_root
-    from .engines.openai_http import completion_choices, connection_diagnostic, decode_json, http_error_message
-    from .engines.openai_http import http_module
+    from .engines.openai_http import (
+        completion_choices,
+        connection_diagnostic,
+        decode_json,
+        http_error_message,
+        http_module,
+    )
 
     http = http_module()
     url = resolve_base_url(base_url)

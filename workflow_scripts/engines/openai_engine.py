@@ -286,4 +286,3 @@ class OpenAIEngine:
         except DistilleryError:
             return None
         return parse_prefix_cache_metrics(text) if isinstance(text, str) else None
-

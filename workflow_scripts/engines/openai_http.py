@@ -190,8 +190,7 @@ def decode_json(url: str, response):
         return response.json()
     except ValueError:
         raise DistilleryError(
-            f"{url}: the server answered {response.status_code} with a body that is not JSON "
-            f"({response.text[:80]!r})",
+            f"{url}: the server answered {response.status_code} with a body that is not JSON ({response.text[:80]!r})",
             hint="check that the base URL is an OpenAI-compatible API (it should end in /v1)",
         ) from None
 
