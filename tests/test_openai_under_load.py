@@ -128,3 +128,57 @@ def test_httpx2_without_httpcore2_falls_back_to_httpx(flaky):
     assert run.stdout.split()[:2] == ["50", "httpx"]
     assert "httpx2 cannot send requests" in run.stderr
     assert "engine openai: HTTP client httpx " in run.stderr
+
+
+REQUEST_SETTINGS = {"max_concurrency": "--max-concurrency", "max_retries": "--max-retries",
+                    "request_timeout_s": "--request-timeout"}  # fmt: skip
+
+
+def schema_defaults(node, key: str) -> list:
+    """Every default the config schema gives `key`, wherever it is defined."""
+    found = []
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if name == key and isinstance(value, dict) and "default" in value:
+                found.append(value["default"])
+            found += schema_defaults(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            found += schema_defaults(value, key)
+    return found
+
+
+def test_requests_in_flight_timeout_and_retries_have_one_default_everywhere():
+    import yaml
+
+    from workflow_scripts.cli import build_parser
+
+    schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
+    parser = build_parser()
+    icm = parser.parse_args(["icm", "--data", "d.json", "--output-dir", "out"])
+    generate = parser.parse_args(["generate", "--output-dir", "out"])
+    for key, flag in REQUEST_SETTINGS.items():
+        default = getattr(EngineSettings, key)
+        assert schema_defaults(schema, key) == [default, default], key  # kd engine, icm server
+        assert getattr(icm, key) == default and getattr(generate, key) == default, flag
+
+
+def test_the_workflow_passes_request_settings_to_kd_and_icm_jobs():
+    import yaml
+    from snakemake.utils import validate
+
+    from workflow_scripts.workflow import icm_jobs
+    from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
+
+    chosen = {"max_concurrency": 8, "max_retries": 9, "request_timeout_s": 30}
+    expected = [f"{REQUEST_SETTINGS[key]} {value}" for key, value in chosen.items()]
+    config = yaml.safe_load((REPO / "config/examples/kd-llama3.1-1b.yaml").read_text())
+    job = next(iter(config["kd"].values()))
+    job["model"], job["tokenizer"], job["dataset"]["path"] = "/models/m", "/models/m", "/data/d"
+    job.setdefault("engine", {}).update(kind="openai", base_url="http://gpu:8000/v1", **chosen)
+    validate(config, str(REPO / "config/schema/config.schema.yaml"))
+    kd_flags = next(iter(plan_kd_jobs(config["kd"], {}, {}).values())).flags
+    icm = {"jobs": {"j": {"model": "m", "data": {"path": "d"}, "engine": "openai", "server": chosen}}}
+    icm_flags = icm_jobs.icm_flags(icm_jobs.job_settings(icm, "j"))
+    for pair in expected:
+        assert pair in kd_flags and pair in icm_flags, pair
