@@ -9,6 +9,7 @@ it is stopped itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -96,10 +97,20 @@ def vllm_command(arguments: list[str]) -> list[str]:
             "serve", *arguments]  # fmt: skip
 
 
+def require_vllm() -> None:
+    """Refuse, in one line, to start a server where vLLM is missing (its child would print a traceback)."""
+    if shutil.which("vllm") is None and importlib.util.find_spec("vllm") is None:
+        raise DistilleryError(
+            f"vLLM is not installed for {sys.executable} (no `vllm` on PATH either)",
+            hint='pip install "distillery[vllm]" on a GPU machine, or point the openai engine at a running server',
+        )
+
+
 def run_server(
     settings: ServerSettings, presets: dict[str, dict], url_file: Path | None, start_timeout_s: float
 ) -> int:
     """Start vLLM, wait until it answers, publish its URL, and stay until vLLM exits or we are told to stop."""
+    require_vllm()
     command = vllm_command(serve_arguments(settings, presets))
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{host}:{settings.port}/v1"
