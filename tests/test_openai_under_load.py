@@ -182,3 +182,15 @@ def test_the_workflow_passes_request_settings_to_kd_and_icm_jobs():
     icm_flags = icm_jobs.icm_flags(icm_jobs.job_settings(icm, "j"))
     for pair in expected:
         assert pair in kd_flags and pair in icm_flags, pair
+
+
+def test_the_load_benchmark_core_checks_every_result_against_the_stub_server(flaky):
+    """benchmarks/openai_load.py's measurement (the GPU run's core) on the CPU: the engine completes every
+    request through the faults, the plain loop without retries counts its failures."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import openai_load
+
+    rows = openai_load.measure(flaky.url, "stub-model", requests=400, concurrency=16, max_tokens=2)
+    engine, plain = rows["distillery openai engine"], rows["plain client loop (anchor)"]
+    assert engine["every_result_once"] and engine["requests"] == 400 and engine["retries"] > 0
+    assert not plain["every_result_once"] and plain["failed"] > 0
