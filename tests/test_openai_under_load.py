@@ -3,6 +3,7 @@ that are not HTTP, bodies that are not completions; and with httpx2 present but 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,8 @@ CLAIMS = REPO / "config" / "icm" / "tiny-claims.jsonl"
 NOT_JSON = (200, "application/json", b"<html>502 Bad Gateway</html>")
 NO_CHOICES = (200, "application/json", b'{"object": "text_completion", "usage": {}}')
 BUSY = (503, "application/json", b'{"error": {"message": "busy"}}')
+# 20,000 in CI (about a minute on 2 idle cores); fewer where the machine is shared with other work.
+LOAD_REQUESTS = int(os.environ.get("DISTILLERY_LOAD_REQUESTS", 20_000))
 
 
 @pytest.fixture
@@ -39,12 +42,13 @@ def engine_for(url: str, **settings) -> OpenAIEngine:
 def test_20000_requests_to_a_flaky_server_each_give_their_result_exactly_once(flaky):
     """10,000 generations (KD: one request per prompt) and 10,000 scorings sent one prompt per request (ICM as it
     failed on the H200), while 5% of the requests are dropped, refused with 500 or 429, or answered with garbage."""
+    half = LOAD_REQUESTS // 2
     engine = engine_for(flaky.url, max_concurrency=32, prompts_per_request=1)
     try:
-        prompts = {str(i): [i, i % 7, 3] for i in range(10_000)}
+        prompts = {str(i): [i, i % 7, 3] for i in range(half)}
         requests = (GenerationRequest(rid, prompt, seed=int(rid)) for rid, prompt in prompts.items())
         results = list(engine.generate(requests, SamplingSettings(max_tokens=2)))
-        scoring = [[i, 1] for i in range(10_000)]
+        scoring = [[i, 1] for i in range(half)]
         candidates = engine.next_token_logprobs(scoring, top_k=2)
     finally:
         engine.close()
@@ -53,7 +57,7 @@ def test_20000_requests_to_a_flaky_server_each_give_their_result_exactly_once(fl
         assert result.completions[0].token_ids == expected_choice(prompts[result.request_id])["token_ids"]
     assert [best[0].text for best in candidates] == [f"s{sum(prompt)}" for prompt in scoring]
     assert set(flaky.faults_served) == {"drop", "500", "429", "garbage", "truncated"}
-    assert sum(flaky.faults_served.values()) >= 900
+    assert sum(flaky.faults_served.values()) >= LOAD_REQUESTS * 0.045
 
 
 def test_after_the_last_retry_one_line_names_the_url_and_the_error():
