@@ -72,6 +72,17 @@ def test_after_the_last_retry_one_line_names_the_url_and_the_error():
     assert server.arrivals == 1 + 3  # /models, then the request and its two retries
 
 
+def test_a_request_without_an_answer_in_time_is_sent_again():
+    with FlakyServer(faults=False, stall_first=1) as server:
+        engine = engine_for(server.url, request_timeout_s=0.5)
+        try:
+            results = list(engine.generate([GenerationRequest("a", [1, 2], 0)], SamplingSettings(max_tokens=1)))
+        finally:
+            engine.close()
+    assert results[0].completions[0].token_ids == expected_choice([1, 2])["token_ids"]
+    assert server.arrivals == 1 + 2 and server.stalls_left == 0  # /models, the stalled request, its retry
+
+
 @pytest.mark.parametrize("reply", [NOT_JSON, NO_CHOICES], ids=["not-json", "no-choices"])
 def test_a_200_that_is_not_a_completions_body_is_one_error_for_generation_and_scoring(reply):
     with FlakyServer(faults=False, completions_reply=reply) as server:

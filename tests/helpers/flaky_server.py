@@ -4,7 +4,8 @@ It answers `GET /v1/models` and `POST /v1/completions` (token-id prompts, single
 them) with bodies computed from each prompt, so a test can tell which request a result answers: `expected_choice`
 says what a prompt's choice must be. With `faults=True` some requests, picked by their arrival number, are not
 answered properly: the connection is dropped, the answer is a 500 or a 429 (Retry-After: 0), the bytes sent are
-not HTTP, or a 200's body is cut short. `completions_reply` replaces every completions answer by a fixed
+not HTTP, or a 200's body is cut short. `stall_first=N` leaves the first N completions requests unanswered for
+STALL_S (a client's timeout must fire). `completions_reply` replaces every completions answer by a fixed
 (status, content type, body), e.g. a 200 that is not JSON.
 
 It binds 127.0.0.1 only, on a free port, and runs in its own thread and event loop; `with FlakyServer() as server`
@@ -21,6 +22,7 @@ import threading
 MAX_REQUESTS_PER_CONNECTION = 1000
 IDLE_S = 30.0
 MAX_BODY_BYTES = 1 << 20
+STALL_S = 3.0
 # By arrival number modulo 100: 5% of the requests fail, each way once in a hundred.
 FAULTS = {7: "drop", 23: "500", 41: "429", 59: "garbage", 83: "truncated"}
 MODEL = "stub-model"
@@ -53,8 +55,11 @@ def http_response(status: int, body: bytes, content_type: str = "application/jso
 
 
 class FlakyServer:
-    def __init__(self, faults: bool = True, completions_reply: tuple[int, str, bytes] | None = None) -> None:
+    def __init__(
+        self, faults: bool = True, completions_reply: tuple[int, str, bytes] | None = None, stall_first: int = 0
+    ) -> None:
         self.faults = faults
+        self.stalls_left = stall_first
         self.completions_reply = completions_reply
         self.arrivals = 0
         self.faults_served: dict[str, int] = {}
@@ -122,6 +127,10 @@ class FlakyServer:
         if fault:
             self.faults_served[fault] = self.faults_served.get(fault, 0) + 1
             return await self._misbehave(writer, fault)
+        if path == "/v1/completions" and self.stalls_left > 0:
+            self.stalls_left -= 1
+            await asyncio.sleep(STALL_S)
+            return False
         if (method, path) == ("GET", "/v1/models"):
             payload = http_response(200, json.dumps({"object": "list", "data": [{"id": MODEL}]}).encode())
         elif (method, path) == ("POST", "/v1/completions") and self.completions_reply:
