@@ -25,7 +25,8 @@ CLAIMS = REPO / "config" / "icm" / "tiny-claims.jsonl"
 NOT_JSON = (200, "application/json", b"<html>502 Bad Gateway</html>")
 NO_CHOICES = (200, "application/json", b'{"object": "text_completion", "usage": {}}')
 BUSY = (503, "application/json", b'{"error": {"message": "busy"}}')
-# 20,000 in CI (about a minute on 2 idle cores); fewer where the machine is shared with other work.
+# 20,000 by default: 49 s of CPU time (client and server share one interpreter), 170 s of wall time on a 2-core
+# machine shared with other work. DISTILLERY_LOAD_REQUESTS sends fewer where that is too long.
 LOAD_REQUESTS = int(os.environ.get("DISTILLERY_LOAD_REQUESTS", 20_000))
 
 
