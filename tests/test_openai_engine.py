@@ -133,7 +133,7 @@ def test_a_refused_first_connection_is_reported_at_once_not_retried():
     started = time.monotonic()
     with pytest.raises(DistilleryError, match="cannot connect to"):
         OpenAIEngine(EngineSettings(kind="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=5))
-    assert time.monotonic() - started < 1  # backoff would take 31 s
+    assert time.monotonic() - started < 5  # the backoff of 5 retries would take 31 s
 
 
 def test_rate_limit_applies_only_to_external_apis(replay):
