@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
-from .engines.base import ENGINE_KINDS
+from .engines.base import ENGINE_KINDS, add_request_flags, request_settings
 from .errors import DistilleryError
 from .icm.data import FORMATS as ICM_FORMATS
 from .kd.commands import add_kd_commands
@@ -532,7 +532,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser, default_engine: str = "au
     group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key (OPENAI_API_KEY)")
     group.add_argument("--served-model-name", help="the model's name on the server (default: the server's first)")
     group.add_argument("--requests-per-minute", type=float, help="rate limit for external APIs (never self-hosted)")
-    group.add_argument("--max-concurrency", type=int, default=64, help="requests in flight to a server (64)")
+    add_request_flags(group)
     group.add_argument(
         "--self-hosted",
         action=argparse.BooleanOptionalAction,
@@ -563,8 +563,8 @@ def _engine_settings(args: argparse.Namespace):
         api_key=os.environ.get(args.api_key_env) or None,
         served_model_name=args.served_model_name,
         requests_per_minute=args.requests_per_minute,
-        max_concurrency=args.max_concurrency,
         self_hosted=args.self_hosted,
+        **request_settings(args),
     )
 
 

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings
+from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings, add_request_flags, request_settings
 from ..errors import DistilleryError
 from .local_copies import LocalCopies
 from .settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
@@ -59,7 +59,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--enforce-eager", action="store_true")
     model.add_argument("--base-url", default=None, help="OpenAI-compatible server (engine openai)")
     model.add_argument("--served-model-name", default=None)
-    model.add_argument("--max-concurrency", type=int, default=64)
+    add_request_flags(model)
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("-n", "--num-samples", type=int, default=1, help="completions per row")
@@ -117,7 +117,7 @@ def job_from_args(args: argparse.Namespace) -> KdJob:
             seed=args.seed,
             base_url=args.base_url,
             served_model_name=args.served_model_name,
-            max_concurrency=args.max_concurrency,
+            **request_settings(args),
         ),
         seed=args.seed,
         chunk_rows=args.chunk_rows,
