@@ -131,7 +131,7 @@ def print_table(rows: dict[str, dict]) -> None:
 def start_server(work: Path):
     import subprocess
 
-    from workflow_scripts.models.tiny import TinyModelSpec, build_tiny_icm_model
+    from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_icm_model
     from workflow_scripts.serve import vllm_command, wait_until_healthy
 
     model = work / "tiny-llama"

@@ -107,8 +107,8 @@ def test_check_server_reports_a_200_that_is_not_a_completions_body(reply, run_cl
 
 
 def test_icm_and_generate_on_a_server_without_completions_fail_in_one_line(run_cli, tiny_model_store, tmp_path):
+    from workflow_scripts.architectures.tiny import build_tiny_icm_model
     from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
-    from workflow_scripts.models.tiny import build_tiny_icm_model
 
     model = build_tiny_icm_model(tmp_path / "icm-model")
     write_tiny_dataset(tmp_path / "data", files=1, rows=4, row_group_rows=4)
@@ -184,7 +184,7 @@ def test_the_workflow_passes_request_settings_to_kd_and_icm_jobs():
     from snakemake.utils import validate
 
     from workflow_scripts.workflow import icm_jobs
-    from workflow_scripts.workflow.kd_jobs import plan_kd_jobs
+    from workflow_scripts.workflow.kd_jobs import wire_kd_jobs
 
     chosen = {"max_concurrency": 8, "max_retries": 9, "request_timeout_s": 30}
     expected = [f"{REQUEST_SETTINGS[key]} {value}" for key, value in chosen.items()]
@@ -193,7 +193,7 @@ def test_the_workflow_passes_request_settings_to_kd_and_icm_jobs():
     job["model"], job["tokenizer"], job["dataset"]["path"] = "/models/m", "/models/m", "/data/d"
     job.setdefault("engine", {}).update(kind="openai", base_url="http://gpu:8000/v1", **chosen)
     validate(config, str(REPO / "config/schema/config.schema.yaml"))
-    kd_flags = next(iter(plan_kd_jobs(config["kd"], {}, {}).values())).flags
+    kd_flags = next(iter(wire_kd_jobs(config["kd"], {}, {}).values())).flags
     icm = {"jobs": {"j": {"model": "m", "data": {"path": "d"}, "engine": "openai", "server": chosen}}}
     icm_flags = icm_jobs.icm_flags(icm_jobs.job_settings(icm, "j"))
     for pair in expected:
