@@ -7,21 +7,22 @@ import glob
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import DistilleryError
+from .output_guard import check_output
 
 
 @contextlib.contextmanager
-def atomic_output_dir(output: Path, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(output: Path, force: bool = False, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield an empty staging folder on the same file system; on success it replaces `output`.
 
+    `inputs` are what the command reads: an output that is, contains or lies inside one is refused, and
+    `force` replaces only an earlier output of distillery or an empty folder (output_guard.py).
     On any error (or a kill) the staging folder is removed or left hidden, and `output` is untouched.
     """
     output = Path(output)
-    if output.exists() and not force:
-        raise DistilleryError("output already exists", output, "pass --force to replace it")
+    check_output(output, inputs, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(output)
     staging = output.parent / f".{output.name}.partial-{_this_process()}"

@@ -23,6 +23,7 @@ from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
 from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
 from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
 from ..models.architecture import expected_weights, load_config, read_config_json, tied_weights
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import describe_source_files, write_provenance
 from ..sizes import format_size, parse_size
@@ -66,10 +67,9 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
         raise DistilleryError(f"unknown weights format {options.weights_format!r}")
     max_shard_bytes = parse_size(options.max_shard_size)
     input_type = "deepspeed" if options.checkpoint_dir else _resolve_input_type(options.input_type, options.input)
-    if options.output.exists() and not options.force:
-        raise DistilleryError("output already exists", options.output, "pass --force to replace it")
-
     base_model = resolve_base_model(options.base_model_name)
+    inputs = (options.input, options.checkpoint_dir, base_model)
+    check_output(options.output, inputs, options.force)
     checkpoint, files_folder, source_details = _open_source(options, input_type)
     config_folder = _config_folder(files_folder, base_model)
     config = load_config(config_folder)
@@ -90,7 +90,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
 
     sources = {spec.name: source for spec, source in plan}
     with (
-        atomic_output_dir(options.output, force=options.force) as staging,
+        atomic_output_dir(options.output, options.force, inputs) as staging,
         progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="consolidate") as bar,
     ):
 

@@ -24,6 +24,7 @@ from ..formats import hf_writer
 from ..formats.dcp import TitanCheckpoint
 from ..formats.safetensors_file import TensorSpec
 from ..models.architecture import expected_weights
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import parse_size
@@ -228,8 +229,8 @@ class _SourceCache:
 def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
     if options.dtype not in OUTPUT_DTYPES:
         raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
-    if options.output.exists() and not options.force:
-        raise DistilleryError("output already exists", options.output, "pass --force to replace it")
+    inputs = (options.input, options.config, options.tokenizer)
+    check_output(options.output, inputs, options.force)
     max_shard_bytes = parse_size(options.max_shard_size)
     checkpoint = TitanCheckpoint(options.input)
     layout = names.detect_layout(checkpoint.tensors, options.input)
@@ -247,7 +248,7 @@ def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
     log.info("%s: %s, %d tensors, config from %s", options.input, layout.describe, len(plan), config_source)
 
     with (
-        atomic_output_dir(options.output, force=options.force) as staging,
+        atomic_output_dir(options.output, options.force, inputs) as staging,
         progress_bar(total=len(specs), desc="titan-to-hf") as bar,
     ):
 
