@@ -66,7 +66,8 @@ def test_output_symlink_pointing_outside_the_output_dir_is_refused_as_a_symlink(
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "out" / "qwen_step_final").symlink_to(tmp_path / "elsewhere")
-    result = run_cli("batch-consolidate", "--input-dir", experiments / "ft_runs_a/qwen", "--output-dir", tmp_path / "out")
+    source = experiments / "ft_runs_a/qwen"
+    result = run_cli("batch-consolidate", "--input-dir", source, "--output-dir", tmp_path / "out")
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "is a symlink pointing outside --output-dir" in result.stderr and "template" not in result.stderr
     assert list((tmp_path / "elsewhere").iterdir()) == []

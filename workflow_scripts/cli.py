@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
 from .engines.base import ENGINE_KINDS
-from .errors import DistilleryError
+from .errors import DistilleryError, os_error_line
 from .icm.data import FORMATS as ICM_FORMATS
 from .kd.commands import add_kd_commands
 
@@ -817,6 +817,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"distillery {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the disk or the file system (full, read-only, ...), not the user's input
+        if args.debug:
+            raise
+        print(f"distillery {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"distillery {args.command}: interrupted", file=sys.stderr)

@@ -225,7 +225,7 @@ class SafetensorsWriter:
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
-            written = self._handle.write(view)
+            written = os.write(self._handle.fileno(), view)
             view = view[written:]
 
     def _copy_range(self, source: ByteRange) -> None:
@@ -236,7 +236,7 @@ class SafetensorsWriter:
                     copied = os.copy_file_range(handle.fileno(), self._handle.fileno(), remaining, offset)
                 except OSError:  # not supported between these file systems: copy through a small buffer
                     handle.seek(offset)
-                    copied = self._handle.write(handle.read(min(remaining, 64 << 20)))
+                    copied = os.write(self._handle.fileno(), handle.read(min(remaining, 64 << 20)))
                 if copied == 0:
                     raise DistilleryError("ends before the tensor it should hold (truncated)", source.path)
                 offset += copied
