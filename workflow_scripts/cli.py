@@ -19,6 +19,7 @@ from .icm.data import FORMATS as ICM_FORMATS
 from .kd.commands import add_kd_commands
 
 log = logging.getLogger("distillery")
+ALLOW_OVERFLOW_HELP = "clamp values beyond --dtype's range to its largest value (default: refuse them)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,7 @@ def _add_conversion_flags(parser: argparse.ArgumentParser) -> None:
         "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
     )
     parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
+    parser.add_argument("--allow-overflow", action="store_true", help=ALLOW_OVERFLOW_HELP)
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
     fmt.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
@@ -71,6 +73,7 @@ def _conversion_options(args: argparse.Namespace, **paths):
         base_model_name=args.base_model_name,
         validate_vllm=args.validate_vllm,
         trust_pickle=args.trust_pickle,
+        allow_overflow=args.allow_overflow,
         command=["distillery", *args.argv],
         **paths,
     )

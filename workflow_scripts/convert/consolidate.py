@@ -47,6 +47,7 @@ class ConsolidateOptions:
     checkpoint_dir: Path | None = None  # DeepSpeed: this checkpoint folder, not the latest of the run
     tag: str | None = None  # DeepSpeed: global_stepN instead of what `latest` names
     trust_pickle: bool = False
+    allow_overflow: bool = False  # clamp values beyond --dtype's range instead of refusing them
     command: list[str] = field(default_factory=list)
 
 
@@ -100,8 +101,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
                 if source.dtype == spec.dtype:
                     return list(source.byte_ranges)
                 return ConvertedRange(source.byte_ranges, source.dtype)
-            tensor = source.load()
-            return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+            return source.load()  # cast by write_weights, which checks the values
 
         files = hf_writer.write_weights(
             staging,
@@ -110,6 +110,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
             max_shard_bytes,
             options.weights_format,
             progress=lambda spec: bar.update(spec.nbytes),
+            allow_overflow=options.allow_overflow,
         )
         copy_model_files(files_folder, staging, base_model)
         _write_config(config_folder / "config.json", staging / "config.json", options, target_dtype)

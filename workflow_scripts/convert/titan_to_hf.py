@@ -253,8 +253,7 @@ def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
     ):
 
         def produce(spec: TensorSpec) -> torch.Tensor:
-            tensor = sources.tensor(by_name[spec.name])
-            return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+            return sources.tensor(by_name[spec.name])  # cast by write_weights, which checks the values
 
         files = hf_writer.write_weights(
             staging, specs, produce, max_shard_bytes, "safetensors", progress=lambda spec: bar.update(1)
