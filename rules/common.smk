@@ -6,7 +6,11 @@ from pathlib import Path
 from workflow_scripts.kd.manifest import load_manifest
 from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
-from workflow_scripts.workflow.kd_jobs import manifest_is_current, plan_kd_jobs
+from workflow_scripts.workflow.kd_jobs import (
+    check_teachers,
+    manifest_is_current,
+    plan_kd_jobs,
+)
 from workflow_scripts.workflow.models import names_regex, plan_models
 
 RESULTS = config["results"]
@@ -222,6 +226,7 @@ KD_JOBS = plan_kd_jobs(
     {model: hf_model_dir(model) for model in MODELS},
     BUILT_DATASETS,
 )
+check_teachers(KD_JOBS, config.get("kd", {}), MODELS)
 
 # Each job name matches the dataset step of its own output format only; "(?!)" matches no name at all.
 KD_JOBS_BY_FORMAT = {

@@ -65,3 +65,14 @@ def test_yaml_syntax_error_names_the_file_and_the_line(repository, tmp_path):
         f"config {config}, line 4: not valid YAML: expected ',' or '}}', but got ':' "
         "(while parsing a flow mapping that starts on line 3); fix the YAML syntax there"
     ]
+
+
+def test_kd_job_whose_model_does_not_exist_fails_at_planning(repository, tmp_path):
+    job = {"model": "tiny-lama", "dataset": {"path": "data/*.parquet"}}
+    config = write_yaml(tmp_path / "my.yaml", {**ONE_MODEL, "kd": {"web": job}})
+    result = snakemake_in(repository, "-n", "--configfile", str(config))
+    assert result.returncode == 1
+    assert error_lines(result) == [
+        "kd job 'web': model 'tiny-lama' is neither a model of this workflow nor a folder; "
+        "use one of m or an HF model folder"
+    ]

@@ -62,6 +62,18 @@ def manifest_is_current(manifest_path: str, plan: KdPlan) -> bool:
     return all(os.stat(file).st_mtime <= written for file in files)
 
 
+def check_teachers(plans: dict[str, KdPlan], jobs: dict[str, dict], model_names) -> None:
+    """Refuse, before anything runs, a job whose teacher is neither a model of `models:` nor a folder (a served
+    model's name is fine for engine openai): found at run time, it would fail only after the jobs before it."""
+    for name, plan in plans.items():
+        if plan.model_is_built or os.path.isdir(plan.model_path) or jobs[name]["engine"]["kind"] == "openai":
+            continue
+        raise DistilleryError(
+            f"kd job {name!r}: model {plan.model_path!r} is neither a model of this workflow nor a folder",
+            hint=f"use one of {', '.join(model_names) or '(no models)'} or an HF model folder",
+        )
+
+
 def expand(value: str, where: str) -> str:
     expanded = os.path.expandvars(value)
     unset = _UNSET_VARIABLE.search(expanded)
