@@ -40,6 +40,7 @@ rule all:
     default_target: True
     input:
         all_outputs(),
+        kd_missing_chunks,
 
 
 rule models:
@@ -55,6 +56,7 @@ rule verification:
 rule kd:
     input:
         [path for job in KD_JOBS for path in kd_dataset_outputs(job)],
+        kd_missing_chunks,
 
 
 rule icm:

@@ -1,4 +1,5 @@
 # Config lookups and input functions; the rules themselves stay declarative.
+import os
 import re
 import shlex
 from pathlib import Path
@@ -350,12 +351,30 @@ def kd_chunk_files(wildcards):
         # open(): where a storage provider keeps the manifest, Snakemake fetches it first and asks again.
         with manifest.open():
             chunks = load_manifest(manifest).chunks
-    folder = f"{RESULTS}/kd/{wildcards.job}"
+    return _chunk_paths(wildcards.job, chunks)
+
+
+def _chunk_paths(job, chunks):
+    folder = f"{RESULTS}/kd/{job}"
     return [
         f"{folder}/chunks/{chunk.name}{suffix}"
         for chunk in chunks
         for suffix in (".jsonl", ".stats.json")
     ]
+
+
+def kd_missing_chunks(wildcards):
+    """Chunk files deleted beside a finished dataset, as targets of `all` and `kd`: Snakemake remakes a missing
+    file only where a target or a job that runs needs it, and the dataset itself is up to date. Only the missing
+    ones (one stat per file): every chunk a target would double the chunk lookups of planning. A job without a
+    current manifest is left to the dataset's inputs (the checkpoint)."""
+    missing = []
+    for job, plan in KD_JOBS.items():
+        path = kd_manifest_path(job)
+        if manifest_is_current(path, plan):
+            paths = _chunk_paths(job, load_manifest(path).chunks)
+            missing += [chunk for chunk in paths if not os.path.exists(chunk)]
+    return missing
 
 
 def kd_gpus(wildcards):
