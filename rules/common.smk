@@ -366,12 +366,13 @@ def _chunk_paths(job, chunks):
 def kd_missing_chunks(wildcards):
     """Chunk files deleted beside a finished dataset, as targets of `all` and `kd`: Snakemake remakes a missing
     file only where a target or a job that runs needs it, and the dataset itself is up to date. Only the missing
-    ones (one stat per file): every chunk a target would double the chunk lookups of planning. A job without a
-    current manifest is left to the dataset's inputs (the checkpoint)."""
+    ones of a finished dataset (one stat per file): every chunk a target would double the chunk lookups of
+    planning, and an unfinished dataset (or one without a current manifest) runs anyway, needing its chunks."""
     missing = []
     for job, plan in KD_JOBS.items():
         path = kd_manifest_path(job)
-        if manifest_is_current(path, plan):
+        finished = all(os.path.exists(output) for output in kd_dataset_outputs(job))
+        if finished and manifest_is_current(path, plan):
             paths = _chunk_paths(job, load_manifest(path).chunks)
             missing += [chunk for chunk in paths if not os.path.exists(chunk)]
     return missing
