@@ -1,5 +1,4 @@
 # Config lookups and input functions; the rules themselves stay declarative.
-import os
 import re
 import shlex
 from pathlib import Path
@@ -9,7 +8,9 @@ from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
 from workflow_scripts.workflow.kd_jobs import (
     check_teachers,
+    chunk_files,
     manifest_is_current,
+    missing_chunk_files,
     plan_kd_jobs,
 )
 from workflow_scripts.workflow.models import names_regex, plan_models
@@ -351,31 +352,18 @@ def kd_chunk_files(wildcards):
         # open(): where a storage provider keeps the manifest, Snakemake fetches it first and asks again.
         with manifest.open():
             chunks = load_manifest(manifest).chunks
-    return _chunk_paths(wildcards.job, chunks)
-
-
-def _chunk_paths(job, chunks):
-    folder = f"{RESULTS}/kd/{job}"
-    return [
-        f"{folder}/chunks/{chunk.name}{suffix}"
-        for chunk in chunks
-        for suffix in (".jsonl", ".stats.json")
-    ]
+    return chunk_files(f"{RESULTS}/kd/{wildcards.job}", chunks)
 
 
 def kd_missing_chunks(wildcards):
-    """Chunk files deleted beside a finished dataset, as targets of `all` and `kd`: Snakemake remakes a missing
-    file only where a target or a job that runs needs it, and the dataset itself is up to date. Only the missing
-    ones of a finished dataset (one stat per file): every chunk a target would double the chunk lookups of
-    planning, and an unfinished dataset (or one without a current manifest) runs anyway, needing its chunks."""
-    missing = []
-    for job, plan in KD_JOBS.items():
-        path = kd_manifest_path(job)
-        finished = all(os.path.exists(output) for output in kd_dataset_outputs(job))
-        if finished and manifest_is_current(path, plan):
-            paths = _chunk_paths(job, load_manifest(path).chunks)
-            missing += [chunk for chunk in paths if not os.path.exists(chunk)]
-    return missing
+    """Chunk files deleted beside a finished dataset, as targets of `all` and `kd` (see missing_chunk_files)."""
+    return [
+        path
+        for job, plan in KD_JOBS.items()
+        for path in missing_chunk_files(
+            plan, f"{RESULTS}/kd/{job}", kd_dataset_outputs(job)
+        )
+    ]
 
 
 def kd_gpus(wildcards):
