@@ -375,3 +375,45 @@ def test_an_empty_local_copy_flag_reads_the_named_paths(run_cli, model, dataset,
     chunk = load_manifest(manifest).chunks[0]
     result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk.name, "--local-model=", "--local-dataset=")
     assert result.exit_code == 0, result.stderr
+
+
+NUMERIC_GUIDE_VARIABLES = {
+    "TENSOR_PARALLEL_SIZE": ("four", "a whole number", "--tensor-parallel-size"),
+    "GEN_BATCH_SIZE": ("256.5", "a whole number", "--gen-batch-size"),
+    "MAX_TARGET_LENGTH": ("2k", "a whole number", "--max-target-length"),
+    "TEMPERATURE": ("warm", "a number", "--temperature"),
+    "TOP_P": ("0,95", "a number", "--top-p"),
+}
+
+
+@pytest.mark.parametrize("variable", sorted(NUMERIC_GUIDE_VARIABLES))
+def test_a_bad_guide_variable_fails_only_the_commands_that_read_it(
+    run_cli, model, dataset, tmp_path, monkeypatch, variable
+):
+    value, kind, flag = NUMERIC_GUIDE_VARIABLES[variable]
+    monkeypatch.setenv(variable, value)
+    assert run_cli("--help").exit_code == 0
+    assert run_cli("kd-manifest", "--help").exit_code == 0
+    assert run_cli("make-tiny-dataset", "--output", tmp_path / "other", "--files", "1").exit_code == 0
+
+    result = run_cli(
+        "kd-manifest", "--output", tmp_path / "job/manifest.json", "--model-path", model, "--dataset", dataset
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"distillery kd-manifest: error: environment variable {variable}={value!r} is not {kind}; "
+        f"set it to one (or unset it), or pass {flag}"
+    ]
+    assert not (tmp_path / "job").exists()
+    # The flag wins over the variable, which is then not read.
+    good = "1" if kind == "a whole number" else "0.5"
+    passed = run_cli("kd-manifest", "--output", tmp_path / "job/manifest.json", *job_flags(model, dataset), flag, good)
+    assert passed.exit_code == 0, passed.stderr
+
+
+def test_guide_variables_fill_the_flags_not_given(run_cli, model, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEMPERATURE", "0.25")
+    monkeypatch.setenv("TENSOR_PARALLEL_SIZE", "")  # empty: the default
+    settings = load_manifest(make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))).settings
+    assert settings["sampling"]["temperature"] == 0.25 and settings["sampling"]["top_p"] == 0.95
+    assert settings["engine"]["tensor_parallel_size"] == 1 and settings["engine"]["max_num_seqs"] == 4
