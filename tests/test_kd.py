@@ -417,3 +417,37 @@ def test_guide_variables_fill_the_flags_not_given(run_cli, model, dataset, tmp_p
     settings = load_manifest(make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))).settings
     assert settings["sampling"]["temperature"] == 0.25 and settings["sampling"]["top_p"] == 0.95
     assert settings["engine"]["tensor_parallel_size"] == 1 and settings["engine"]["max_num_seqs"] == 4
+
+
+def test_a_side_file_line_that_is_no_record_is_cut_off_like_a_torn_one(run_cli, model, tmp_path):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, files=1, rows=12, row_group_rows=16)
+    flags = job_flags(model, data, **{"--chunk-rows": 12})
+    chunk = "part-000/000000000-000000012"
+    uninterrupted = make_manifest(run_cli, tmp_path / "once", *flags)
+    run_all_chunks(run_cli, uninterrupted)
+    expected = (tmp_path / "once/chunks" / f"{chunk}.jsonl").read_text()
+    first_rows = "".join(expected.splitlines(keepends=True)[:3])
+    record = json.loads(expected.splitlines()[3])
+    malformed = {
+        "no row_index": {key: value for key, value in record.items() if key != "row_index"},
+        "row_index as text": {**record, "row_index": str(record["row_index"])},
+        "no token count": {key: value for key, value in record.items() if key != "completion_tokens"},
+        "not an object": [record["row_index"]],
+        "skip line without id": {"skipped": "empty_prompt", "detail": "", "row_index": record["row_index"]},
+    }
+    for case, line in malformed.items():
+        folder = tmp_path / case.replace(" ", "-")
+        manifest = make_manifest(run_cli, folder, *flags)
+        output = folder / "chunks" / f"{chunk}.jsonl"
+        output.parent.mkdir(parents=True)
+        # Whole rows, then the bad line, then a good row that comes after it.
+        side = output.parent / f".{output.name}.partial"
+        side.write_text(first_rows + json.dumps(line) + "\n" + expected.splitlines(keepends=True)[4])
+
+        result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
+        assert result.exit_code == 0, f"{case}: {result.stderr}"
+        assert output.read_text() == expected, case
+        assert (
+            json.loads(output.with_name(output.name.replace(".jsonl", ".stats.json")).read_text())["resumed_rows"] == 3
+        )

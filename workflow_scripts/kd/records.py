@@ -3,11 +3,13 @@
 Every line of `chunks/{part}/{start}-{stop}.jsonl` is one (row, sample) record; its JSON schema is
 `workflow_scripts/schemas/kd_record.schema.json`. The side file `.{start}-{stop}.jsonl.partial` holds the same
 records plus one line per skipped row, in the order rows finished; a row's lines are written in one piece, so a
-kill leaves at most one torn row at the end, which recovery cuts off.
+kill leaves at most one torn row at the end, which recovery cuts off. A line that is JSON but not a record or a skip
+line (a key missing, a wrong type: a hand edit, another program's file) is treated the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -28,6 +30,25 @@ def stats_file(output: Path) -> Path:
 
 def skip_line(row_index: int, row_id: str, reason: str, detail: str) -> dict:
     return {"skipped": reason, "detail": detail, "row_index": row_index, "id": row_id}
+
+
+SKIP_LINE_FIELDS = {"skipped": str, "detail": str, "row_index": int, "id": str}
+_JSON_TYPES = {"integer": int, "string": str}
+
+
+@functools.cache
+def record_fields() -> dict[str, type]:
+    """The required keys of a record and their Python types, from the record schema."""
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return {key: _JSON_TYPES.get(schema["properties"][key].get("type"), str) for key in schema["required"]}
+
+
+def is_side_file_line(line: object) -> bool:
+    """Whether a parsed side-file line is a whole record or skip line (bool is no integer here)."""
+    if not isinstance(line, dict):
+        return False
+    fields = SKIP_LINE_FIELDS if "skipped" in line else record_fields()
+    return all(isinstance(line.get(key), kind) and not isinstance(line.get(key), bool) for key, kind in fields.items())
 
 
 @dataclass
@@ -56,8 +77,10 @@ def recover(path: Path, samples_per_row: int) -> Recovered:
                 break  # torn by a kill
             try:
                 line = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 break
+            if not is_side_file_line(line):
+                break  # not a line we wrote: cut it and what follows, as a torn row
             offset += len(raw)
             row = line["row_index"]
             if "skipped" in line:
