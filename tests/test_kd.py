@@ -451,3 +451,39 @@ def test_a_side_file_line_that_is_no_record_is_cut_off_like_a_torn_one(run_cli, 
         assert (
             json.loads(output.with_name(output.name.replace(".jsonl", ".stats.json")).read_text())["resumed_rows"] == 3
         )
+
+
+def write_text_column(path: Path, values: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": pa.array(values, type=pa.string())}), path)
+    return path
+
+
+def run_job_to_dataset(run_cli, model, data: Path, folder: Path, output_format: str):
+    flags = job_flags(model, data, **{"--chunk-rows": 40})
+    manifest = make_manifest(run_cli, folder, *flags)
+    run_all_chunks(run_cli, manifest)
+    output = folder / f"dataset.{output_format}"
+    result = run_cli("kd-dataset", "--manifest", manifest, "--output", output, "--summary", folder / "summary.json",
+                     "--format", output_format)  # fmt: skip
+    return result, output
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_a_job_with_no_usable_row_fails_naming_the_column_and_file(run_cli, model, tmp_path, output_format):
+    data = write_text_column(tmp_path / "data/part-000.parquet", [None] * 40)
+    result, output = run_job_to_dataset(run_cli, model, data, tmp_path / "job", output_format)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"distillery kd-dataset: error: all 40 rows of column text are null in {data}; "
+        "check the column (text_column) and the data: each chunk's .stats.json lists its skipped rows"
+    ]
+    assert not output.exists() and not (tmp_path / "job/summary.json").exists()
+
+
+def test_no_usable_row_counts_each_reason_rows_were_skipped_for(run_cli, model, tmp_path):
+    data = write_text_column(tmp_path / "data/part-000.parquet", [None] * 30 + ["  "] * 10)
+    result, output = run_job_to_dataset(run_cli, model, data, tmp_path / "job", "jsonl")
+    assert result.exit_code == 1
+    assert f"none of the 40 rows of column text is usable in {data}: 30 null, 10 blank;" in result.stderr
+    assert not output.exists()

@@ -17,7 +17,9 @@ from ..errors import DistilleryError
 from ..provenance import package_versions
 from .chunk import chunk_output
 from .manifest import Manifest
+from .prompts import SKIP_EMPTY
 from .records import stats_file
+from .settings import job_from_dict
 
 
 def ordered_chunks(manifest: Manifest):
@@ -33,6 +35,33 @@ def _check_complete(manifest: Manifest) -> None:
             manifest.path,
             "run the remaining kd_chunk jobs (snakemake -n lists them) or `distillery kd-status`",
         )
+
+
+def _skip_label(skip: dict) -> str:
+    # Empty prompts say why in their detail (null, blank, no tokens); other reasons are their own label.
+    return skip["detail"] if skip["skipped"] == SKIP_EMPTY and skip["detail"] else skip["skipped"]
+
+
+def _refuse_no_usable_row(manifest: Manifest, chunk_stats: list[dict]) -> None:
+    """Fail, before anything is written, when every row was skipped: an empty dataset is a mistake, not a result."""
+    if any(stats["samples"] for stats in chunk_stats):
+        return
+    prompt = job_from_dict(manifest.settings).prompt
+    files = sorted({stats["file"] for stats in chunk_stats})
+    where = ", ".join(files) if len(files) <= 3 else f"{len(files)} files (first: {files[0]})"
+    rows = sum(stats["rows"] for stats in chunk_stats)
+    counts = Counter(_skip_label(skip) for stats in chunk_stats for skip in stats["skipped"])
+    if len(counts) == 1 and sum(counts.values()) == rows:
+        label = next(iter(counts))
+        what = f"are {label}" if label in ("null", "blank") else f"were skipped as {label}"
+        message = f"all {rows} rows of column {prompt.column} {what} in {where}"
+    else:
+        reasons = ", ".join(f"{count} {label}" for label, count in counts.most_common())
+        message = f"none of the {rows} rows of column {prompt.column} is usable in {where}: {reasons}"
+    setting = "messages_column" if prompt.mode == "chat" else "text_column"
+    raise DistilleryError(
+        message, hint=f"check the column ({setting}) and the data: each chunk's .stats.json lists its skipped rows"
+    )
 
 
 def _write_jsonl(manifest: Manifest, output: Path) -> None:
@@ -70,8 +99,11 @@ def _write_parquet(manifest: Manifest, output: Path) -> None:
     os.replace(staging, output)
 
 
-def summarize(manifest: Manifest) -> dict:
-    chunk_stats = [json.loads(stats_file(chunk_output(manifest, c)).read_text()) for c in ordered_chunks(manifest)]
+def _chunk_stats(manifest: Manifest) -> list[dict]:
+    return [json.loads(stats_file(chunk_output(manifest, c)).read_text()) for c in ordered_chunks(manifest)]
+
+
+def summarize(manifest: Manifest, chunk_stats: list[dict]) -> dict:
     reasons = Counter(skip["skipped"] for stats in chunk_stats for skip in stats["skipped"])
     completion_tokens = sum(s["completion_tokens"] for s in chunk_stats)
     generate_seconds = sum(s["generate_seconds"] for s in chunk_stats)
@@ -120,9 +152,11 @@ def summarize(manifest: Manifest) -> dict:
 
 def build_dataset(manifest: Manifest, output: Path, summary_path: Path, output_format: str) -> dict:
     _check_complete(manifest)
+    chunk_stats = _chunk_stats(manifest)
+    _refuse_no_usable_row(manifest, chunk_stats)
     output, summary_path = Path(output), Path(summary_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    summary = summarize(manifest)
+    summary = summarize(manifest, chunk_stats)
     if output_format == "parquet":
         _write_parquet(manifest, output)
     else:
