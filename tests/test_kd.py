@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -487,3 +488,95 @@ def test_no_usable_row_counts_each_reason_rows_were_skipped_for(run_cli, model, 
     assert result.exit_code == 1
     assert f"none of the 40 rows of column text is usable in {data}: 30 null, 10 blank;" in result.stderr
     assert not output.exists()
+
+
+class FullDisk:
+    """Stands in for a disk with `free` bytes left: the OS write call stores what fits, then fails with ENOSPC."""
+
+    def __init__(self, monkeypatch, free: int) -> None:
+        import errno
+
+        real_write = os.write
+        self.free = free
+
+        def write(fd: int, data) -> int:
+            if self.free <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written = real_write(fd, bytes(data)[: self.free])
+            self.free -= written
+            return written
+
+        monkeypatch.setattr(os, "write", write)
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.rglob(".*"))
+
+
+def side_file_bytes(output: Path) -> int:
+    """What the side file of a finished chunk held: its records and one line per skipped row."""
+    skipped = json.loads(output.with_name(output.name.replace(".jsonl", ".stats.json")).read_text())["skipped"]
+    return len(output.read_bytes()) + sum(len(json.dumps(skip, ensure_ascii=False).encode()) + 1 for skip in skipped)
+
+
+@pytest.mark.parametrize("where", ["side file", "chunk file"])
+def test_a_chunk_stopped_by_a_full_disk_says_so_and_resumes_without_losing_rows(
+    run_cli, model, tmp_path, monkeypatch, where
+):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, files=1, rows=20, row_group_rows=16)
+    flags = job_flags(model, data, **{"--chunk-rows": 20, "-n": 2})
+    chunk = "part-000/000000000-000000020"
+    run_all_chunks(run_cli, make_manifest(run_cli, tmp_path / "once", *flags))
+    expected = tmp_path / "once/chunks" / f"{chunk}.jsonl"
+
+    manifest = make_manifest(run_cli, tmp_path / "job", *flags)
+    output = tmp_path / "job/chunks" / f"{chunk}.jsonl"
+    side = output.parent / f".{output.name}.partial"
+    # Mid-row of the side file, or once every row is saved and the chunk file is being written.
+    free = len(expected.read_bytes()) // 2 + 7 if where == "side file" else side_file_bytes(expected) + 100
+    disk = FullDisk(monkeypatch, free)
+    result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
+    assert result.exit_code == 1
+    named = side if where == "side file" else output
+    assert "Traceback" not in result.stderr  # above the error: the engine's progress bars
+    assert result.stderr.splitlines()[-1] == (
+        f"distillery kd-chunk: error: {named}: cannot write: No space left on device; free space on its file "
+        "system and run the chunk job again: it resumes from the rows already saved"
+    )
+    assert not output.exists() and hidden_files(tmp_path / "job/chunks") == [side.name]
+
+    disk.free = 10**9
+    resumed = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert output.read_text() == expected.read_text()
+    assert hidden_files(tmp_path / "job/chunks") == []
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_a_dataset_stopped_by_a_full_disk_leaves_nothing_behind(run_cli, model, dataset, tmp_path, monkeypatch,
+                                                                 output_format):  # fmt: skip
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))
+    run_all_chunks(run_cli, manifest)
+    output, summary = tmp_path / "out" / f"dataset.{output_format}", tmp_path / "out/summary.json"
+    # A staging file of a killed run (its process is gone) from before.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = output.parent / f".{output.name}.partial-{socket.gethostname()}-{dead.pid}"
+    abandoned.parent.mkdir()
+    abandoned.write_text("half a dataset")
+
+    disk = FullDisk(monkeypatch, 2000)
+    result = run_cli("kd-dataset", "--manifest", manifest, "--output", output, "--summary", summary)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"distillery kd-dataset: error: {output}: cannot write: No space left on device; free space on its file "
+        "system and run kd-dataset again (the chunks are kept)"
+    ]
+    assert list(output.parent.iterdir()) == []
+
+    disk.free = 10**9
+    again = run_cli("kd-dataset", "--manifest", manifest, "--output", output, "--summary", summary, "--format",
+                    output_format)  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert sorted(path.name for path in output.parent.iterdir()) == sorted([output.name, "summary.json"])

@@ -7,12 +7,10 @@ any chunk schedule.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import StagingFile, atomic_output_file, atomic_write_text, disk_full_as_error
 from ..errors import DistilleryError
 from ..provenance import package_versions
 from .chunk import chunk_output
@@ -20,6 +18,8 @@ from .manifest import Manifest
 from .prompts import SKIP_EMPTY
 from .records import stats_file
 from .settings import job_from_dict
+
+_RERUN_HINT = "free space on its file system and run kd-dataset again (the chunks are kept)"
 
 
 def ordered_chunks(manifest: Manifest):
@@ -64,22 +64,17 @@ def _refuse_no_usable_row(manifest: Manifest, chunk_stats: list[dict]) -> None:
     )
 
 
-def _write_jsonl(manifest: Manifest, output: Path) -> None:
-    staging = output.parent / f".{output.name}.writing-{os.getpid()}"
-    with open(staging, "wb") as merged:
-        for chunk in ordered_chunks(manifest):
-            with open(chunk_output(manifest, chunk), "rb") as part:
-                shutil.copyfileobj(part, merged, 16 << 20)
-        merged.flush()
-        os.fsync(merged.fileno())
-    os.replace(staging, output)
+def _write_jsonl(manifest: Manifest, staging: StagingFile) -> None:
+    for chunk in ordered_chunks(manifest):
+        with open(chunk_output(manifest, chunk), "rb") as part:
+            while block := part.read(16 << 20):
+                staging.write(block)
 
 
-def _write_parquet(manifest: Manifest, output: Path) -> None:
+def _write_parquet(manifest: Manifest, staging: StagingFile) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    staging = output.parent / f".{output.name}.writing-{os.getpid()}"
     writer = None
     try:
         for chunk in ordered_chunks(manifest):
@@ -94,9 +89,6 @@ def _write_parquet(manifest: Manifest, output: Path) -> None:
     finally:
         if writer is not None:
             writer.close()
-    if writer is None:
-        raise DistilleryError("no row was generated: nothing to write", output, "see skipped rows in the chunk stats")
-    os.replace(staging, output)
 
 
 def _chunk_stats(manifest: Manifest) -> list[dict]:
@@ -157,10 +149,10 @@ def build_dataset(manifest: Manifest, output: Path, summary_path: Path, output_f
     output, summary_path = Path(output), Path(summary_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     summary = summarize(manifest, chunk_stats)
-    if output_format == "parquet":
-        _write_parquet(manifest, output)
-    else:
-        _write_jsonl(manifest, output)
     summary["output"] = {"path": str(output), "format": output_format}
-    atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+    write = _write_parquet if output_format == "parquet" else _write_jsonl
+    with disk_full_as_error(output, _RERUN_HINT), atomic_output_file(output) as staging:
+        write(manifest, staging)
+    with disk_full_as_error(summary_path, _RERUN_HINT):
+        atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
     return summary

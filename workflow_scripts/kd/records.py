@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import disk_full_as_error, write_all
 from ..errors import DistilleryError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "kd_record.schema.json"
@@ -94,8 +95,14 @@ def recover(path: Path, samples_per_row: int) -> Recovered:
     return recovered
 
 
+RESUME_HINT = "free space on its file system and run the chunk job again: it resumes from the rows already saved"
+
+
 class SideFile:
-    """Appends finished rows to the side file, flushed at once and synced to disk every few seconds."""
+    """Appends finished rows to the side file, each row in one `os.write` loop, synced to disk every few seconds.
+
+    Nothing is buffered here: a row is written or (disk full, kill) torn at the end, where recovery cuts it off.
+    """
 
     def __init__(self, path: Path, complete_bytes: int, sync_seconds: float = 5.0) -> None:
         import fcntl
@@ -103,25 +110,27 @@ class SideFile:
 
         self.path = path
         self._time = time.monotonic
-        self.handle = open(path, "ab")  # noqa: SIM115 (held open for the whole job)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.close()
+            os.close(self.fd)
             raise DistilleryError("another process is writing this chunk", path, "wait for it or stop it") from None
-        self.handle.truncate(complete_bytes)
-        self.handle.seek(complete_bytes)
+        os.ftruncate(self.fd, complete_bytes)
         self.sync_seconds = sync_seconds
         self._last_sync = self._time()
 
     def append(self, lines: list[dict]) -> None:
-        self.handle.write(b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines))
-        self.handle.flush()
-        if self._time() - self._last_sync >= self.sync_seconds:
-            os.fsync(self.handle.fileno())
-            self._last_sync = self._time()
+        row = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)
+        with disk_full_as_error(self.path, RESUME_HINT):
+            write_all(self.fd, row)
+            if self._time() - self._last_sync >= self.sync_seconds:
+                os.fsync(self.fd)
+                self._last_sync = self._time()
 
     def close(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        try:
+            with disk_full_as_error(self.path, RESUME_HINT):
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
