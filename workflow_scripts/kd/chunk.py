@@ -60,7 +60,7 @@ def load_tokenizer(job: KdJob):
     from ..errors import first_line
 
     try:
-        return AutoTokenizer.from_pretrained(job.engine.tokenizer)
+        return AutoTokenizer.from_pretrained(job.engine.tokenizer, trust_remote_code=job.engine.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise DistilleryError(f"cannot load the tokenizer: {first_line(exc)}", job.engine.tokenizer) from None
 

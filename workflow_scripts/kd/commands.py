@@ -69,6 +69,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false")
     model.add_argument("--gen-batch-size", type=int, default=None, help="max_num_seqs (256; $GEN_BATCH_SIZE)")
     model.add_argument("--enforce-eager", action="store_true")
+    model.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code (auto_map)")
     model.add_argument("--base-url", default=None, help="OpenAI-compatible server (engine openai)")
     model.add_argument("--served-model-name", default=None)
     model.add_argument("--max-concurrency", type=int, default=64)
@@ -127,6 +128,7 @@ def job_from_args(args: argparse.Namespace) -> KdJob:
             enable_prefix_caching=args.prefix_caching,
             max_num_seqs=args.gen_batch_size,
             enforce_eager=args.enforce_eager,
+            trust_remote_code=args.trust_remote_code,
             seed=args.seed,
             base_url=args.base_url,
             served_model_name=args.served_model_name,

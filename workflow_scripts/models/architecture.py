@@ -28,14 +28,15 @@ def read_config_json(path: str | Path) -> dict:
     return config
 
 
-def load_config(folder: str | Path):
-    """The transformers config of a local model folder (nothing is downloaded)."""
+def load_config(folder: str | Path, trust_remote_code: bool = False):
+    """The transformers config of a local model folder (nothing is downloaded, and nothing asks on the terminal:
+    `trust_remote_code` is always passed, see models/remote_code.py)."""
     from transformers import AutoConfig
 
     folder = Path(folder)
     check_head_split(read_config_json(folder / "config.json"), folder / "config.json")
     try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except (ValueError, KeyError, TypeError, OSError, *_config_validation_errors()) as exc:
         message = first_line(exc.__cause__ or exc)  # transformers' validator wraps the ValueError that says why
         raise DistilleryError(f"transformers cannot read it ({message})", folder / "config.json") from None
@@ -87,7 +88,9 @@ def _expected_weights_of(config_json: str, config_class) -> ExpectedWeights:
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_config(config)
+            # A config class of the folder's own code means the user allowed that code when loading it.
+            own_code = config_class.__module__.startswith("transformers_modules")
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=own_code)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DistilleryError(
                 f"transformers cannot build a causal LM for model_type {config.model_type!r} ({exc})"
