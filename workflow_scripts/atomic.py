@@ -87,8 +87,8 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 class StagingFile:
-    """A file written straight through `os.write` (no hidden buffer: what `write` returned from is on its way to
-    disk), as pyarrow's writers and our own loops use it."""
+    """A staging file written straight through `os.write`, with no buffer of its own, so a full disk fails the
+    `write` that hit it (pyarrow's ParquetWriter takes it as a file object too)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
