@@ -28,17 +28,41 @@ def read_config_json(path: str | Path) -> dict:
     return config
 
 
-def load_config(folder: str | Path):
-    """The transformers config of a local model folder (nothing is downloaded)."""
+def load_config(folder: str | Path, trust_remote_code: bool = False):
+    """The transformers config of a local model folder (nothing is downloaded, and nothing asks on the terminal:
+    `trust_remote_code` is always passed, see models/remote_code.py)."""
     from transformers import AutoConfig
 
     folder = Path(folder)
-    read_config_json(folder / "config.json")
+    check_head_split(read_config_json(folder / "config.json"), folder / "config.json")
     try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        message = first_line(exc)
+        return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, OSError, *_config_validation_errors()) as exc:
+        message = first_line(exc.__cause__ or exc)  # transformers' validator wraps the ValueError that says why
         raise DistilleryError(f"transformers cannot read it ({message})", folder / "config.json") from None
+
+
+def check_head_split(config: dict, path: Path) -> None:
+    """Refuse a config whose attention heads cannot split the hidden size (unless it sets its own head_dim)."""
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if config.get("head_dim") is not None or not (isinstance(hidden, int) and isinstance(heads, int) and heads > 0):
+        return
+    if hidden % heads:
+        raise DistilleryError(
+            f"hidden_size {hidden} is not a multiple of num_attention_heads {heads} "
+            "(each head takes hidden_size / num_attention_heads of it)",
+            path,
+            "fix config.json: the weights' shapes tell which number is right",
+        )
+
+
+def _config_validation_errors() -> tuple[type[Exception], ...]:
+    """huggingface_hub's validation error, which transformers 5 raises for an inconsistent config."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        return ()
+    return (StrictDataclassError,)
 
 
 @dataclass(frozen=True)
@@ -64,7 +88,9 @@ def _expected_weights_of(config_json: str, config_class) -> ExpectedWeights:
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_config(config)
+            # A config class of the folder's own code means the user allowed that code when loading it.
+            own_code = config_class.__module__.startswith("transformers_modules")
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=own_code)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DistilleryError(
                 f"transformers cannot build a causal LM for model_type {config.model_type!r} ({exc})"

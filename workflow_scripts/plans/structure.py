@@ -13,6 +13,8 @@ from torch import nn
 
 from ..architectures.architecture import load_config
 from ..errors import DistilleryError, first_line
+from ..architectures.architecture import load_config
+from ..architectures.remote_code import allow_remote_code
 
 
 def build_meta_model(folder: str | Path, trust_remote_code: bool = False) -> nn.Module:
@@ -20,6 +22,7 @@ def build_meta_model(folder: str | Path, trust_remote_code: bool = False) -> nn.
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
+    trust_remote_code = allow_remote_code(folder, trust_remote_code)
     if trust_remote_code:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
     else:

@@ -166,6 +166,7 @@ def _flags(name: str, entry: dict, model_path: str, dataset: str) -> str:
         "--return-token-ids": entry["return_token_ids"],
         "--no-prefix-caching": not engine["enable_prefix_caching"],
         "--enforce-eager": engine["enforce_eager"],
+        "--trust-remote-code": engine.get("trust_remote_code", False),
     }
     flags += [flag for flag, on in switches.items() if on]
     return " ".join(flags)
