@@ -1,16 +1,28 @@
-"""What an HF config implies about a checkpoint, computed on the meta device so no weights are allocated."""
+"""What an HF config implies about a checkpoint, computed on the meta device so no weights are allocated.
+
+Building the meta model means importing transformers' modeling code (torch._dynamo, generation: seconds of
+start-up, more than a DeepSpeed consolidation spends copying 1.6 GB), so each answer is also kept on disk under
+`$DISTILLERY_CACHE_DIR` (default `~/.cache/distillery`), keyed by the transformers version and the whole config:
+a later conversion of the same architecture reads it instead of building the model again.
+"""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..errors import DistilleryError, first_line
+
+log = logging.getLogger(__name__)
 
 
 def read_config_json(path: str | Path) -> dict:
@@ -81,6 +93,33 @@ def expected_weights(config) -> ExpectedWeights:
 
 @functools.lru_cache(maxsize=8)
 def _expected_weights_of(config_json: str, config_class) -> ExpectedWeights:
+    cached = _cache_file(config_json, config_class)
+    try:
+        stored = json.loads(cached.read_text())
+        return ExpectedWeights(
+            shapes={name: tuple(shape) for name, shape in stored["shapes"].items()},
+            tied=stored["tied"],
+            architecture=stored["architecture"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # not cached yet, or unreadable: build it
+    expected = _build_expected_weights(config_json, config_class)
+    try:
+        atomic_write_text(cached, json.dumps(vars(expected)))
+    except OSError as exc:  # a read-only or full cache folder costs the next run the build, nothing else
+        log.debug("cannot cache the expected weights in %s: %s", cached, exc)
+    return expected
+
+
+def _cache_file(config_json: str, config_class) -> Path:
+    import transformers
+
+    folder = os.environ.get("DISTILLERY_CACHE_DIR") or Path.home() / ".cache" / "distillery"
+    key = f"{transformers.__version__}\n{config_class.__module__}.{config_class.__qualname__}\n{config_json}"
+    return Path(folder) / "expected-weights" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+
+
+def _build_expected_weights(config_json: str, config_class) -> ExpectedWeights:
     from transformers import AutoModelForCausalLM
 
     config = config_class.from_dict(json.loads(config_json))
