@@ -13,8 +13,8 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DistilleryError, require_folder
 from .architectures.remote_code import allow_remote_code
+from .errors import DistilleryError, require_folder
 from .formats.torch_bin import pickle_refusal
 from .vllm_models import ARCHITECTURES, require_registered_architecture
 

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from ..architectures.architecture import load_config
-from ..errors import DistilleryError, first_line
-from ..architectures.architecture import load_config
 from ..architectures.remote_code import allow_remote_code
+from ..errors import DistilleryError, first_line
 
 
 def build_meta_model(folder: str | Path, trust_remote_code: bool = False) -> nn.Module:
