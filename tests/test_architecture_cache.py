@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PROBE = """
 import json, sys
-from workflow_scripts.models.architecture import expected_weights, load_config
+from workflow_scripts.architectures.architecture import expected_weights, load_config
 expected = expected_weights(load_config(sys.argv[1]))
 print(json.dumps({
     "shapes": {name: list(shape) for name, shape in expected.shapes.items()},
@@ -57,7 +57,7 @@ def test_a_different_config_is_not_answered_from_another_models_entry(tiny_model
 
 
 def test_an_unwritable_cache_folder_only_costs_the_build(tiny_model_store, tmp_path, monkeypatch):
-    from workflow_scripts.models import architecture
+    from workflow_scripts.architectures import architecture
 
     model = tiny_model_store("llama", "safetensors")
     blocked = tmp_path / "a-file"
