@@ -144,7 +144,7 @@ def _settings_hash(flags: str) -> str:
     so the workflow and the command cannot disagree on what the settings are."""
     import argparse
 
-    from ..kd.commands import add_job_flags, job_from_args
+    from ..cli.kd import add_job_flags, job_from_args
 
     parser = argparse.ArgumentParser()
     add_job_flags(parser)

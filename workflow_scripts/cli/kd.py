@@ -1,4 +1,4 @@
-"""The KD commands of the CLI: kd-manifest, kd-chunk, kd-dataset, kd-status and the standalone `generate`.
+"""The KD commands: kd-manifest, kd-teacher, kd-chunk, kd-dataset, kd-status and the standalone `generate`.
 
 The job flags default to the MaxText guide's environment variables (MODEL_PATH, DATASET_PATH, ...), so its
 `run_sequence_kd.sh` settings carry over; the workflow's rules pass the same flags from the config.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings
 from ..errors import DistilleryError
-from .local_copies import LocalCopies
-from .settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
+from ..kd.local_copies import LocalCopies
+from ..kd.settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
 
 
 def _env(name: str, default=None, cast=str):
@@ -128,7 +128,7 @@ def job_from_args(args: argparse.Namespace) -> KdJob:
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
-    from .manifest import write_manifest
+    from ..kd.manifest import write_manifest
 
     job = job_from_args(args)
     manifest = write_manifest(job, job_to_dict(job), args.output, _copies(args))
@@ -154,8 +154,8 @@ def _run_teacher(args: argparse.Namespace) -> int:
 
 
 def _run_chunk(args: argparse.Namespace) -> int:
-    from .chunk import ChunkRunner
-    from .manifest import load_manifest
+    from ..kd.chunk import ChunkRunner
+    from ..kd.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
     runner = ChunkRunner(manifest, copies=_copies(args))
@@ -171,8 +171,8 @@ def _run_chunk(args: argparse.Namespace) -> int:
 
 
 def _run_dataset(args: argparse.Namespace) -> int:
-    from .dataset import build_dataset
-    from .manifest import load_manifest
+    from ..kd.dataset import build_dataset
+    from ..kd.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
     output_format = args.format or manifest.settings["output_format"]
@@ -185,8 +185,8 @@ def _run_dataset(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from .manifest import load_manifest
-    from .status import format_status, job_status
+    from ..kd.manifest import load_manifest
+    from ..kd.status import format_status, job_status
 
     target = Path(args.job)
     manifest = load_manifest(target / "manifest.json" if target.is_dir() else target)
@@ -196,44 +196,14 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    """The standalone job: manifest (kept if its settings match), this worker's share of the chunks, dataset."""
-    from .chunk import ChunkRunner, chunk_output
-    from .dataset import build_dataset
-    from .manifest import load_manifest, write_manifest
-    from .status import job_status
+    from ..kd.standalone import run_standalone_job
 
     if not args.output_dir:
         raise DistilleryError("no output folder: pass --output-dir or set GCS_BUCKET_PATH")
     if not 0 <= args.worker_index < args.num_workers:
         raise DistilleryError(f"--worker-index must be in [0, {args.num_workers}), not {args.worker_index}")
-    job = job_from_args(args)
-    folder = Path(args.output_dir) / job.name
-    manifest_path = folder / "manifest.json"
-    if manifest_path.exists():
-        manifest = load_manifest(manifest_path)
-        if manifest.settings_hash != job.settings_hash():
-            raise DistilleryError(
-                "was made with other settings than these",
-                manifest_path,
-                "use another --job-name, or remove the job folder to start over",
-            )
-    else:
-        write_manifest(job, job_to_dict(job), manifest_path)
-        manifest = load_manifest(manifest_path)
-    mine = [c for i, c in enumerate(manifest.chunks) if i % args.num_workers == args.worker_index]
-    todo = [c for c in mine if not chunk_output(manifest, c).exists()]
-    print(f"worker {args.worker_index}/{args.num_workers}: {len(todo)} of {len(mine)} chunks to generate")
-    runner = ChunkRunner(manifest)
-    try:
-        for chunk in todo:
-            stats = runner.run(chunk)
-            print(f"✓ chunk {chunk.name}: {stats['generated_rows']} rows, {stats['completion_tokens']} tokens")
-    finally:
-        runner.close()
-    if job_status(manifest)["remaining_chunks"] == 0 and not args.no_dataset:
-        extension = "parquet" if job.output_format == "parquet" else "jsonl"
-        summary = build_dataset(manifest, folder / f"dataset.{extension}", folder / "summary.json", job.output_format)
-        print(f"✓ {folder / f'dataset.{extension}'}: {summary['samples']} samples")
+    run_standalone_job(job_from_args(args), Path(args.output_dir), args.worker_index, args.num_workers,
+                       make_dataset=not args.no_dataset)  # fmt: skip
     return 0
 
 
@@ -247,61 +217,69 @@ def _copies(args: argparse.Namespace) -> LocalCopies:
     return LocalCopies(model=getattr(args, "local_model", None), dataset=getattr(args, "local_dataset", None))
 
 
-def add_kd_commands(commands) -> None:
-    manifest = commands.add_parser(
-        "kd-manifest",
-        help="list a KD job's chunks from parquet footers",
-        description="Read only the parquet footers of the dataset and write the chunk list (row ranges of "
-        "--chunk-rows per file) with the job's settings. Fails on a missing column or unreadable file.",
+def _add_manifest(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Read only the parquet footers of the dataset and write the chunk list (row ranges of "
+        "--chunk-rows per file) with the job's settings. Fails on a missing column or unreadable file."
     )
-    manifest.add_argument("--output", required=True, type=Path, help="manifest.json to write")
-    manifest.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
-    add_job_flags(manifest)
-    manifest.set_defaults(handler=_run_manifest)
+    parser.add_argument("--output", required=True, type=Path, help="manifest.json to write")
+    parser.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
+    add_job_flags(parser)
+    parser.set_defaults(handler=_run_manifest)
 
-    teacher = commands.add_parser(
-        "kd-teacher",
-        help="record a KD job's teacher and generation settings (chunks are redone when they change)",
+
+def _add_teacher(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, type=Path, help="teacher.json to write")
+    parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    add_job_flags(parser)
+    parser.set_defaults(handler=_run_teacher)
+
+
+def _add_chunk(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Generate one chunk of a KD job. Finished rows are saved as they come; a restarted job continues "
+        "where the killed one stopped. The chunk file appears only when complete."
     )
-    teacher.add_argument("--output", required=True, type=Path, help="teacher.json to write")
-    teacher.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
-    add_job_flags(teacher)
-    teacher.set_defaults(handler=_run_teacher)
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--chunk", required=True, help="PART/START-STOP, as in the chunk's path")
+    parser.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
+    parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    parser.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
+    parser.set_defaults(handler=_run_chunk)
 
-    chunk = commands.add_parser(
-        "kd-chunk",
-        help="generate completions for one chunk, resumably",
-        description="Generate one chunk of a KD job. Finished rows are saved as they come; a restarted job continues "
-        "where the killed one stopped. The chunk file appears only when complete.",
+
+def _add_dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--summary", required=True, type=Path)
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the job's output_format")
+    parser.set_defaults(handler=_run_dataset)
+
+
+def _add_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="the job folder (results/kd/JOB) or its manifest.json")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=_run_status)
+
+
+def _add_generate(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Sequence-KD generation as one process: manifest, this worker's chunks with one engine, and "
+        "the dataset once every chunk is done. Flags default to the MaxText guide's environment variables."
     )
-    chunk.add_argument("--manifest", required=True, type=Path)
-    chunk.add_argument("--chunk", required=True, help="PART/START-STOP, as in the chunk's path")
-    chunk.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
-    chunk.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
-    chunk.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
-    chunk.set_defaults(handler=_run_chunk)
+    parser.add_argument("--output-dir", default=_env("GCS_BUCKET_PATH"), help="($GCS_BUCKET_PATH)")
+    parser.add_argument("--worker-index", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--no-dataset", action="store_true", help="leave the merge to kd-dataset")
+    add_job_flags(parser)
+    parser.set_defaults(handler=_run_generate)
 
-    dataset = commands.add_parser("kd-dataset", help="merge a KD job's chunks into the dataset and summary.json")
-    dataset.add_argument("--manifest", required=True, type=Path)
-    dataset.add_argument("--output", required=True, type=Path)
-    dataset.add_argument("--summary", required=True, type=Path)
-    dataset.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the job's output_format")
-    dataset.set_defaults(handler=_run_dataset)
 
-    status = commands.add_parser("kd-status", help="done and remaining chunks and rows of a KD job")
-    status.add_argument("job", help="the job folder (results/kd/JOB) or its manifest.json")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(handler=_run_status)
-
-    generate = commands.add_parser(
-        "generate",
-        help="run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)",
-        description="Sequence-KD generation as one process: manifest, this worker's chunks with one engine, and "
-        "the dataset once every chunk is done. Flags default to the MaxText guide's environment variables.",
-    )
-    generate.add_argument("--output-dir", default=_env("GCS_BUCKET_PATH"), help="($GCS_BUCKET_PATH)")
-    generate.add_argument("--worker-index", type=int, default=0)
-    generate.add_argument("--num-workers", type=int, default=1)
-    generate.add_argument("--no-dataset", action="store_true", help="leave the merge to kd-dataset")
-    add_job_flags(generate)
-    generate.set_defaults(handler=_run_generate)
+PARSERS = {
+    "kd-manifest": _add_manifest,
+    "kd-teacher": _add_teacher,
+    "kd-chunk": _add_chunk,
+    "kd-dataset": _add_dataset,
+    "kd-status": _add_status,
+    "generate": _add_generate,
+}
