@@ -37,6 +37,7 @@ class Engine:
     prefix_caching: bool = setting(True, help="vLLM prefix cache", config="enable_prefix_caching")
     seed: int = setting(0, help="sampling seed", config=None)
     api_key: str | None = setting(None, help="API key", flag=None, config=None, secret=True)
+    tokenizer: str | None = setting(None, help="tokenizer folder", config="/tokenizer")
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,9 @@ def test_config_defaults_are_listed_by_dotted_key():
     assert defaults["dataset.prompt_mode"] == "prefix"
     assert defaults["sampling.stop"] == [] and defaults["engine.enable_prefix_caching"] is True
     assert "name" not in defaults and "engine.seed" not in defaults
+
+
+def test_a_key_starting_with_a_slash_is_read_from_the_top_entry():
+    job = from_config(Job, {"tokenizer": "/tok", "engine": {"tokenizer": "ignored"}})
+    assert job.engine.tokenizer == "/tok"
+    assert config_defaults(Job)["tokenizer"] is None and "engine.tokenizer" not in config_defaults(Job)

@@ -6,7 +6,8 @@ settings a command parsed (`from_args`), the settings of a config entry (`from_c
 line passes (`to_argv`) and the JSON round trip of records (`to_dict` / `from_dict`), so none of them can drift.
 
 Nested settings dataclasses are fields too: `config=""` reads them from the parent's config mapping, a key reads
-them from that sub-mapping. Two fields may share a flag (a job's `--seed` is also its engine's): one value fills
+them from that sub-mapping; a key starting with "/" is read from the top entry given to `from_config` (a setting
+of a nested class kept elsewhere in the config, e.g. a KD job's `tokenizer` beside its `engine:` section). Two fields may share a flag (a job's `--seed` is also its engine's): one value fills
 both. Environment variables are read only by commands that ask for them (`from_args(..., environ=os.environ)`,
 the MaxText guide's standalone script), so a rule's command line alone decides what a job does.
 """
@@ -144,7 +145,7 @@ def _parse_bool(text: str) -> bool:
 
 def _help(field: _Field) -> str:
     spec = field.setting
-    shown = "" if field.default in (None, (), {}) or field.kind is bool else f" (default: {field.default})"
+    shown = "" if field.default in (None, (), {}, "") or field.kind is bool else f" (default: {field.default})"
     env = f" (${spec.env})" if spec.env else ""
     return f"{spec.help}{shown}{env}".replace("%", "%%")
 
@@ -208,8 +209,9 @@ def _given(field: _Field, args: argparse.Namespace, environ: Mapping[str, str] |
     return field.default
 
 
-def from_config(cls: type, entry: Mapping[str, Any], **overrides: Any):
+def from_config(cls: type, entry: Mapping[str, Any], _root: Mapping[str, Any] | None = None, **overrides: Any):
     """The settings of a config entry (validated against the schema already); missing keys take the defaults."""
+    root = entry if _root is None else _root
     values = {}
     for field in fields_of(cls):
         if field.name in overrides:
@@ -217,9 +219,11 @@ def from_config(cls: type, entry: Mapping[str, Any], **overrides: Any):
         elif field.config is None:
             values[field.name] = field.default
         elif field.setting is None:
-            values[field.name] = from_config(field.kind, _lookup(entry, field.config, {}) if field.config else entry)
+            section = _lookup(entry, field.config, {}) if field.config else entry
+            values[field.name] = from_config(field.kind, section, root)
         else:
-            value = _lookup(entry, field.config, field.default)
+            found = root if field.config.startswith("/") else entry
+            value = _lookup(found, field.config.lstrip("/"), field.default)
             values[field.name] = tuple(value) if field.kind is tuple and value is not None else value
     return cls(**values)
 
@@ -301,6 +305,8 @@ def config_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
         if field.config is None:
             continue
         key = f"{prefix}.{field.config}".strip(".") if field.config else prefix
+        if field.config.startswith("/"):
+            key = field.config[1:]  # from the top entry, whatever the nesting
         if field.setting is None:
             defaults.update(config_defaults(field.kind, key))
         else:

@@ -1,7 +1,8 @@
 """The KD commands: kd-manifest, kd-teacher, kd-chunk, kd-dataset, kd-status and the standalone `generate`.
 
-The job flags default to the MaxText guide's environment variables (MODEL_PATH, DATASET_PATH, ...), so its
-`run_sequence_kd.sh` settings carry over; the workflow's rules pass the same flags from the config.
+The job flags are those of the KD settings (`kd/settings.py`, `engines/base.py`), named as in the MaxText guide's
+script. Only `generate`, the guide's `run_sequence_kd.sh` as one command, falls back on the guide's environment
+variables (MODEL_PATH, DATASET_PATH, ...): the workflow's rules pass every setting as a flag, and nothing else.
 """
 
 from __future__ import annotations
@@ -11,120 +12,31 @@ import json
 import os
 from pathlib import Path
 
-from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings
+from ..engines.base import EngineSettings, SamplingSettings
 from ..errors import DistilleryError
 from ..kd.local_copies import LocalCopies
-from ..kd.settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
-
-
-def _env(name: str, default=None, cast=str):
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return cast(value)
-    except ValueError:
-        raise DistilleryError(f"environment variable {name}={value!r} is not a valid {cast.__name__}") from None
+from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict
+from ..setting import add_flags, from_args
 
 
 def add_job_flags(parser: argparse.ArgumentParser) -> None:
-    """The settings of a KD job, named as in the MaxText guide's script and its environment variables."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--job-name", default="kd", help="name of the job (default: kd)")
-    data.add_argument(
-        "--dataset", default=_env("DATASET_PATH"), help="parquet file, folder, glob or URL ($DATASET_PATH)"
-    )
-    data.add_argument("--prompt-mode", default="prefix", choices=PROMPT_MODES)
-    data.add_argument("--text-column", default="text")
-    data.add_argument("--messages-column", default="messages")
-    data.add_argument("--id-column", default=None, help="column with row ids (default: file and row index)")
-    data.add_argument("--max-prompt-tokens", type=int, default=128, help="prefix length (prefix mode) or limit")
-    data.add_argument("--chunk-rows", type=int, default=1000)
-    data.add_argument("--shuffle-chunks", action="store_true", help="seeded chunk order, for several hosts")
-    data.add_argument("--output-format", default="jsonl", choices=OUTPUT_FORMATS)
-
-    model = parser.add_argument_group("model and engine")
-    model.add_argument("--model-path", default=_env("MODEL_PATH"), help="HF model folder ($MODEL_PATH)")
-    model.add_argument(
-        "--tokenizer-path", default=_env("TOKENIZER_PATH"), help="default: the model's ($TOKENIZER_PATH)"
-    )
-    model.add_argument("--engine", default="auto", choices=ENGINE_KINDS)
-    model.add_argument("--tensor-parallel-size", type=int, default=_env("TENSOR_PARALLEL_SIZE", 1, int))
-    model.add_argument("--pipeline-parallel-size", type=int, default=1)
-    model.add_argument("--dtype", default="auto")
-    model.add_argument("--max-model-len", type=int, default=None)
-    model.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    model.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false")
-    model.add_argument("--gen-batch-size", type=int, default=_env("GEN_BATCH_SIZE", 256, int), help="max_num_seqs")
-    model.add_argument("--enforce-eager", action="store_true")
-    model.add_argument("--base-url", default=None, help="OpenAI-compatible server (engine openai)")
-    model.add_argument("--served-model-name", default=None)
-    model.add_argument("--max-concurrency", type=int, default=64)
-
-    sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("-n", "--num-samples", type=int, default=1, help="completions per row")
-    sampling.add_argument("--temperature", type=float, default=_env("TEMPERATURE", 0.8, float))
-    sampling.add_argument("--top-p", type=float, default=_env("TOP_P", 0.95, float))
-    sampling.add_argument("--top-k", type=int, default=-1)
-    sampling.add_argument("--max-tokens", type=int, default=256, help="completion length cap")
-    sampling.add_argument(
-        "--max-target-length", type=int, default=_env("MAX_TARGET_LENGTH", None, int), help="prompt + completion cap"
-    )
-    sampling.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    sampling.add_argument("--seed", type=int, default=0)
-    sampling.add_argument("--return-token-ids", action="store_true")
+    """The settings of a KD job, in the groups `--help` shows."""
+    add_flags(parser.add_argument_group("data"), PromptSettings)
+    add_flags(parser.add_argument_group("model and engine"), EngineSettings)
+    add_flags(parser.add_argument_group("sampling"), SamplingSettings)
+    add_flags(parser.add_argument_group("job"), KdJob)
 
 
-def job_from_args(args: argparse.Namespace) -> KdJob:
-    if not args.model_path:
-        raise DistilleryError("no model: pass --model-path or set MODEL_PATH")
-    if not args.dataset:
-        raise DistilleryError("no dataset: pass --dataset or set DATASET_PATH")
-    if args.chunk_rows < 1:
-        raise DistilleryError(f"--chunk-rows must be at least 1, not {args.chunk_rows}")
-    return KdJob(
-        name=args.job_name,
-        model=args.model_path,
-        dataset=args.dataset,
-        prompt=PromptSettings(
-            mode=args.prompt_mode,
-            text_column=args.text_column,
-            messages_column=args.messages_column,
-            id_column=args.id_column,
-            max_prompt_tokens=args.max_prompt_tokens,
-        ),
-        sampling=SamplingSettings(
-            n=args.num_samples,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_tokens=args.max_tokens,
-            stop=tuple(args.stop),
-            return_token_ids=args.return_token_ids,
-        ),
-        engine=EngineSettings(
-            kind=args.engine,
-            model_path=args.model_path,
-            tokenizer_path=args.tokenizer_path,
-            dtype=args.dtype,
-            tensor_parallel_size=args.tensor_parallel_size,
-            pipeline_parallel_size=args.pipeline_parallel_size,
-            max_model_len=args.max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enable_prefix_caching=args.prefix_caching,
-            max_num_seqs=args.gen_batch_size,
-            enforce_eager=args.enforce_eager,
-            seed=args.seed,
-            base_url=args.base_url,
-            served_model_name=args.served_model_name,
-            max_concurrency=args.max_concurrency,
-        ),
-        seed=args.seed,
-        chunk_rows=args.chunk_rows,
-        shuffle_chunks=args.shuffle_chunks,
-        max_target_length=args.max_target_length,
-        output_format=args.output_format,
-    )
+def job_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> KdJob:
+    """The job the flags describe; with `environ`, unset flags fall back on the guide's environment variables."""
+    job = from_args(KdJob, args, environ)
+    if not job.model:
+        raise DistilleryError("no model: pass --model-path" + (" or set MODEL_PATH" if environ is not None else ""))
+    if not job.dataset:
+        raise DistilleryError("no dataset: pass --dataset" + (" or set DATASET_PATH" if environ is not None else ""))
+    if job.chunk_rows < 1:
+        raise DistilleryError(f"--chunk-rows must be at least 1, not {job.chunk_rows}")
+    return job
 
 
 def _run_manifest(args: argparse.Namespace) -> int:
@@ -198,12 +110,13 @@ def _run_status(args: argparse.Namespace) -> int:
 def _run_generate(args: argparse.Namespace) -> int:
     from ..kd.standalone import run_standalone_job
 
-    if not args.output_dir:
+    output_dir = args.output_dir or os.environ.get("GCS_BUCKET_PATH")
+    if not output_dir:
         raise DistilleryError("no output folder: pass --output-dir or set GCS_BUCKET_PATH")
     if not 0 <= args.worker_index < args.num_workers:
         raise DistilleryError(f"--worker-index must be in [0, {args.num_workers}), not {args.worker_index}")
-    run_standalone_job(job_from_args(args), Path(args.output_dir), args.worker_index, args.num_workers,
-                       make_dataset=not args.no_dataset)  # fmt: skip
+    job = job_from_args(args, environ=os.environ)
+    run_standalone_job(job, Path(output_dir), args.worker_index, args.num_workers, make_dataset=not args.no_dataset)
     return 0
 
 
@@ -267,7 +180,7 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         "Sequence-KD generation as one process: manifest, this worker's chunks with one engine, and "
         "the dataset once every chunk is done. Flags default to the MaxText guide's environment variables."
     )
-    parser.add_argument("--output-dir", default=_env("GCS_BUCKET_PATH"), help="($GCS_BUCKET_PATH)")
+    parser.add_argument("--output-dir", help="where the job folder goes ($GCS_BUCKET_PATH)")
     parser.add_argument("--worker-index", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--no-dataset", action="store_true", help="leave the merge to kd-dataset")
