@@ -7,7 +7,8 @@ line passes (`to_argv`) and the JSON round trip of records (`to_dict` / `from_di
 
 Nested settings dataclasses are fields too: `config=""` reads them from the parent's config mapping, a key reads
 them from that sub-mapping; a key starting with "/" is read from the top entry given to `from_config` (a setting
-of a nested class kept elsewhere in the config, e.g. a KD job's `tokenizer` beside its `engine:` section). Two fields may share a flag (a job's `--seed` is also its engine's): one value fills
+of a nested class kept elsewhere in the config, e.g. a KD job's `tokenizer` beside its `engine:` section).
+Two fields may share a flag (a job's `--seed` is also its engine's): one value fills
 both. Environment variables are read only by commands that ask for them (`from_args(..., environ=os.environ)`,
 the MaxText guide's standalone script), so a rule's command line alone decides what a job does.
 """
