@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import DistilleryError
+from ..icm.algorithm import ICMSettings
 from ..icm.data import FORMATS as ICM_FORMATS
+from ..setting import add_flags, from_args
 from .engine_flags import add_engine_flags, engine_settings
 
 
@@ -30,81 +32,30 @@ def _add_icm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, type=Path, help="where labels.jsonl and report.json go")
     parser.add_argument("--state", type=Path, help="search state for resuming (default: OUTPUT_DIR/.icm-state.json)")
     search = parser.add_argument_group("search (the reference's flags and defaults)")
-    search.add_argument("--alpha", type=float, default=30.0, help="weight of mutual predictability (30)")
-    search.add_argument("--seed", type=int, default=27565976)
+    add_flags(search, ICMSettings)
     search.add_argument("--batch-size", "--batch_size", type=int, default=256, help="claims labeled together (256)")
-    search.add_argument("--num-seed", "--num_seed", type=int, default=8, help="randomly labeled claims at start (8)")
-    search.add_argument("--K", "--iterations", dest="iterations", type=int, default=3000, help="iterations (3000)")
-    search.add_argument(
-        "--consistency-fix-K",
-        "--consistency_fix_K",
-        dest="consistency_fix_iterations",
-        type=int,
-        default=10,
-        help="consistency-fix rounds for the seed labels (10)",
-    )
-    search.add_argument(
-        "--proposal-fix-K",
-        dest="proposal_fix_iterations",
-        type=int,
-        default=10,
-        help="consistency-fix rounds after each proposal (10)",
-    )
-    search.add_argument("--decay", type=float, default=0.99, help="decay of the exp schedule (0.99)")
-    search.add_argument("--initial-T", "--initial_T", dest="initial_temperature", type=float, default=10.0)
-    search.add_argument("--final-T", "--final_T", dest="final_temperature", type=float, default=0.01)
-    search.add_argument("--scheduler", dest="schedule", default="log", choices=["log", "exp"])
     search.add_argument("--top-logprobs", type=int, default=20, help="next-token candidates read per prompt (20)")
-    search.add_argument(
-        "--predictability",
-        default="mean_logodds",
-        choices=["mean_logodds", "sum_logprob"],
-        help="mean log-odds (the reference's code) or sum of log P (the paper's formula)",
-    )
-    search.add_argument(
-        "--demonstration-order",
-        default="labeling",
-        choices=["labeling", "dataset"],
-        help="labeling: in the order claims got labels (cache-friendly); dataset: the reference's",
-    )
     search.add_argument(
         "--score-unlabeled",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="score unlabeled claims in each batch (default: on, off for transformers)",
     )
-    search.add_argument("--save-every", type=int, default=10, help="save the state every N iterations (10)")
     add_engine_flags(parser)
     parser.set_defaults(handler=_run_icm)
 
 
 def _run_icm(args: argparse.Namespace) -> int:
     from ..engines import resolve_engine_kind
-    from ..icm.algorithm import ICMSettings
     from ..icm.run import ICMJob, run_icm_job
 
-    engine = engine_settings(args)
+    engine = engine_settings(args, seed=0)  # the search's --seed is not the engine's
     kind = resolve_engine_kind(engine.kind)
     score_unlabeled = args.score_unlabeled
     if score_unlabeled is None:
         # Without a prefix cache every extra prompt is a full forward pass: score unlabeled claims on demand.
         score_unlabeled = kind != "transformers"
-    settings = ICMSettings(
-        alpha=args.alpha,
-        num_seed=args.num_seed,
-        iterations=args.iterations,
-        consistency_fix_iterations=args.consistency_fix_iterations,
-        proposal_fix_iterations=args.proposal_fix_iterations,
-        initial_temperature=args.initial_temperature,
-        final_temperature=args.final_temperature,
-        decay=args.decay,
-        schedule=args.schedule,
-        seed=args.seed,
-        predictability=args.predictability,
-        demonstration_order=args.demonstration_order,
-        score_unlabeled=score_unlabeled,
-        save_every=args.save_every,
-    )
+    settings = from_args(ICMSettings, args, score_unlabeled=score_unlabeled)
     if args.batch_size < 1:
         raise DistilleryError(f"--batch-size must be at least 1, not {args.batch_size}")
     job = ICMJob(
