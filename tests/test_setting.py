@@ -41,6 +41,11 @@ class Engine:
 
 
 @dataclass(frozen=True)
+class Verify:
+    tolerances: dict = setting(help="largest relative logit difference by dtype", default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Job:
     name: str = setting("kd", help="job name", flag="--job-name", config=None)
     prompt_mode: str = setting("prefix", help="how rows become prompts", config="dataset.prompt_mode")
@@ -144,3 +149,20 @@ def test_a_key_starting_with_a_slash_is_read_from_the_top_entry():
     job = from_config(Job, {"tokenizer": "/tok", "engine": {"tokenizer": "ignored"}})
     assert job.engine.tokenizer == "/tok"
     assert config_defaults(Job)["tokenizer"] is None and "engine.tokenizer" not in config_defaults(Job)
+
+
+@pytest.mark.parametrize("text", ["float32=1e-5,bfloat16=5e-3", '{"float32": 1e-5, "bfloat16": 5e-3}'])
+def test_a_dict_setting_is_one_flag_of_pairs_or_json(text):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Verify)
+    settings = from_args(Verify, parser.parse_args(["--tolerances", text]))
+    assert settings.tolerances == {"float32": 1e-5, "bfloat16": 5e-3}
+    assert from_args(Verify, parser.parse_args(to_argv(settings))) == settings
+
+
+def test_a_malformed_dict_flag_is_a_usage_error(capsys):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Verify)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tolerances", "float32"])
+    assert "--tolerances='float32' is not a valid dict" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -124,7 +125,7 @@ def _flat(cls: type) -> list[_Field]:
 def _parse_value(field: _Field, text: str, source: str) -> Any:
     if field.optional and text.lower() in ("none", "null"):
         return None
-    caster = {bool: _parse_bool}.get(field.kind, field.kind)
+    caster = {bool: _parse_bool, dict: _parse_mapping}.get(field.kind, field.kind)
     try:
         value = caster(text)
     except ValueError:
@@ -133,6 +134,30 @@ def _parse_value(field: _Field, text: str, source: str) -> Any:
         choices = ", ".join(map(str, field.setting.choices))
         raise DistilleryError(f"{source}={text!r} is not one of {choices}")
     return value
+
+
+def _parse_mapping(text: str) -> dict:
+    """A dict setting as one flag: JSON (`{"float32": 1e-5}`) or `KEY=VALUE,KEY=VALUE` (values read as JSON where
+    they parse, e.g. numbers, else kept as text)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(text) from None
+        if not isinstance(value, dict):
+            raise ValueError(text)
+        return value
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(text)
+        try:
+            mapping[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            mapping[key.strip()] = value.strip()
+    return mapping
 
 
 def _parse_bool(text: str) -> bool:
@@ -156,7 +181,7 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: tuple[str,
     existing = {option for action in parser._actions for option in action.option_strings}
     for field in _flat(cls):
         spec = field.setting
-        if spec.flag in skip or spec.flag in existing or field.kind is dict:
+        if spec.flag in skip or spec.flag in existing:
             continue
         names = [spec.flag, *spec.aliases]
         options: dict[str, Any] = {"dest": field.dest, "default": _UNSET, "help": _help(field)}
@@ -243,7 +268,7 @@ def to_argv(settings: Any, skip: tuple[str, ...] = ()) -> list[str]:
     given: dict[str, Any] = {}
     for field, value in _flat_values(settings):
         spec = field.setting
-        if not spec.flag or spec.flag in skip or field.kind is dict or spec.secret:
+        if not spec.flag or spec.flag in skip or spec.secret:
             continue
         if spec.flag in given:
             if given[spec.flag] != value:
@@ -257,6 +282,8 @@ def to_argv(settings: Any, skip: tuple[str, ...] = ()) -> list[str]:
         elif field.kind is tuple:
             for item in value:
                 argv += [spec.flag, str(item)]
+        elif field.kind is dict:
+            argv += [spec.flag, json.dumps(value, sort_keys=True)]
         else:
             argv += [spec.flag, "none" if value is None else str(value)]
     return argv
