@@ -106,8 +106,12 @@ def kd_job(name: str, entry: dict, model_path: str, dataset: str) -> KdJob:
 
 
 def _flags(job: KdJob) -> str:
-    """The flags of `distillery kd-manifest` (and kd-teacher) that give this job back: those not at their default."""
-    return shlex.join(to_argv(job))
+    """The flags of `distillery kd-manifest` (and kd-teacher) that give this job back: the paths first, for the
+    reader of a log, then every setting not at its default."""
+    paths = {"--job-name": job.name, "--model-path": job.model, "--tokenizer-path": job.engine.tokenizer_path}
+    paths["--dataset"] = job.dataset
+    lead = [word for flag, value in paths.items() if value is not None for word in (flag, value)]
+    return shlex.join(lead + to_argv(job, skip=tuple(paths)))
 
 
 def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datasets: dict[str, str]) -> dict:
