@@ -62,6 +62,8 @@ SECTIONS = {
                 "served_model_name",
                 "requests_per_minute",
                 "max_concurrency",
+                "request_timeout_s",
+                "max_retries",
                 "self_hosted",
                 "start",
                 "preset",

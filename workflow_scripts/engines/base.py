@@ -50,17 +50,19 @@ class EngineSettings:
     )
     api_key: str | None = setting(None, help="API key", flag=None, config=None, secret=True)
     served_model_name: str | None = setting(None, help="the model's name on the server (default: the server's first)")
-    max_concurrency: int = setting(64, help="requests in flight to a server")
+    max_concurrency: int = setting(64, help="requests in flight to a server (its connections too)")
     requests_per_minute: float | None = setting(
         None, help="rate limit for external APIs (never self-hosted)", config=None
     )
     self_hosted: bool | None = setting(
         None, help="treat the server as self-hosted: no rate limit (default: from the URL)", config=None
     )
-    max_retries: int = setting(5, help="retries on 429, 5xx and connection errors", flag=None, config=None)
+    max_retries: int = setting(5, help="retries of a dropped, timed-out, 429 or 5xx request, with backoff")
     retry_base_delay_s: float = setting(1.0, help="first retry delay (doubles)", flag=None, config=None)
     retry_max_delay_s: float = setting(60.0, help="longest retry delay", flag=None, config=None)
-    request_timeout_s: float = setting(600.0, help="seconds per request", flag=None, config=None)
+    request_timeout_s: float = setting(
+        600.0, help="seconds for one answer (a long generation under load included)", flag="--request-timeout"
+    )
     prompts_per_request: int | None = setting(
         None, help="scoring batch split (default: all in one request when self-hosted)", flag=None, config=None
     )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import shlex
 
+from ..engines.base import EngineSettings
 from ..icm.algorithm import ICMSettings
 from ..setting import config_defaults, fields_of
 
 # The search settings (the reference's ICM.py arguments and defaults) come from ICMSettings' fields; the job's and
 # engine's keys of the `icm.jobs.*` entry follow.
 _SEARCH = [field for field in fields_of(ICMSettings) if field.config and field.setting.flag]
+_REQUESTS = ("max_concurrency", "request_timeout_s", "max_retries")  # EngineSettings fields, keys of `server:`
 JOB_DEFAULTS = {
     "engine": "auto",
     **config_defaults(ICMSettings),
@@ -36,8 +38,8 @@ SEARCH_FLAGS = {
 SERVER_FLAGS = {
     "served_model_name": "--served-model-name",
     "requests_per_minute": "--requests-per-minute",
-    "max_concurrency": "--max-concurrency",
     "api_key_env": "--api-key-env",
+    **{field.name: field.setting.flag for field in fields_of(EngineSettings) if field.name in _REQUESTS},
 }
 
 
