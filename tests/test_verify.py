@@ -180,11 +180,11 @@ def test_model_path_that_is_not_a_folder_fails(run_cli, tmp_path):
 
 
 def test_logits_are_compared_in_float32(converted):
-    from workflow_scripts.verify.numerics import compare_logits, load_model_float32, probe_token_ids, round_weights
-
     """The bfloat16 copy, loaded in float32, against its source loaded separately and rounded to bfloat16 as
     verify does: the same weights give the same logits, and a change far below bfloat16's precision (1 part in
     10,000 of the final norm) is still seen."""
+    from workflow_scripts.verify.numerics import compare_logits, load_model_float32, probe_token_ids, round_weights
+
     source, model = converted
     ours = load_model_float32(model)
     assert next(ours.parameters()).dtype == torch.float32
@@ -195,3 +195,24 @@ def test_logits_are_compared_in_float32(converted):
     with torch.no_grad():
         reference.model.norm.weight.mul_(1 + 1e-4)
     assert 1e-6 < compare_logits(ours, reference, ids).max_rel_diff < 2**-8
+
+
+def bin_model_with_a_foreign_class(tiny_model):
+    """A .bin model whose pickle also holds an argparse.Namespace, which torch.load(weights_only=True) refuses."""
+    import argparse
+
+    folder = tiny_model("llama", "bin")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["note"] = argparse.Namespace(saved_by="a training script")
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_reference_whose_pickle_is_refused_is_one_line(tiny_model, run_cli):
+    model = tiny_model("llama")
+    reference = bin_model_with_a_foreign_class(tiny_model)
+    result = run_cli("verify", model, "--reference", reference)
+    assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("✗ logits"))
+    assert f"{reference / 'pytorch_model.bin'}: refused to unpickle the class argparse.Namespace" in line
+    assert "allow-list of torch.load(weights_only=True)" in line and "safetensors" in line

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from . import __version__
 from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
-from .engines.base import ENGINE_KINDS
-from .errors import DistilleryError
+from .engines.base import ENGINE_KINDS, add_request_flags, request_settings
+from .errors import DistilleryError, os_error_line
 from .icm.data import FORMATS as ICM_FORMATS
 from .kd.commands import add_kd_commands
 
 log = logging.getLogger("distillery")
+ALLOW_OVERFLOW_HELP = "clamp values beyond --dtype's range to its largest value (default: refuse them)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,7 @@ def _add_conversion_flags(parser: argparse.ArgumentParser) -> None:
         "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
     )
     parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
+    parser.add_argument("--allow-overflow", action="store_true", help=ALLOW_OVERFLOW_HELP)
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
     fmt.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
@@ -71,6 +73,7 @@ def _conversion_options(args: argparse.Namespace, **paths):
         base_model_name=args.base_model_name,
         validate_vllm=args.validate_vllm,
         trust_pickle=args.trust_pickle,
+        allow_overflow=args.allow_overflow,
         command=["distillery", *args.argv],
         **paths,
     )
@@ -471,6 +474,7 @@ def _add_make_tiny_model(commands) -> None:
 def _run_make_tiny_model(args: argparse.Namespace) -> int:
     from .architectures.tiny import TinyModelSpec, build_tiny_model
     from .atomic import atomic_output_dir
+    from .provenance import write_provenance
 
     spec = TinyModelSpec(
         architecture=args.architecture,
@@ -484,6 +488,7 @@ def _run_make_tiny_model(args: argparse.Namespace) -> int:
     )
     with atomic_output_dir(args.output, force=args.force) as staging:
         build_tiny_model(staging, spec, args.layout, args.seed, args.dtype, args.max_shard_size)
+        write_provenance(staging, command=["distillery", *args.argv], tool_version=__version__)
     print(f"✓ {args.output}: tiny {args.architecture} ({args.layout}, {args.dtype})")
     return 0
 
@@ -505,9 +510,11 @@ def _add_make_tiny_dataset(commands) -> None:
 def _run_make_tiny_dataset(args: argparse.Namespace) -> int:
     from .atomic import atomic_output_dir
     from .kd.tiny_dataset import write_tiny_dataset
+    from .provenance import write_provenance
 
     with atomic_output_dir(args.output, force=args.force) as staging:
         write_tiny_dataset(staging, args.files, args.rows, args.row_group_rows, args.seed)
+        write_provenance(staging, command=["distillery", *args.argv], tool_version=__version__)
     print(f"✓ {args.output}: {args.files} parquet files")
     return 0
 
@@ -532,7 +539,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser, default_engine: str = "au
     group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key (OPENAI_API_KEY)")
     group.add_argument("--served-model-name", help="the model's name on the server (default: the server's first)")
     group.add_argument("--requests-per-minute", type=float, help="rate limit for external APIs (never self-hosted)")
-    group.add_argument("--max-concurrency", type=int, default=64, help="requests in flight to a server (64)")
+    add_request_flags(group)
     group.add_argument(
         "--self-hosted",
         action=argparse.BooleanOptionalAction,
@@ -563,8 +570,8 @@ def _engine_settings(args: argparse.Namespace):
         api_key=os.environ.get(args.api_key_env) or None,
         served_model_name=args.served_model_name,
         requests_per_minute=args.requests_per_minute,
-        max_concurrency=args.max_concurrency,
         self_hosted=args.self_hosted,
+        **request_settings(args),
     )
 
 
@@ -813,6 +820,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"distillery {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the disk or the file system (full, read-only, ...), not the user's input
+        if args.debug:
+            raise
+        print(f"distillery {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"distillery {args.command}: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ from ..errors import DistilleryError, require_folder
 from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
 from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
 from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import describe_source_files, write_provenance
 from ..sizes import format_size, parse_size
@@ -46,6 +47,7 @@ class ConsolidateOptions:
     checkpoint_dir: Path | None = None  # DeepSpeed: this checkpoint folder, not the latest of the run
     tag: str | None = None  # DeepSpeed: global_stepN instead of what `latest` names
     trust_pickle: bool = False
+    allow_overflow: bool = False  # clamp values beyond --dtype's range instead of refusing them
     command: list[str] = field(default_factory=list)
 
 
@@ -66,10 +68,9 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
         raise DistilleryError(f"unknown weights format {options.weights_format!r}")
     max_shard_bytes = parse_size(options.max_shard_size)
     input_type = "deepspeed" if options.checkpoint_dir else _resolve_input_type(options.input_type, options.input)
-    if options.output.exists() and not options.force:
-        raise DistilleryError("output already exists", options.output, "pass --force to replace it")
-
     base_model = resolve_base_model(options.base_model_name)
+    inputs = (options.input, options.checkpoint_dir, base_model)
+    check_output(options.output, inputs, options.force)
     checkpoint, files_folder, source_details = _open_source(options, input_type)
     config_folder = _config_folder(files_folder, base_model)
     config = load_config(config_folder)
@@ -90,7 +91,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
 
     sources = {spec.name: source for spec, source in plan}
     with (
-        atomic_output_dir(options.output, force=options.force) as staging,
+        atomic_output_dir(options.output, options.force, inputs) as staging,
         progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="consolidate") as bar,
     ):
 
@@ -100,8 +101,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
                 if source.dtype == spec.dtype:
                     return list(source.byte_ranges)
                 return ConvertedRange(source.byte_ranges, source.dtype)
-            tensor = source.load()
-            return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+            return source.load()  # cast by write_weights, which checks the values
 
         files = hf_writer.write_weights(
             staging,
@@ -110,6 +110,7 @@ def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
             max_shard_bytes,
             options.weights_format,
             progress=lambda spec: bar.update(spec.nbytes),
+            allow_overflow=options.allow_overflow,
         )
         copy_model_files(files_folder, staging, base_model)
         _write_config(config_folder / "config.json", staging / "config.json", options, target_dtype)

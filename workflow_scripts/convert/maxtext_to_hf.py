@@ -39,6 +39,7 @@ from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
 from ..formats.safetensors_file import TensorPieces, TensorSpec
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import format_size, parse_size
@@ -406,8 +407,8 @@ def _return_freed_buffers_to_the_system() -> None:
 def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
     if options.dtype not in OUTPUT_DTYPES:
         raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
-    if options.hf_model_path.exists() and not options.force:
-        raise DistilleryError("output already exists", options.hf_model_path, "pass --force to replace it")
+    inputs = (options.orbax_checkpoint, options.config, options.tokenizer_path)
+    check_output(options.hf_model_path, inputs, options.force)
     max_shard_bytes = parse_size(options.max_shard_size)
     checkpoint = MaxTextCheckpoint(options.orbax_checkpoint)
     checkpoint.require(PARAM_ONLY)
@@ -420,7 +421,7 @@ def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
 
     sources = {spec.name: source for spec, source in plan}
     with (
-        atomic_output_dir(options.hf_model_path, force=options.force) as staging,
+        atomic_output_dir(options.hf_model_path, options.force, inputs) as staging,
         progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="maxtext-to-hf") as bar,
     ):
         _return_freed_buffers_to_the_system()

@@ -25,6 +25,7 @@ from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.dcp import TitanCheckpoint
 from ..formats.safetensors_file import TensorSpec
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import parse_size
@@ -229,8 +230,8 @@ class _SourceCache:
 def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
     if options.dtype not in OUTPUT_DTYPES:
         raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
-    if options.output.exists() and not options.force:
-        raise DistilleryError("output already exists", options.output, "pass --force to replace it")
+    inputs = (options.input, options.config, options.tokenizer)
+    check_output(options.output, inputs, options.force)
     max_shard_bytes = parse_size(options.max_shard_size)
     checkpoint = TitanCheckpoint(options.input)
     layout = names.detect_layout(checkpoint.tensors, options.input)
@@ -248,13 +249,12 @@ def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
     log.info("%s: %s, %d tensors, config from %s", options.input, layout.describe, len(plan), config_source)
 
     with (
-        atomic_output_dir(options.output, force=options.force) as staging,
+        atomic_output_dir(options.output, options.force, inputs) as staging,
         progress_bar(total=len(specs), desc="titan-to-hf") as bar,
     ):
 
         def produce(spec: TensorSpec) -> torch.Tensor:
-            tensor = sources.tensor(by_name[spec.name])
-            return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+            return sources.tensor(by_name[spec.name])  # cast by write_weights, which checks the values
 
         files = hf_writer.write_weights(
             staging, specs, produce, max_shard_bytes, "safetensors", progress=lambda spec: bar.update(1)

@@ -37,19 +37,39 @@ class EngineSettings:
     base_url: str | None = None
     api_key: str | None = None
     served_model_name: str | None = None
-    max_concurrency: int = 64
+    max_concurrency: int = 64  # requests in flight to the server (its connections too)
     requests_per_minute: float | None = None  # a limit for external APIs; none for self-hosted servers
     self_hosted: bool | None = None  # None: decided from the URL (localhost, private address, node name)
-    max_retries: int = 5  # on 429, 5xx and connection errors, with exponential backoff
+    max_retries: int = 5  # on connection errors, timeouts, 429 and 5xx, with exponential backoff; every server
     retry_base_delay_s: float = 1.0
     retry_max_delay_s: float = 60.0
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # one request's answer (a long generation under load included)
     prompts_per_request: int | None = None  # scoring batch split; None: all in one request when self-hosted
     extra: dict = field(default_factory=dict)
 
     @property
     def tokenizer(self) -> str:
         return self.tokenizer_path or self.model_path
+
+
+# The OpenAI engine's request settings, written once: field -> (flag, help). The CLI's flags, the KD commands' and
+# the flags the workflow's rules pass all come from here; the config schema names the fields.
+REQUEST_FLAGS = {
+    "max_concurrency": ("--max-concurrency", "requests in flight to a server"),
+    "request_timeout_s": ("--request-timeout", "seconds for one answer"),
+    "max_retries": ("--max-retries", "retries of a dropped, timed-out, 429 or 5xx request, with backoff"),
+}
+
+
+def add_request_flags(group) -> None:
+    """`--max-concurrency`, `--request-timeout`, `--max-retries`, with EngineSettings' defaults."""
+    for name, (flag, help_text) in REQUEST_FLAGS.items():
+        default = getattr(EngineSettings, name)
+        group.add_argument(flag, dest=name, type=type(default), default=default, help=f"{help_text} ({default:g})")
+
+
+def request_settings(args) -> dict:
+    return {name: getattr(args, name) for name in REQUEST_FLAGS}
 
 
 @dataclass(frozen=True)

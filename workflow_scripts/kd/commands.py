@@ -11,8 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings
+from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings, add_request_flags, request_settings
 from ..errors import DistilleryError
+from ..output_guard import check_apart_from_inputs
 from .local_copies import LocalCopies
 from .settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
 
@@ -59,7 +60,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--enforce-eager", action="store_true")
     model.add_argument("--base-url", default=None, help="OpenAI-compatible server (engine openai)")
     model.add_argument("--served-model-name", default=None)
-    model.add_argument("--max-concurrency", type=int, default=64)
+    add_request_flags(model)
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("-n", "--num-samples", type=int, default=1, help="completions per row")
@@ -117,7 +118,7 @@ def job_from_args(args: argparse.Namespace) -> KdJob:
             seed=args.seed,
             base_url=args.base_url,
             served_model_name=args.served_model_name,
-            max_concurrency=args.max_concurrency,
+            **request_settings(args),
         ),
         seed=args.seed,
         chunk_rows=args.chunk_rows,
@@ -127,10 +128,19 @@ def job_from_args(args: argparse.Namespace) -> KdJob:
     )
 
 
+def read_paths(settings: dict, copies: LocalCopies | None = None, files: list[dict] = ()) -> list[str | None]:
+    """What a KD job reads (its model unless it is served, its dataset, their local copies): no output may be
+    or lie inside one of them."""
+    model = settings["model"] if settings["engine"]["kind"] != "openai" else None
+    copies = copies or LocalCopies()
+    return [model, settings["dataset"], copies.model, copies.dataset, *(file["path"] for file in files)]
+
+
 def _run_manifest(args: argparse.Namespace) -> int:
     from .manifest import write_manifest
 
     job = job_from_args(args)
+    check_apart_from_inputs(args.output, read_paths(job_to_dict(job), _copies(args)))
     manifest = write_manifest(job, job_to_dict(job), args.output, _copies(args))
     print(
         f"✓ {args.output}: {len(manifest['chunks'])} chunks over {len(manifest['files'])} files, "
@@ -143,6 +153,7 @@ def _run_teacher(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
 
     job = job_from_args(args)
+    check_apart_from_inputs(args.output, read_paths(job_to_dict(job), _copies(args)))
     model = Path(_copies(args).job_reading_copies(job).engine.model_path)
     if job.engine.kind != "openai" and not (model / "config.json").is_file():
         where = model if model.exists() else model.parent
@@ -154,10 +165,12 @@ def _run_teacher(args: argparse.Namespace) -> int:
 
 
 def _run_chunk(args: argparse.Namespace) -> int:
-    from .chunk import ChunkRunner
+    from .chunk import ChunkRunner, chunk_output
     from .manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
+    output = args.output or chunk_output(manifest, manifest.chunk(args.chunk))
+    check_apart_from_inputs(output, read_paths(manifest.settings, _copies(args), manifest.data["files"]))
     runner = ChunkRunner(manifest, copies=_copies(args))
     try:
         stats = runner.run(manifest.chunk(args.chunk), args.output)
@@ -175,6 +188,8 @@ def _run_dataset(args: argparse.Namespace) -> int:
     from .manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
+    for output in (args.output, args.summary):
+        check_apart_from_inputs(output, read_paths(manifest.settings, files=manifest.data["files"]))
     output_format = args.format or manifest.settings["output_format"]
     summary = build_dataset(manifest, args.output, args.summary, output_format)
     print(
@@ -208,6 +223,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise DistilleryError(f"--worker-index must be in [0, {args.num_workers}), not {args.worker_index}")
     job = job_from_args(args)
     folder = Path(args.output_dir) / job.name
+    check_apart_from_inputs(folder, read_paths(job_to_dict(job)))
     manifest_path = folder / "manifest.json"
     if manifest_path.exists():
         manifest = load_manifest(manifest_path)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 
+from ..engines.base import REQUEST_FLAGS
+
 # The reference's defaults (ICM.py's argparse), by the config's key names.
 JOB_DEFAULTS = {
     "engine": "auto",
@@ -55,8 +57,8 @@ SEARCH_FLAGS = {
 SERVER_FLAGS = {
     "served_model_name": "--served-model-name",
     "requests_per_minute": "--requests-per-minute",
-    "max_concurrency": "--max-concurrency",
     "api_key_env": "--api-key-env",
+    **{name: flag for name, (flag, _) in REQUEST_FLAGS.items()},
 }
 
 

@@ -14,6 +14,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engines.base import REQUEST_FLAGS
 from ..errors import DistilleryError
 from ..kd.local_copies import dataset_root
 from ..kd.sources import is_url
@@ -119,7 +120,7 @@ def _flags(name: str, entry: dict, model_path: str, dataset: str) -> str:
         ("--gen-batch-size", engine["gen_batch_size"]),
         ("--base-url", engine.get("base_url") and expand(engine["base_url"], f"kd.{name}.engine.base_url")),
         ("--served-model-name", engine.get("served_model_name")),
-        ("--max-concurrency", engine["max_concurrency"]),
+        *((flag, engine[name]) for name, (flag, _) in REQUEST_FLAGS.items()),
         ("-n", sampling["n"]),
         ("--temperature", sampling["temperature"]),
         ("--top-p", sampling["top_p"]),
