@@ -160,7 +160,7 @@ def verify_flags(wildcards):
     ]
     if VERIFY["expect_single_file"]:
         flags.append("--expect-single-file")
-    return " ".join(flags)
+    return " ".join(flags + trust_remote_code_flag(wildcards.model))
 
 
 def tiny_model_flags(wildcards):
@@ -188,7 +188,12 @@ def budget_flags(wildcards):
     ]
     if VERIFY.get("gpu_memory_gib"):
         flags.append(f"--gpu-memory {VERIFY['gpu_memory_gib']}")
-    return " ".join(flags)
+    return " ".join(flags + trust_remote_code_flag(wildcards.model))
+
+
+def trust_remote_code_flag(model):
+    trusted = model_config(model).get("trust_remote_code")
+    return ["--trust-remote-code"] if trusted else []
 
 
 def all_outputs():

@@ -33,6 +33,7 @@ kd_dataset_inputs = lambda wildcards: KD.dataset_inputs(
 kd_dataset_manifest = lambda wildcards, input: KD.dataset_manifest(
     wildcards.job, input.get("manifest")
 )
+kd_missing_chunks = lambda wildcards: KD.missing_chunks()
 KD_CHUNK_INPUTS = KD.chunk_inputs(ancient, kd_chunk_model, kd_chunk_data)
 KD_CHUNK_PARAMS = KD.chunk_params(kd_chunk_copies)
 KD_CHUNK_RESOURCES = KD.chunk_resources(kd_gpus, kd_chunk_mem_mb)

@@ -285,17 +285,42 @@ def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, 
 
 def test_small_read_blocks_give_the_same_model(run_cli, maxtext_models, param_only, tmp_path, monkeypatch):
     """Blocks of a few rows (as for a large model, in proportion) write the same bytes."""
-    from workflow_scripts.convert import maxtext_to_hf
+    from workflow_scripts.formats import maxtext_arrays
     from workflow_scripts.formats.hf_checkpoint import open_checkpoint
 
     _, config, _ = maxtext_models["llama3.1-tiny"]
     flags = ("--dtype", "bfloat16", "--no-validate-vllm")
     whole = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "a", "llama3.1-tiny", config, *flags)
-    monkeypatch.setattr(maxtext_to_hf, "BLOCK_BYTES", 1000)
-    monkeypatch.setattr(maxtext_to_hf, "SPOOL_ABOVE_BYTES", 0)
+    monkeypatch.setattr(maxtext_arrays, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(maxtext_arrays, "SPOOL_ABOVE_BYTES", 0)
     sliced = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "b", "llama3.1-tiny", config, *flags)
     first, second = open_checkpoint(whole).tensors, open_checkpoint(sliced).tensors
     assert all(torch.equal(first[name].load(), second[name].load()) for name in first)
+
+
+def test_next_scanned_array_is_spooled_while_the_current_one_is_handed_out(param_only, tmp_path, monkeypatch):
+    """The worker decodes the next array in the conversion's order into its spool file, ahead of being asked."""
+    import time
+
+    from workflow_scripts.formats import maxtext_arrays
+
+    monkeypatch.setattr(maxtext_arrays, "SPOOL_ABOVE_BYTES", 0)
+    checkpoint = MaxTextCheckpoint(param_only("llama3.1-tiny"))
+    first, second = "decoder.layers.mlp.wi_0.kernel", "decoder.layers.mlp.wo.kernel"
+    arrays = maxtext_arrays.StoredArrays(checkpoint, tmp_path, order=[first, second])
+    try:
+        arrays.layer(first, 0)
+        spool = tmp_path / f".spool-{second}"
+        expected_size = np.prod(checkpoint.shape(second)) * 2
+        deadline = time.monotonic() + 60
+        while not (spool.is_file() and spool.stat().st_size == expected_size) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spool.is_file(), "the next array was not spooled ahead"
+        stored = checkpoint.read(second)
+        assert all(np.array_equal(arrays.layer(second, layer), stored[:, layer]) for layer in range(stored.shape[1]))
+    finally:
+        arrays.close()
+    assert not list(tmp_path.glob(".spool-*"))
 
 
 def test_nnx_decode_layout_converts_like_linen(run_cli, maxtext_models, param_only, tmp_path):

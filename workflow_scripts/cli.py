@@ -186,6 +186,7 @@ def _add_verify(commands) -> None:
         metavar="DTYPE=VALUE",
         help="max relative logit difference for weights stored in DTYPE, e.g. bfloat16=0.04",
     )
+    _add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_verify)
 
 
@@ -201,12 +202,16 @@ def _parse_tolerances(items: list[str]) -> dict[str, float]:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .verify.numerics import DEFAULT_PROBE_PROMPTS
-    from .verify.run import verify_model
+    from .architectures.remote_code import allow_remote_code
 
     model_path = args.model_path or args.model
     if model_path is None:
         raise DistilleryError("no model given", hint="pass --model-path FOLDER")
+    allow_remote_code(model_path, args.trust_remote_code)  # before torch is imported: a refusal is instant
+
+    from .verify.numerics import DEFAULT_PROBE_PROMPTS
+    from .verify.run import verify_model
+
     report = verify_model(
         model_path,
         reference_path=args.reference,
@@ -214,11 +219,18 @@ def _run_verify(args: argparse.Namespace) -> int:
         probe_prompts=args.probe_prompts or DEFAULT_PROBE_PROMPTS,
         tolerances=_parse_tolerances(args.tolerance),
         plan_reports=args.plans,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.report:
         report.write(args.report, args.markdown)
     print("\n".join(report.console_lines()))
     return 0 if report.passed else 1
+
+
+def _add_trust_remote_code(parser) -> None:
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run the model folder's own code (auto_map); never asked"
+    )
 
 
 def _add_print_structure(commands) -> None:
@@ -228,7 +240,7 @@ def _add_print_structure(commands) -> None:
     parser.add_argument("model", type=Path, help="model folder (only config.json is read)")
     parser.add_argument("--max-depth", type=int, help="deepest level to print")
     parser.add_argument("--show-params", action="store_true", help="list each module's parameters and shapes")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (auto_map)")
+    _add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_print_structure)
 
 
@@ -255,7 +267,7 @@ def _add_validate_plans(commands) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="exit 0 whatever the verdict (the workflow's verify step judges)"
     )
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (auto_map)")
+    _add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_validate_plans)
 
 
@@ -429,6 +441,7 @@ def _add_infer(commands) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs for tensor parallelism (1)")
     parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"], help="(auto)")
     parser.add_argument("--seed", type=int, default=0)
+    _add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_infer)
 
 
@@ -442,6 +455,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
     )
     engine, completions = run_inference(args.model_path, prompts, settings, args.engine)
     print(f"engine: {engine}")
@@ -531,6 +545,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser, default_engine: str = "au
     group.add_argument("--max-model-len", type=int)
     group.add_argument("--max-num-seqs", type=int, default=256, help="sequences per engine batch (256)")
     group.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs (faster start)")
+    _add_trust_remote_code(group)
     group.add_argument(
         "--base-url",
         help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or VLLM_BASE_URL)",
@@ -566,6 +581,7 @@ def _engine_settings(args: argparse.Namespace):
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         enforce_eager=args.enforce_eager,
+        trust_remote_code=args.trust_remote_code,
         base_url=base_url,
         api_key=os.environ.get(args.api_key_env) or None,
         served_model_name=args.served_model_name,

@@ -33,6 +33,7 @@ class EngineSettings:
     max_num_seqs: int = 256  # the guide's GEN_BATCH_SIZE; transformers' batch size too
     enforce_eager: bool = False
     seed: int = 0
+    trust_remote_code: bool = False  # run the model folder's own code (auto_map); see models/remote_code.py
     # openai engine only
     base_url: str | None = None
     api_key: str | None = None

@@ -15,26 +15,40 @@ from ..engines.base import ENGINE_KINDS, EngineSettings, SamplingSettings, add_r
 from ..errors import DistilleryError
 from ..output_guard import check_apart_from_inputs
 from .local_copies import LocalCopies
-from .settings import OUTPUT_FORMATS, PROMPT_MODES, KdJob, PromptSettings, job_to_dict
+from .settings import GUIDE_ENVIRONMENT, OUTPUT_FORMATS, PROMPT_MODES, GuideVariable, KdJob, PromptSettings, job_to_dict
+
+_KIND_WORDS = {int: "a whole number", float: "a number"}
 
 
-def _env(name: str, default=None, cast=str):
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return default
+def fill_from_environment(args: argparse.Namespace) -> None:
+    """Fill the flags the user did not pass from the guide's environment variables (or their defaults).
+
+    Read here, when a command that has these flags runs, not when the parser is built: a bad value then fails only
+    the commands that read it, as one line.
+    """
+    for variable in GUIDE_ENVIRONMENT:
+        if getattr(args, variable.dest, "absent") is not None:
+            continue  # the command has no such flag, or the flag was given
+        value = os.environ.get(variable.name, "")
+        setattr(args, variable.dest, _parse_variable(variable, value) if value else variable.default)
+
+
+def _parse_variable(variable: GuideVariable, value: str):
     try:
-        return cast(value)
+        return variable.kind(value)
     except ValueError:
-        raise DistilleryError(f"environment variable {name}={value!r} is not a valid {cast.__name__}") from None
+        flag = "--" + variable.dest.replace("_", "-")
+        raise DistilleryError(
+            f"environment variable {variable.name}={value!r} is not {_KIND_WORDS[variable.kind]}",
+            hint=f"set it to one (or unset it), or pass {flag}",
+        ) from None
 
 
 def add_job_flags(parser: argparse.ArgumentParser) -> None:
     """The settings of a KD job, named as in the MaxText guide's script and its environment variables."""
     data = parser.add_argument_group("data")
     data.add_argument("--job-name", default="kd", help="name of the job (default: kd)")
-    data.add_argument(
-        "--dataset", default=_env("DATASET_PATH"), help="parquet file, folder, glob or URL ($DATASET_PATH)"
-    )
+    data.add_argument("--dataset", default=None, help="parquet file, folder, glob or URL ($DATASET_PATH)")
     data.add_argument("--prompt-mode", default="prefix", choices=PROMPT_MODES)
     data.add_argument("--text-column", default="text")
     data.add_argument("--messages-column", default="messages")
@@ -45,31 +59,30 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--output-format", default="jsonl", choices=OUTPUT_FORMATS)
 
     model = parser.add_argument_group("model and engine")
-    model.add_argument("--model-path", default=_env("MODEL_PATH"), help="HF model folder ($MODEL_PATH)")
-    model.add_argument(
-        "--tokenizer-path", default=_env("TOKENIZER_PATH"), help="default: the model's ($TOKENIZER_PATH)"
-    )
+    model.add_argument("--model-path", default=None, help="HF model folder ($MODEL_PATH)")
+    model.add_argument("--tokenizer-path", default=None, help="default: the model's ($TOKENIZER_PATH)")
     model.add_argument("--engine", default="auto", choices=ENGINE_KINDS)
-    model.add_argument("--tensor-parallel-size", type=int, default=_env("TENSOR_PARALLEL_SIZE", 1, int))
+    model.add_argument("--tensor-parallel-size", type=int, default=None, help="(1; $TENSOR_PARALLEL_SIZE)")
     model.add_argument("--pipeline-parallel-size", type=int, default=1)
     model.add_argument("--dtype", default="auto")
     model.add_argument("--max-model-len", type=int, default=None)
     model.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     model.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false")
-    model.add_argument("--gen-batch-size", type=int, default=_env("GEN_BATCH_SIZE", 256, int), help="max_num_seqs")
+    model.add_argument("--gen-batch-size", type=int, default=None, help="max_num_seqs (256; $GEN_BATCH_SIZE)")
     model.add_argument("--enforce-eager", action="store_true")
+    model.add_argument("--trust-remote-code", action="store_true", help="run the model folder's own code (auto_map)")
     model.add_argument("--base-url", default=None, help="OpenAI-compatible server (engine openai)")
     model.add_argument("--served-model-name", default=None)
     add_request_flags(model)
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("-n", "--num-samples", type=int, default=1, help="completions per row")
-    sampling.add_argument("--temperature", type=float, default=_env("TEMPERATURE", 0.8, float))
-    sampling.add_argument("--top-p", type=float, default=_env("TOP_P", 0.95, float))
+    sampling.add_argument("--temperature", type=float, default=None, help="(0.8; $TEMPERATURE)")
+    sampling.add_argument("--top-p", type=float, default=None, help="(0.95; $TOP_P)")
     sampling.add_argument("--top-k", type=int, default=-1)
     sampling.add_argument("--max-tokens", type=int, default=256, help="completion length cap")
     sampling.add_argument(
-        "--max-target-length", type=int, default=_env("MAX_TARGET_LENGTH", None, int), help="prompt + completion cap"
+        "--max-target-length", type=int, default=None, help="prompt + completion cap ($MAX_TARGET_LENGTH)"
     )
     sampling.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     sampling.add_argument("--seed", type=int, default=0)
@@ -77,6 +90,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def job_from_args(args: argparse.Namespace) -> KdJob:
+    fill_from_environment(args)
     if not args.model_path:
         raise DistilleryError("no model: pass --model-path or set MODEL_PATH")
     if not args.dataset:
@@ -115,6 +129,7 @@ def job_from_args(args: argparse.Namespace) -> KdJob:
             enable_prefix_caching=args.prefix_caching,
             max_num_seqs=args.gen_batch_size,
             enforce_eager=args.enforce_eager,
+            trust_remote_code=args.trust_remote_code,
             seed=args.seed,
             base_url=args.base_url,
             served_model_name=args.served_model_name,
@@ -217,6 +232,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from .manifest import load_manifest, write_manifest
     from .status import job_status
 
+    fill_from_environment(args)
     if not args.output_dir:
         raise DistilleryError("no output folder: pass --output-dir or set GCS_BUCKET_PATH")
     if not 0 <= args.worker_index < args.num_workers:
@@ -315,7 +331,7 @@ def add_kd_commands(commands) -> None:
         description="Sequence-KD generation as one process: manifest, this worker's chunks with one engine, and "
         "the dataset once every chunk is done. Flags default to the MaxText guide's environment variables.",
     )
-    generate.add_argument("--output-dir", default=_env("GCS_BUCKET_PATH"), help="($GCS_BUCKET_PATH)")
+    generate.add_argument("--output-dir", default=None, help="($GCS_BUCKET_PATH)")
     generate.add_argument("--worker-index", type=int, default=0)
     generate.add_argument("--num-workers", type=int, default=1)
     generate.add_argument("--no-dataset", action="store_true", help="leave the merge to kd-dataset")

@@ -15,18 +15,30 @@ from ..engines.base import EngineSettings, SamplingSettings
 PROMPT_MODES = ("prefix", "prompt", "chat")
 OUTPUT_FORMATS = ("jsonl", "parquet")
 
-# Environment variable of the MaxText guide -> the job setting it fills, for the standalone CLI.
-GUIDE_ENVIRONMENT = {
-    "MODEL_PATH": "model",
-    "TOKENIZER_PATH": "tokenizer",
-    "DATASET_PATH": "dataset",
-    "GCS_BUCKET_PATH": "output_dir",
-    "TENSOR_PARALLEL_SIZE": "tensor_parallel_size",
-    "GEN_BATCH_SIZE": "gen_batch_size",
-    "MAX_TARGET_LENGTH": "max_target_length",
-    "TEMPERATURE": "temperature",
-    "TOP_P": "top_p",
-}
+
+@dataclass(frozen=True)
+class GuideVariable:
+    """An environment variable of the MaxText guide: it fills the flag `dest` of the standalone CLI when the flag
+    is not given. It is read only by the commands that have the flag, when they run (a bad value must not break
+    `--help` or other commands)."""
+
+    name: str
+    dest: str
+    default: object = None
+    kind: type = str
+
+
+GUIDE_ENVIRONMENT = (
+    GuideVariable("MODEL_PATH", "model_path"),
+    GuideVariable("TOKENIZER_PATH", "tokenizer_path"),
+    GuideVariable("DATASET_PATH", "dataset"),
+    GuideVariable("GCS_BUCKET_PATH", "output_dir"),
+    GuideVariable("TENSOR_PARALLEL_SIZE", "tensor_parallel_size", 1, int),
+    GuideVariable("GEN_BATCH_SIZE", "gen_batch_size", 256, int),
+    GuideVariable("MAX_TARGET_LENGTH", "max_target_length", None, int),
+    GuideVariable("TEMPERATURE", "temperature", 0.8, float),
+    GuideVariable("TOP_P", "top_p", 0.95, float),
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..kd.manifest import load_manifest
-from .kd_jobs import KdJobWiring, manifest_is_current, wire_kd_jobs
+from .kd_jobs import KdJobWiring, check_teachers, chunk_files, manifest_is_current, missing_chunk_files, wire_kd_jobs
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
 GPU_CHUNK_MEM_MB = 32768
@@ -50,6 +50,7 @@ class KdWiring:
     def from_config(cls, config: dict, model_dirs: dict[str, str], uses_storage: bool) -> KdWiring:
         """`model_dirs`: the HF folder of each workflow model."""
         jobs = wire_kd_jobs(config.get("kd", {}), model_dirs, built_datasets(config))
+        check_teachers(jobs, config.get("kd", {}), model_dirs)
         return cls(jobs, config["results"], uses_storage)
 
     # Paths
@@ -136,8 +137,15 @@ class KdWiring:
             # open(): where a storage provider keeps the manifest, Snakemake fetches it first and asks again.
             with manifest.open():
                 chunks = load_manifest(manifest).chunks
-        folder = self.folder(job)
-        return [f"{folder}/chunks/{chunk.name}{suffix}" for chunk in chunks for suffix in (".jsonl", ".stats.json")]
+        return chunk_files(self.folder(job), chunks)
+
+    def missing_chunks(self) -> list[str]:
+        """Chunk files deleted beside a finished dataset, as targets of `all` and `kd` (see missing_chunk_files)."""
+        return [
+            path
+            for job, wired in self.jobs.items()
+            for path in missing_chunk_files(wired, self.folder(job), self.dataset_outputs(job))
+        ]
 
     # Params
     def local_dataset_flag(self, job: str, data) -> str:
