@@ -388,36 +388,45 @@ NUMERIC_GUIDE_VARIABLES = {
 
 
 @pytest.mark.parametrize("variable", sorted(NUMERIC_GUIDE_VARIABLES))
-def test_a_bad_guide_variable_fails_only_the_commands_that_read_it(
+def test_a_bad_guide_variable_fails_only_the_command_that_reads_it(
     run_cli, model, dataset, tmp_path, monkeypatch, variable
 ):
+    """Only `generate` (the guide's run_sequence_kd.sh) reads the guide's variables; the workflow's commands take
+    every setting from their flags, so a bad value in the shell neither breaks them nor leaks into their jobs."""
     value, kind, flag = NUMERIC_GUIDE_VARIABLES[variable]
     monkeypatch.setenv(variable, value)
     assert run_cli("--help").exit_code == 0
-    assert run_cli("kd-manifest", "--help").exit_code == 0
+    assert run_cli("generate", "--help").exit_code == 0
     assert run_cli("make-tiny-dataset", "--output", tmp_path / "other", "--files", "1").exit_code == 0
+    assert run_cli("kd-manifest", "--output", tmp_path / "job/manifest.json", *job_flags(model, dataset)).exit_code == 0
 
-    result = run_cli(
-        "kd-manifest", "--output", tmp_path / "job/manifest.json", "--model-path", model, "--dataset", dataset
-    )
+    result = run_cli("generate", "--output-dir", tmp_path / "out", *job_flags(model, dataset, **{flag: None}))
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        f"distillery kd-manifest: error: environment variable {variable}={value!r} is not {kind}; "
+        f"distillery generate: error: environment variable {variable}={value!r} is not {kind}; "
         f"set it to one (or unset it), or pass {flag}"
     ]
-    assert not (tmp_path / "job").exists()
-    # The flag wins over the variable, which is then not read.
-    good = "1" if kind == "a whole number" else "0.5"
-    passed = run_cli("kd-manifest", "--output", tmp_path / "job/manifest.json", *job_flags(model, dataset), flag, good)
-    assert passed.exit_code == 0, passed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_guide_variable_is_not_read_where_its_flag_is_given(run_cli, model, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEMPERATURE", "warm")
+    flags = [*job_flags(model, dataset), "--temperature", "0.5", "--no-dataset"]
+    result = run_cli("generate", "--output-dir", tmp_path / "out", *flags)
+    assert result.exit_code == 0, result.stderr
 
 
 def test_guide_variables_fill_the_flags_not_given(run_cli, model, dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("TEMPERATURE", "0.25")
     monkeypatch.setenv("TENSOR_PARALLEL_SIZE", "")  # empty: the default
-    settings = load_manifest(make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))).settings
+    monkeypatch.setenv("GCS_BUCKET_PATH", str(tmp_path / "out"))
+    assert run_cli("generate", *job_flags(model, dataset), "--no-dataset").exit_code == 0
+    settings = load_manifest(tmp_path / "out/kd/manifest.json").settings
     assert settings["sampling"]["temperature"] == 0.25 and settings["sampling"]["top_p"] == 0.95
     assert settings["engine"]["tensor_parallel_size"] == 1 and settings["engine"]["max_num_seqs"] == 4
+    # The workflow's commands do not read them.
+    workflow = load_manifest(make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))).settings
+    assert workflow["sampling"]["temperature"] == 0.8
 
 
 def test_a_side_file_line_that_is_no_record_is_cut_off_like_a_torn_one(run_cli, model, tmp_path):
@@ -538,12 +547,14 @@ def test_a_chunk_stopped_by_a_full_disk_says_so_and_resumes_without_losing_rows(
     disk = FullDisk(monkeypatch, free)
     result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
     assert result.exit_code == 1
-    named = side if where == "side file" else output
+    # Once every row is saved, the chunk's two outputs are written: the disk fills in one of them.
+    named = [side] if where == "side file" else [output, output.with_name(output.name.replace(".jsonl", ".stats.json"))]
     assert "Traceback" not in result.stderr  # above the error: the engine's progress bars
-    assert result.stderr.splitlines()[-1] == (
-        f"distillery kd-chunk: error: {named}: cannot write: No space left on device; free space on its file "
+    assert result.stderr.splitlines()[-1] in [
+        f"distillery kd-chunk: error: {path}: cannot write: No space left on device; free space on its file "
         "system and run the chunk job again: it resumes from the rows already saved"
-    )
+        for path in named
+    ]
     assert not output.exists() and hidden_files(tmp_path / "job/chunks") == [side.name]
 
     disk.free = 10**9

@@ -168,6 +168,7 @@ def test_requests_in_flight_timeout_and_retries_have_one_default_everywhere():
     import yaml
 
     from workflow_scripts.cli import build_parser
+    from workflow_scripts.setting import from_args
 
     schema = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
     parser = build_parser()
@@ -176,7 +177,8 @@ def test_requests_in_flight_timeout_and_retries_have_one_default_everywhere():
     for key, flag in REQUEST_SETTINGS.items():
         default = getattr(EngineSettings, key)
         assert schema_defaults(schema, key) == [default, default], key  # kd engine, icm server
-        assert getattr(icm, key) == default and getattr(generate, key) == default, flag
+        commands = (from_args(EngineSettings, icm), from_args(EngineSettings, generate))  # what the commands get
+        assert [getattr(settings, key) for settings in commands] == [default, default], flag
 
 
 def test_the_workflow_passes_request_settings_to_kd_and_icm_jobs():
