@@ -1,4 +1,42 @@
 # Sequence-KD generation: chunk manifest (a checkpoint) -> one JSONL per chunk -> dataset + summary.
+# The wiring (inputs, params, resources, with or without a storage provider) is workflow/kd_wiring.py; these
+# wrappers only bind wildcards and pass Snakemake's own objects in.
+from workflow_scripts.workflow.kd_wiring import KdWiring
+
+KD = KdWiring.from_config(
+    config,
+    {model: hf_model_dir(model) for model in MODELS},
+    uses_storage=workflow.storage_settings.default_storage_provider is not None,
+)
+KD_JOBS = KD.jobs
+KD_JOBS_BY_FORMAT = KD.jobs_by_format()
+
+
+kd_dataset_outputs = lambda job: KD.dataset_outputs(job)
+kd_flags = lambda wildcards: KD.flags(wildcards.job)
+kd_manifest_inputs = lambda wildcards: KD.manifest_inputs(wildcards.job, local)
+kd_teacher_inputs = lambda wildcards: KD.teacher_inputs(wildcards.job, local)
+kd_local_dataset = lambda wildcards, input: KD.local_dataset_flag(
+    wildcards.job, input.data
+)
+kd_local_model = lambda wildcards, input: KD.local_model_flag(input.get("model"))
+kd_chunk_model = lambda wildcards: KD.chunk_model(wildcards.job, local)
+kd_chunk_data = lambda wildcards: KD.chunk_data(wildcards.job)
+kd_chunk_copies = lambda wildcards, input: KD.copies_flags(
+    wildcards.job, input.get("model"), input.get("data")
+)
+kd_gpus = lambda wildcards: KD.gpus(wildcards.job)
+kd_chunk_mem_mb = lambda wildcards: KD.chunk_mem_mb(wildcards.job)
+kd_dataset_inputs = lambda wildcards: KD.dataset_inputs(
+    wildcards.job, checkpoints.kd_manifest
+)
+kd_dataset_manifest = lambda wildcards, input: KD.dataset_manifest(
+    wildcards.job, input.get("manifest")
+)
+kd_missing_chunks = lambda wildcards: KD.missing_chunks()
+KD_CHUNK_INPUTS = KD.chunk_inputs(ancient, kd_chunk_model, kd_chunk_data)
+KD_CHUNK_PARAMS = KD.chunk_params(kd_chunk_copies)
+KD_CHUNK_RESOURCES = KD.chunk_resources(kd_gpus, kd_chunk_mem_mb)
 
 
 checkpoint kd_manifest:
@@ -17,7 +55,7 @@ checkpoint kd_manifest:
         mem_mb=2048,
         runtime=15,
     params:
-        flags=lambda wildcards: KD_JOBS[wildcards.job].flags,
+        flags=kd_flags,
         local_dataset=kd_local_dataset,
     shell:
         "distillery kd-manifest --output {output} {params.flags} {params.local_dataset} > {log} 2>&1"
@@ -37,7 +75,7 @@ rule kd_teacher:
         mem_mb=1024,
         runtime=5,
     params:
-        flags=lambda wildcards: KD_JOBS[wildcards.job].flags,
+        flags=kd_flags,
         local_model=kd_local_model,
     shell:
         "distillery kd-teacher --output {output} {params.flags} {params.local_model} > {log} 2>&1"
@@ -45,14 +83,14 @@ rule kd_teacher:
 
 rule kd_chunk:
     input:
-        **KD_CHUNK_INPUTS,  # teacher.json, and what a job fetches with a storage provider (common.smk)
+        **KD_CHUNK_INPUTS,  # teacher.json, and what a job fetches with a storage provider
     output:
         chunk=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl",
         stats=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json",
     log:
         "logs/kd_chunk/{job}/{part}/{start}-{stop}.log",
     conda:
-        KD_CHUNK_ENV
+        KD.chunk_env()
     threads: 2
     # Plain values where the config allows: Snakemake evaluates a function per job, which costs seconds at 10k chunks.
     resources:

@@ -1,4 +1,28 @@
 # ICM label elicitation: a label set per job, and (optionally) the vLLM server its job talks to.
+# The wiring is workflow/icm_wiring.py; these wrappers only bind wildcards and pass Snakemake's local() in.
+from workflow_scripts.workflow.icm_wiring import IcmWiring
+
+ICM = IcmWiring.from_config(
+    config, {model: hf_model_dir(model) for model in MODELS}, workflow.basedir
+)
+ICM_JOBS = ICM.jobs
+
+
+icm_labels = lambda job: ICM.labels_path(job)
+icm_model_input = lambda wildcards: ICM.model_input(wildcards.job)
+icm_data_input = lambda wildcards: ICM.data_input(wildcards.job, local)
+icm_server_input = lambda wildcards: ICM.server_input(wildcards.job)
+icm_model_flag = lambda wildcards, input: ICM.model_flag(
+    wildcards.job, input.get("model")
+)
+icm_server_flag = lambda wildcards, input: ICM.server_flag(input.get("server"))
+icm_flags = lambda wildcards: ICM.flags(wildcards.job)
+icm_serve_flags = lambda wildcards: ICM.serve_flags(wildcards.job)
+icm_gpus = lambda wildcards: ICM.gpus(wildcards.job)
+icm_server_gpus = lambda wildcards: ICM.server_gpus(wildcards.job)
+icm_mem_mb = lambda wildcards, input: ICM.mem_mb(wildcards.job, input.get("model"))
+icm_server_mem_mb = lambda wildcards, input: ICM.server_mem_mb(input.model)
+icm_runtime = lambda wildcards: ICM.runtime(wildcards.job)
 
 
 rule icm_labels:
@@ -45,7 +69,7 @@ rule vllm_server:
     threads: 4
     resources:
         gpu=icm_server_gpus,
-        mem_mb=lambda wildcards, input: 16384 + sizing.weights_mb(input.model),
+        mem_mb=icm_server_mem_mb,
         runtime=icm_runtime,
     params:
         flags=icm_serve_flags,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from workflow_scripts.engines import EngineSettings, GenerationRequest, SamplingSettings, open_engine
@@ -23,7 +27,15 @@ def requests(engine, count: int, seed: int = 0) -> list[GenerationRequest]:
 
 
 def test_auto_picks_transformers_without_a_gpu():
-    assert resolve_engine_kind("auto") == "transformers"
+    """On any host, GPU and vLLM or not: a fresh process that sees no GPU (CUDA_VISIBLE_DEVICES="")."""
+    code = "from workflow_scripts.engines.base import resolve_engine_kind; print(resolve_engine_kind('auto'))"
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "transformers"
+
+
+def test_an_unknown_engine_is_named():
     with pytest.raises(DistilleryError, match="unknown engine 'tgi'"):
         resolve_engine_kind("tgi")
 

@@ -268,8 +268,12 @@ def test_generate_replays_the_recorded_completions():
 
 
 def test_fixture_files_name_the_vllm_version_and_the_requests():
-    for path in FIXTURES.glob("vllm-*.jsonl"):
+    paths = sorted(FIXTURES.glob("vllm-*.jsonl"))
+    assert SHARED in paths, f"{SHARED.name}, which this file replays, is missing"
+    for path in paths:
         assert path.name.startswith("vllm-0.")
-        for exchange in load_exchanges(path):
+        exchanges = load_exchanges(path)
+        assert exchanges, f"{path.name} records no exchange"
+        for exchange in exchanges:
             assert {"method", "path", "request", "status", "response"} <= set(exchange)
             json.dumps(exchange["request"])

@@ -34,11 +34,12 @@ def set_resources(profile: dict) -> dict[str, dict[str, str]]:
 
 
 def test_every_rule_has_an_entry(monkeypatch):
+    """Rules made with `use rule ... as NAME` too."""
     profile = read_profile(monkeypatch, PARTITION="cpu")
     declared = {
         m
         for p in (REPO / "rules").glob("*.smk")
-        for m in re.findall(r"^(?:rule|checkpoint) (\w+):", p.read_text(), re.M)
+        for m in re.findall(r"^(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", p.read_text(), re.M)
     }
     future = {
         "maxtext_param_only",

@@ -169,7 +169,6 @@ class SearchState:
     current: Evaluation | None
     accepted: int = 0
     proposals: int = 0
-    rng_state: object = None
     history: list[IterationStats] = field(default_factory=list)
 
 
