@@ -24,8 +24,8 @@ from titan_models import (  # noqa: E402
 )
 
 from workflow_scripts.architectures.tiny import train_tokenizer  # noqa: E402
-from workflow_scripts.convert import titan_names  # noqa: E402
 from workflow_scripts.convert.titan_flavors import FLAVORS  # noqa: E402
+from workflow_scripts.formats import titan_names  # noqa: E402
 from workflow_scripts.formats.dcp import TitanCheckpoint  # noqa: E402
 
 pytest.importorskip("torchtitan", reason="install with: pip install --no-deps torchtitan==0.3.0")

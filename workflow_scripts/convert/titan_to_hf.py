@@ -4,7 +4,7 @@ The config comes from `--config` (an HF config.json), `--flavor` (TorchTitan's m
 `titan_flavors.py`) or a config.json inside the checkpoint folder (as TorchTitan's vLLM guide puts one there).
 Every output tensor is planned from the config's architecture before anything is read, so a missing key, a
 tensor whose shape the config contradicts, or a family mismatch is refused up front; then each tensor is read
-from the checkpoint alone, transformed (`titan_names.py`), cast and written before the next one is read.
+from the checkpoint alone, transformed (`formats/titan_names.py`), cast and written before the next one is read.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from ..atomic import atomic_output_dir
 from ..choices import OUTPUT_DTYPES
 from ..errors import DistilleryError
 from ..formats import hf_writer
+from ..formats import titan_names as names
 from ..formats.dcp import TitanCheckpoint
 from ..formats.safetensors_file import TensorSpec
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import parse_size
 from ..vllm_models import ARCHITECTURES, require_registered_architecture
-from . import titan_names as names
 from .model_files import copy_model_files
 from .titan_flavors import check_family, find_flavor, hf_config_from_args
 

@@ -109,10 +109,6 @@ class OrbaxLeaf:
     def holds_data(self) -> bool:
         return not self.skip_deserialize and self.value_type not in ("None", "Dict", "List", "Tuple")
 
-    @property
-    def stored_name(self) -> str:
-        return ".".join(self.keys)
-
 
 class OrbaxTree:
     """The leaves of one Orbax PyTree checkpoint and a reader for its arrays."""

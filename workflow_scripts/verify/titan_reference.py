@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..architectures.architecture import load_config
-from ..convert import titan_names
 from ..errors import DistilleryError
+from ..formats import titan_names
 from ..formats.dcp import TitanCheckpoint
 
 # The rotary cache covers the probe prompts; a model's full context (131072 for Llama 3) would only cost memory.
