@@ -18,8 +18,6 @@ import torch
 from . import torch_bin
 from .safetensors_file import ByteRange, ConvertedRange, SafetensorsWriter, TensorPieces, TensorSpec
 
-WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
-
 
 @dataclass(frozen=True)
 class WrittenFile:
