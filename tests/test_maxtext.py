@@ -285,14 +285,14 @@ def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, 
 
 def test_small_read_blocks_give_the_same_model(run_cli, maxtext_models, param_only, tmp_path, monkeypatch):
     """Blocks of a few rows (as for a large model, in proportion) write the same bytes."""
-    from workflow_scripts.convert import maxtext_to_hf
+    from workflow_scripts.formats import maxtext_arrays
     from workflow_scripts.formats.hf_checkpoint import open_checkpoint
 
     _, config, _ = maxtext_models["llama3.1-tiny"]
     flags = ("--dtype", "bfloat16", "--no-validate-vllm")
     whole = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "a", "llama3.1-tiny", config, *flags)
-    monkeypatch.setattr(maxtext_to_hf, "BLOCK_BYTES", 1000)
-    monkeypatch.setattr(maxtext_to_hf, "SPOOL_ABOVE_BYTES", 0)
+    monkeypatch.setattr(maxtext_arrays, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(maxtext_arrays, "SPOOL_ABOVE_BYTES", 0)
     sliced = convert(run_cli, param_only("llama3.1-tiny"), tmp_path / "b", "llama3.1-tiny", config, *flags)
     first, second = open_checkpoint(whole).tensors, open_checkpoint(sliced).tensors
     assert all(torch.equal(first[name].load(), second[name].load()) for name in first)

@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES, TINY_ARCHITECTURES, TINY_LAYOUTS
+from .choices import TINY_ARCHITECTURES, TINY_LAYOUTS
 from .engines.base import ENGINE_KINDS
 from .errors import DistilleryError
 from .icm.data import FORMATS as ICM_FORMATS
 from .kd.commands import add_kd_commands
+from .setting import add_flags, from_args
+from .verify.settings import add_verify_flags, verify_settings_from_args
 
 log = logging.getLogger("distillery")
 
@@ -30,49 +32,27 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_conversion_flags(parser: argparse.ArgumentParser) -> None:
     """The flags consolidate and batch-consolidate share, as consolidate_for_vllm.py names them."""
-    parser.add_argument("--type", dest="input_type", default="auto", choices=CONSOLIDATE_INPUT_TYPES)
-    parser.add_argument("--force", action="store_true", help="replace existing outputs")
-    parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
-    parser.add_argument(
-        "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
-    )
-    parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
-    fmt.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
-    parser.set_defaults(weights_format="safetensors")
-    parser.add_argument(
-        "--base-model-name",
-        help="local folder (or model in the local HF cache) for config and tokenizer files the input lacks",
-    )
-    parser.add_argument(
-        "--validate-vllm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="check the output before it is moved into place (default: on)",
-    )
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="unpickle DeepSpeed files fully, for classes outside distillery's allow-list (trusted files only)",
-    )
+    from .convert.options import ConsolidateOptions
+
+    add_flags(parser, ConsolidateOptions)
+    _add_precision_aliases(parser)
+    parser.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
+    parser.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
+
+
+def _add_precision_aliases(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-original-precision", action="store_true",
+                        help="keep each tensor's dtype, whatever --dtype says (--dtype original)")  # fmt: skip
+
+
+def _precision(args: argparse.Namespace) -> dict:
+    return {"dtype": "original"} if args.keep_original_precision else {}
 
 
 def _conversion_options(args: argparse.Namespace, **paths):
-    from .convert.consolidate import ConsolidateOptions
+    from .convert.options import ConsolidateOptions
 
-    return ConsolidateOptions(
-        input_type=args.input_type,
-        force=args.force,
-        dtype="original" if args.keep_original_precision else args.dtype,
-        max_shard_size=args.max_shard_size,
-        weights_format=args.weights_format,
-        base_model_name=args.base_model_name,
-        validate_vllm=args.validate_vllm,
-        trust_pickle=args.trust_pickle,
-        command=["distillery", *args.argv],
-        **paths,
-    )
+    return from_args(ConsolidateOptions, args, command=["distillery", *args.argv], **_precision(args), **paths)
 
 
 def _add_consolidate(commands) -> None:
@@ -169,46 +149,25 @@ def _add_verify(commands) -> None:
     parser.add_argument("--report", type=Path, help="write the JSON report here (a .md is written beside it)")
     parser.add_argument("--markdown", type=Path, help="where to write the Markdown report")
     parser.add_argument(
-        "--expect-single-file", action="store_true", help="fail if the weights are split over several files"
-    )
-    parser.add_argument("--probe-prompt", action="append", dest="probe_prompts", help="a prompt for the logits check")
-    parser.add_argument(
         "--plans", action="append", default=[], type=Path, help="a validate-plans JSON report to include (repeatable)"
     )
-    parser.add_argument(
-        "--tolerance",
-        action="append",
-        default=[],
-        metavar="DTYPE=VALUE",
-        help="max relative logit difference for weights stored in DTYPE, e.g. bfloat16=0.04",
-    )
+    add_verify_flags(parser)
     parser.set_defaults(handler=_run_verify)
 
 
-def _parse_tolerances(items: list[str]) -> dict[str, float]:
-    tolerances = {}
-    for item in items:
-        dtype, _, value = item.partition("=")
-        try:
-            tolerances[dtype] = float(value)
-        except ValueError:
-            raise DistilleryError(f"--tolerance {item!r} is not DTYPE=NUMBER", hint="e.g. bfloat16=0.04") from None
-    return tolerances
-
-
 def _run_verify(args: argparse.Namespace) -> int:
-    from .verify.numerics import DEFAULT_PROBE_PROMPTS
     from .verify.run import verify_model
 
     model_path = args.model_path or args.model
     if model_path is None:
         raise DistilleryError("no model given", hint="pass --model-path FOLDER")
+    settings = verify_settings_from_args(args)
     report = verify_model(
         model_path,
         reference_path=args.reference,
-        expect_single_file=args.expect_single_file,
-        probe_prompts=args.probe_prompts or DEFAULT_PROBE_PROMPTS,
-        tolerances=_parse_tolerances(args.tolerance),
+        expect_single_file=settings.expect_single_file,
+        probe_prompts=settings.probe_prompts,
+        tolerances=settings.tolerances,
         plan_reports=args.plans,
     )
     if args.report:
@@ -307,48 +266,26 @@ def _run_maxtext_param_only(args: argparse.Namespace) -> int:
 
 
 def _add_maxtext_to_hf(commands) -> None:
-    from .choices import OUTPUT_DTYPES as dtypes
-
     parser = commands.add_parser(
         "maxtext-to-hf",
         help="convert a MaxText param-only checkpoint of a Llama model into an HF model folder",
         description="The flags of llama_mistral_mixtral_orbax_to_hf: map MaxText's parameter tree onto HF Llama "
         "names with MaxText's rotary layout and query scaling undone, and write config, tokenizer and provenance.",
     )
+    from .convert.options import MaxTextToHFOptions
+
     parser.add_argument("--orbax-checkpoint", required=True, help="param-only checkpoint: .../0/items (local or gs://)")
     parser.add_argument("--hf-model-path", required=True, type=Path, help="output folder")
-    parser.add_argument("--model-size", required=True, help="MaxText model name, e.g. llama3.1-1b, llama3.1-8b")
-    parser.add_argument("--config", type=Path, help="HF config.json giving the sizes of a model not in the table")
-    parser.add_argument("--tokenizer-path", type=Path, help="folder (or file) of the tokenizer to ship with the model")
-    parser.add_argument("--dtype", default="bfloat16", choices=dtypes, help="output precision (bfloat16)")
-    parser.add_argument("--rope-type", choices=["default", "llama3.1"],
-                        help="MaxText's rope_type where its config set one (default: from the model name)")  # fmt: skip
-    parser.add_argument("--no-normalize-embedding-logits", dest="normalize_embedding_logits", action="store_false",
-                        help="for tied embeddings: MaxText ran with normalize_embedding_logits=false")  # fmt: skip
-    parser.add_argument("--max-shard-size", default="5GB", help="largest weights file (5GB)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-    parser.add_argument("--validate-vllm", action=argparse.BooleanOptionalAction, default=True,
-                        help="check the output before it is moved into place (default: on)")  # fmt: skip
+    add_flags(parser, MaxTextToHFOptions)
     parser.set_defaults(handler=_run_maxtext_to_hf)
 
 
 def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
-    from .convert.maxtext_to_hf import MaxTextToHFOptions, convert_maxtext_to_hf
+    from .convert.maxtext_to_hf import convert_maxtext_to_hf
+    from .convert.options import MaxTextToHFOptions
 
-    options = MaxTextToHFOptions(
-        orbax_checkpoint=args.orbax_checkpoint,
-        hf_model_path=args.hf_model_path,
-        model_size=args.model_size,
-        config=args.config,
-        tokenizer_path=args.tokenizer_path,
-        dtype=args.dtype,
-        rope_type=args.rope_type,
-        normalize_embedding_logits=args.normalize_embedding_logits,
-        max_shard_size=args.max_shard_size,
-        force=args.force,
-        validate_vllm=args.validate_vllm,
-        command=["distillery", *args.argv],
-    )
+    options = from_args(MaxTextToHFOptions, args, orbax_checkpoint=args.orbax_checkpoint,
+                        hf_model_path=args.hf_model_path, command=["distillery", *args.argv])  # fmt: skip
     result = convert_maxtext_to_hf(options)
     files = ", ".join(f.name for f in result.files)
     print(f"✓ {result.output}: {result.num_tensors} tensors of {args.model_size} "
@@ -357,6 +294,8 @@ def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
 
 
 def _add_titan_to_hf(commands) -> None:
+    from .convert.options import TitanToHFOptions
+
     parser = commands.add_parser(
         "titan-to-hf",
         help="convert a TorchTitan Llama 3 or Qwen3 checkpoint (DCP folder or .pt) into an HF model folder",
@@ -366,42 +305,18 @@ def _add_titan_to_hf(commands) -> None:
     )
     parser.add_argument("--input", required=True, type=Path, help="DCP folder (e.g. checkpoint/step-1000) or .pt")
     parser.add_argument("--output", required=True, type=Path, help="output folder")
-    config = parser.add_mutually_exclusive_group()
-    config.add_argument("--config", type=Path, help="HF config.json of the model (or its folder)")
-    config.add_argument("--flavor", help="TorchTitan flavor, e.g. 8B, 0.6B, qwen3:1.7B, llama3:debugmodel")
-    parser.add_argument("--tokenizer", type=Path, help="folder with the tokenizer files to copy into the output")
-    parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
-    parser.add_argument(
-        "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
-    )
-    parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-    parser.add_argument(
-        "--validate-vllm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="check the output before it is moved into place (default: on)",
-    )
+    add_flags(parser, TitanToHFOptions)
+    _add_precision_aliases(parser)
     parser.set_defaults(handler=_run_titan_to_hf)
 
 
 def _run_titan_to_hf(args: argparse.Namespace) -> int:
-    from .convert.titan_to_hf import TitanToHFOptions, convert_titan_to_hf
+    from .convert.options import TitanToHFOptions
+    from .convert.titan_to_hf import convert_titan_to_hf
 
-    result = convert_titan_to_hf(
-        TitanToHFOptions(
-            input=args.input,
-            output=args.output,
-            config=args.config,
-            flavor=args.flavor,
-            tokenizer=args.tokenizer,
-            dtype="original" if args.keep_original_precision else args.dtype,
-            max_shard_size=args.max_shard_size,
-            force=args.force,
-            validate_vllm=args.validate_vllm,
-            command=["distillery", *args.argv],
-        )
-    )
+    options = from_args(TitanToHFOptions, args, input=args.input, output=args.output,
+                        command=["distillery", *args.argv], **_precision(args))  # fmt: skip
+    result = convert_titan_to_hf(options)
     print(f"✓ {result.output}: {result.num_tensors} tensors of a {result.layout.describe}, config from "
           f"{result.config_source}")  # fmt: skip
     return 0

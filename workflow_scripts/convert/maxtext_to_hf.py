@@ -17,32 +17,30 @@ MaxText's tree (scanned layers are stacked on axis 1, MaxText's default `param_s
 Memory stays near one layer's tensor whatever the model's size, and each storage chunk is decoded once: MaxText
 shards scanned arrays along the embedding axis with all layers in every chunk, so a scanned array is decoded
 block by block into a spool file on disk, from which each layer is read back with positioned reads
-(`SpooledArray`); the embedding is decoded block by block straight into the output.
+(`SpooledArray`, in formats/maxtext_arrays.py); the embedding is decoded block by block straight into the output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import __version__
 from ..architectures.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
-from ..atomic import atomic_output_dir
-from ..choices import OUTPUT_DTYPES
+from ..choices import ORIGINAL_DTYPE
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
+from ..formats.maxtext_arrays import StoredArrays
 from ..formats.safetensors_file import TensorPieces, TensorSpec
-from ..progress import progress_bar
-from ..provenance import write_provenance
-from ..sizes import format_size, parse_size
+from .driver import ConversionPlan, ConversionRequest, check_request, run_conversion
 from .model_files import copy_model_files
+from .options import MaxTextToHFOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +57,6 @@ _LAYER_PARAMS = (
     ("post_attention_layernorm.weight", "post_self_attention_layer_norm.scale"),
 )
 _SCANNED_PROBE = "decoder.layers.self_attention.query.kernel"
-
-
-@dataclass
-class MaxTextToHFOptions:
-    orbax_checkpoint: str
-    hf_model_path: Path
-    model_size: str
-    config: Path | None = None
-    tokenizer_path: Path | None = None
-    dtype: str = "bfloat16"
-    rope_type: str | None = None  # None: as MaxText picks it from the model name
-    normalize_embedding_logits: bool = True
-    max_shard_size: str = "5GB"
-    force: bool = False
-    validate_vllm: bool = True
-    command: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -192,140 +174,6 @@ def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath, dty
     return tensor.to(dtype).contiguous()
 
 
-# Stored arrays are decoded in blocks of about this many bytes along their first axis, which MaxText shards
-# them on, so each storage chunk is decoded once.
-BLOCK_BYTES = 32 << 20
-# A stored array larger than this is spooled to disk rather than held while its layers are written.
-SPOOL_ABOVE_BYTES = 64 << 20
-
-
-def _decoded_blocks(store, axis0_step_bytes: int):
-    """(start row, block) along axis 0, each block a whole number of storage chunks."""
-    rows = store.shape[0]
-    row_bytes = int(np.prod(store.shape[1:])) * store.dtype.numpy_dtype.itemsize
-    chunk_rows = store.chunk_layout.read_chunk.shape[0] or 1
-    step = max(1, axis0_step_bytes // max(1, row_bytes * chunk_rows)) * chunk_rows
-    for start in range(0, rows, step):
-        yield start, store[start : min(rows, start + step)].read().result()
-
-
-class SpooledArray:
-    """A stored array decoded once, block by block, into a plain file, from which `array[:, start:stop]` (a layer
-    of a scanned array, columns of the logits kernel) is read back with positioned reads.
-
-    MaxText shards scanned arrays along the embedding axis with all layers in every chunk, so a layer cannot be
-    decoded without decoding the whole array: the spool file holds the decoded array on disk instead of in
-    memory. Arrays of 3 or more axes are written layer-major (axis 1 first), so a layer is one read.
-    """
-
-    def __init__(self, store, folder: Path, name: str) -> None:
-        self.shape = tuple(store.shape)
-        self.dtype = store.dtype.numpy_dtype
-        self.path = folder / f".spool-{name}"
-        self.layer_major = len(self.shape) >= 3
-        self._inner = int(np.prod(self.shape[2:])) * self.dtype.itemsize  # bytes of one [i, l] entry
-        with open(self.path, "wb", buffering=0) as handle:
-            # Sized up front: filling a file of known size is about twice as fast as growing it out of order.
-            os.ftruncate(handle.fileno(), int(np.prod(self.shape)) * self.dtype.itemsize)
-            for start, block in _decoded_blocks(store, BLOCK_BYTES):
-                raw = np.ascontiguousarray(block).view(np.uint8).reshape(block.shape[0], self.shape[1], -1)
-                if not self.layer_major:
-                    _write_at(handle.fileno(), raw.reshape(-1), start * self.shape[1] * self._inner)
-                    continue
-                for layer in range(self.shape[1]):
-                    piece = np.ascontiguousarray(raw[:, layer]).reshape(-1)
-                    _write_at(handle.fileno(), piece, (layer * self.shape[0] + start) * self._inner)
-                del block, raw
-
-    def read_axis1(self, start: int, stop: int) -> np.ndarray:
-        with open(self.path, "rb", buffering=0) as handle:
-            if self.layer_major:
-                # Stored as [layer, rows, ...]: one read per layer, then back to [rows, layer, ...].
-                part = np.empty((stop - start, self.shape[0], *self.shape[2:]), dtype=self.dtype)
-                _read_at(handle.fileno(), part.view(np.uint8).reshape(-1), start * self.shape[0] * self._inner)
-                return np.moveaxis(part, 0, 1)
-            out = np.empty((self.shape[0], stop - start, *self.shape[2:]), dtype=self.dtype)
-            raw = out.view(np.uint8).reshape(self.shape[0], -1)
-            for row in range(self.shape[0]):
-                _read_at(handle.fileno(), raw[row], (row * self.shape[1] + start) * self._inner)
-        return out
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _write_at(descriptor: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(descriptor, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _read_at(descriptor: int, data: np.ndarray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        read = os.preadv(descriptor, [view], offset)
-        if read <= 0:
-            raise OSError("spool file ends early")
-        view, offset = view[read:], offset + read
-
-
-class StoredArrays:
-    """MaxText's stored arrays, each decoded once and handed out a layer or a block at a time: small arrays from
-    memory, large ones from a spool file."""
-
-    def __init__(self, checkpoint: MaxTextCheckpoint, spool_folder: Path) -> None:
-        import tensorstore as ts
-
-        self.checkpoint = checkpoint
-        self.spool_folder = spool_folder
-        # One chunk decoded at a time: measured as fast as two here, with one chunk less in memory.
-        self._context = ts.Context({"data_copy_concurrency": {"limit": 1}})
-        self._name: str | None = None
-        self._held = None  # the current array: a numpy array, or a SpooledArray
-
-    def _store(self, name: str):
-        return self.checkpoint.tree.open(self.checkpoint.params[name].keys, self._context)
-
-    def _current(self, name: str):
-        if name != self._name:
-            self.close()
-            store = self._store(name)
-            nbytes = int(np.prod(store.shape)) * store.dtype.numpy_dtype.itemsize
-            spool = nbytes > SPOOL_ABOVE_BYTES
-            self._held = SpooledArray(store, self.spool_folder, name) if spool else store.read().result()
-            self._name = name
-        return self._held
-
-    def _axis1(self, name: str, start: int, stop: int) -> np.ndarray:
-        held = self._current(name)
-        return held.read_axis1(start, stop) if isinstance(held, SpooledArray) else held[:, start:stop]
-
-    def layer(self, name: str, layer: int) -> np.ndarray:
-        """Layer `layer` of a scanned array (layers on axis 1)."""
-        return self._axis1(name, layer, layer + 1)[:, 0]
-
-    def whole(self, name: str) -> np.ndarray:
-        return self._store(name).read().result()
-
-    def blocks(self, name: str, axis: int):
-        """Consecutive blocks of a 2-D array along `axis` (rows decoded straight from storage)."""
-        if axis == 0:
-            for _, block in _decoded_blocks(self._store(name), BLOCK_BYTES):
-                yield block
-            return
-        store = self._store(name)
-        count, other = store.shape[1], store.shape[0] * store.dtype.numpy_dtype.itemsize
-        step = max(1, BLOCK_BYTES // max(1, other))
-        for start in range(0, count, step):
-            yield self._axis1(name, start, min(count, start + step))
-
-    def close(self) -> None:
-        if isinstance(self._held, SpooledArray):
-            self._held.remove()
-        self._name, self._held = None, None
-
-
 def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -> list[tuple[TensorSpec, tuple]]:
     """HF tensors in the order that reads each stored array once: (spec, (maxtext name, layer or None, kind))."""
     s = math.size
@@ -404,63 +252,61 @@ def _return_freed_buffers_to_the_system() -> None:
 
 
 def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
-    if options.dtype not in OUTPUT_DTYPES:
-        raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
-    if options.hf_model_path.exists() and not options.force:
-        raise DistilleryError("output already exists", options.hf_model_path, "pass --force to replace it")
-    max_shard_bytes = parse_size(options.max_shard_size)
+    # `original` is the precision of MaxText's param-only checkpoints: bfloat16.
+    dtype = "bfloat16" if options.dtype == ORIGINAL_DTYPE else options.dtype
+    request = ConversionRequest(options.hf_model_path, dtype, options.max_shard_size, options.force,
+                                options.validate_vllm, options.command, "maxtext-to-hf")  # fmt: skip
+    check_request(request)
+    if not options.model_size:
+        raise DistilleryError("no --model-size", hint="pass the MaxText model name, e.g. llama3.1-8b")
     checkpoint = MaxTextCheckpoint(options.orbax_checkpoint)
     checkpoint.require(PARAM_ONLY)
     math_, scanned = read_math(checkpoint, options)
     check_fits_size(checkpoint, math_, scanned)
-    dtype = getattr(torch, options.dtype)
-    plan = plan_hf_tensors(math_, scanned, dtype)
-    total_bytes = sum(spec.nbytes for spec, _ in plan)
-    log.info("%s: %d tensors (%s) as %s", checkpoint.items, len(plan), format_size(total_bytes), options.dtype)
+    plan = conversion_plan(options, checkpoint, math_, scanned, dtype)
+    files = run_conversion(request, plan)
+    return MaxTextToHFResult(options.hf_model_path, len(plan.tensors), plan.total_bytes, files, math_)
 
-    sources = {spec.name: source for spec, source in plan}
-    with (
-        atomic_output_dir(options.hf_model_path, force=options.force) as staging,
-        progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="maxtext-to-hf") as bar,
-    ):
+
+def conversion_plan(options: MaxTextToHFOptions, checkpoint: MaxTextCheckpoint, math_: MaxTextLlamaMath,
+                    scanned: bool, dtype: str) -> ConversionPlan:  # fmt: skip
+    """The HF tensors in the order that decodes each stored array once, the config and the tokenizer."""
+    planned = plan_hf_tensors(math_, scanned, getattr(torch, dtype))
+    sources = {spec.name: source for spec, source in planned}
+
+    @contextlib.contextmanager
+    def reading(staging: Path):
         _return_freed_buffers_to_the_system()
         # Decoded arrays are spooled inside the staging folder: removed with it whatever happens.
         arrays = StoredArrays(checkpoint, staging)
-        files = hf_writer.write_weights(
-            staging,
-            [spec for spec, _ in plan],
-            lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_),
-            max_shard_bytes,
-            progress=lambda spec: bar.update(spec.nbytes),
-        )
-        arrays.close()
-        copied = _copy_tokenizer(options.tokenizer_path, staging)
-        config = hf_config(math_, options.dtype)
+        try:
+            yield lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_)
+        finally:
+            arrays.close()
+
+    def write_model_files(staging: Path) -> dict:
+        tokenizer = Path(options.tokenizer_path) if options.tokenizer_path else None
+        copied = _copy_tokenizer(tokenizer, staging)
+        config = hf_config(math_, dtype)
         _take_token_ids(config, staging)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        write_provenance(
-            staging,
-            source={
-                "path": options.orbax_checkpoint,
-                "type": "maxtext",
-                "items": checkpoint.items,
-                "kind": checkpoint.kind,
-                "layout": f"{checkpoint.layout}, {'scanned' if scanned else 'unscanned'} layers",
-                "stored_bytes": checkpoint.stored_bytes(),
-                "tokenizer": str(options.tokenizer_path) if options.tokenizer_path else None,
-                "tokenizer_files": copied,
-            },
-            maxtext=math_.to_dict(),
-            conversion={"dtype": options.dtype, "max_shard_size": options.max_shard_size},
-            outputs=[vars(f) for f in files],
-            command=options.command,
-            tool_version=__version__,
-        )
-        if options.validate_vllm:
-            from .consolidate import validate_for_vllm
+        return {"tokenizer": str(tokenizer) if tokenizer else None, "tokenizer_files": copied}
 
-            validate_for_vllm(staging, options.hf_model_path)
-    return MaxTextToHFResult(options.hf_model_path, len(plan), total_bytes, files, math_)
+    return ConversionPlan(
+        tensors=[spec for spec, _ in planned],
+        reading=reading,
+        write_model_files=write_model_files,
+        source={
+            "path": options.orbax_checkpoint,
+            "type": "maxtext",
+            "items": checkpoint.items,
+            "kind": checkpoint.kind,
+            "layout": f"{checkpoint.layout}, {'scanned' if scanned else 'unscanned'} layers",
+            "stored_bytes": checkpoint.stored_bytes(),
+        },
+        conversion={"dtype": dtype, "max_shard_size": options.max_shard_size},
+        provenance={"maxtext": math_.to_dict()},
+    )
 
 
 def _copy_tokenizer(tokenizer_path: Path | None, staging: Path) -> list[str]:
