@@ -6,6 +6,7 @@ Heavy libraries are imported inside the commands, so `distillery --help` is inst
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -46,13 +47,19 @@ def _add_precision_aliases(parser: argparse.ArgumentParser) -> None:
 
 
 def _precision(args: argparse.Namespace) -> dict:
-    return {"dtype": "original"} if args.keep_original_precision else {}
+    return {"dtype": "original"} if getattr(args, "keep_original_precision", False) else {}
+
+
+def _options(cls, args: argparse.Namespace, **paths):
+    """A converter's options: its settings from the flags, with the paths and the command line set here."""
+    settings = from_args(cls, args, **_precision(args))
+    return dataclasses.replace(settings, command=["distillery", *args.argv], **paths)
 
 
 def _conversion_options(args: argparse.Namespace, **paths):
     from .convert.options import ConsolidateOptions
 
-    return from_args(ConsolidateOptions, args, command=["distillery", *args.argv], **_precision(args), **paths)
+    return _options(ConsolidateOptions, args, **paths)
 
 
 def _add_consolidate(commands) -> None:
@@ -284,8 +291,8 @@ def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
     from .convert.maxtext_to_hf import convert_maxtext_to_hf
     from .convert.options import MaxTextToHFOptions
 
-    options = from_args(MaxTextToHFOptions, args, orbax_checkpoint=args.orbax_checkpoint,
-                        hf_model_path=args.hf_model_path, command=["distillery", *args.argv])  # fmt: skip
+    options = _options(MaxTextToHFOptions, args, orbax_checkpoint=args.orbax_checkpoint,
+                       hf_model_path=args.hf_model_path)  # fmt: skip
     result = convert_maxtext_to_hf(options)
     files = ", ".join(f.name for f in result.files)
     print(f"✓ {result.output}: {result.num_tensors} tensors of {args.model_size} "
@@ -314,8 +321,7 @@ def _run_titan_to_hf(args: argparse.Namespace) -> int:
     from .convert.options import TitanToHFOptions
     from .convert.titan_to_hf import convert_titan_to_hf
 
-    options = from_args(TitanToHFOptions, args, input=args.input, output=args.output,
-                        command=["distillery", *args.argv], **_precision(args))  # fmt: skip
+    options = _options(TitanToHFOptions, args, input=args.input, output=args.output)
     result = convert_titan_to_hf(options)
     print(f"✓ {result.output}: {result.num_tensors} tensors of a {result.layout.describe}, config from "
           f"{result.config_source}")  # fmt: skip

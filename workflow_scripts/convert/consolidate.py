@@ -19,7 +19,8 @@ from ..architectures.architecture import expected_weights, load_config, read_con
 from ..choices import ORIGINAL_DTYPE, WEIGHTS_FORMATS
 from ..errors import DistilleryError, require_folder
 from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
-from ..formats.hf_checkpoint import HFCheckpoint, SourceTensor
+from ..formats.hf_checkpoint import HFCheckpoint
+from ..formats.reader import SourceTensor
 from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
 from ..provenance import describe_source_files
 from .driver import ConversionPlan, ConversionRequest, check_request, nothing_to_open, output_dtype, run_conversion

@@ -36,7 +36,7 @@ from ..choices import ORIGINAL_DTYPE
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
-from ..formats.maxtext_arrays import StoredArrays
+from ..formats.maxtext_arrays import StoredArrays, as_torch
 from ..formats.safetensors_file import TensorPieces, TensorSpec
 from .driver import ConversionPlan, ConversionRequest, check_request, run_conversion
 from .model_files import copy_model_files
@@ -131,7 +131,7 @@ def check_fits_size(checkpoint: MaxTextCheckpoint, math: MaxTextLlamaMath, scann
         )
     wrong = []
     for name, shape in expected.items():
-        actual = checkpoint.shape(name)
+        actual = checkpoint.tensors[name].shape
         if actual != shape:
             wrong.append(f"{name} is {list(actual)}, {math.model_size} expects {list(shape)}")
     if wrong:
@@ -148,18 +148,10 @@ def _deinterleave(kernel: torch.Tensor) -> torch.Tensor:
     return torch.cat([kernel[..., 0::2], kernel[..., 1::2]], dim=-1)
 
 
-def _as_torch(array: np.ndarray) -> torch.Tensor:
-    """A numpy array (bfloat16 ones are ml_dtypes') as a torch tensor of the same dtype, contiguous."""
-    array = np.ascontiguousarray(array)
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
-
-
 def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath, dtype: torch.dtype) -> torch.Tensor:
     """One layer's MaxText array -> the HF weight in `dtype` (transposes and reshapes are exact in any dtype)."""
     size = math.size
-    tensor = _as_torch(layer)
+    tensor = as_torch(layer)
     if mt_name == "self_attention.query.kernel":
         # MaxText's attention does not divide q·k by sqrt(head_dim); its query kernel carries that factor.
         tensor = tensor.float() * float(np.sqrt(size.head_dim))
@@ -211,15 +203,15 @@ def produce_tensor(arrays: StoredArrays, source: tuple, spec: TensorSpec, math: 
     stored, layer, kind = source
     dtype = spec.dtype
     if kind == "copy" and len(spec.shape) == 2:
-        return TensorPieces(_as_torch(block).to(dtype) for block in arrays.blocks(stored, axis=0))
+        return TensorPieces(as_torch(block).to(dtype) for block in arrays.blocks(stored, axis=0))
     if kind == "copy":
-        return _as_torch(arrays.whole(stored)).to(dtype)
+        return as_torch(arrays.whole(stored)).to(dtype)
     if kind == "transpose":
-        return TensorPieces(_as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
+        return TensorPieces(as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
     if kind == "normalized":
         # MaxText divides logits computed through the embedding by sqrt(emb_dim) (normalize_embedding_logits).
         scale = float(1.0 / np.sqrt(math.size.hidden_size))
-        return TensorPieces((_as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
+        return TensorPieces((as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
     layer_array = arrays.whole(stored) if layer is None else arrays.layer(stored, layer)
     return hf_layer_tensor(kind, layer_array, math, dtype)
 

@@ -181,7 +181,7 @@ def _size_error(name: str, found, wanted, config_source: str) -> DistilleryError
 
 def _check_tied(checkpoint: TitanCheckpoint, output: str, embedding: str, config_source: str) -> None:
     """A tied model's output matrix must be its embedding; otherwise tying would silently change the model."""
-    if not torch.equal(checkpoint.load(output), checkpoint.load(embedding)):
+    if not torch.equal(checkpoint.tensors[output].load(), checkpoint.tensors[embedding].load()):
         raise DistilleryError(
             f"{config_source} ties the word embeddings, but {output} differs from {embedding}",
             checkpoint.path,
@@ -198,10 +198,10 @@ class _SourceCache:
 
     def tensor(self, planned: PlannedTensor) -> torch.Tensor:
         if planned.piece is None:
-            weights = [(planned.source, self.checkpoint.load(planned.source))]
+            weights = [(planned.source, self.checkpoint.tensors[planned.source].load())]
             return next(names.titan_weights_as_hf_layout(weights, self.family, self.shape))[1]
         if self._fused is None or self._fused[0] != planned.source:
-            weights = [(planned.source, self.checkpoint.load(planned.source))]
+            weights = [(planned.source, self.checkpoint.tensors[planned.source].load())]
             pieces = names.titan_weights_as_hf_layout(weights, self.family, self.shape)
             self._fused = (planned.source, {name.rsplit(".", 2)[-2]: t for name, t in pieces})
         return self._fused[1][planned.piece]

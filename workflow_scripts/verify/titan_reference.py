@@ -118,7 +118,7 @@ def _titan_03_state_dict(checkpoint: TitanCheckpoint, config, tied: bool) -> dic
     for name in checkpoint.tensors:
         if titan_names.hf_name(name) is None:
             continue
-        tensor = checkpoint.load(name).float()
+        tensor = checkpoint.tensors[name].load().float()
         if titan_names.FUSED_QKV in name:
             state.update(zip(titan_names.fused_parts(name), titan_names.split_fused_qkv(tensor, shape), strict=True))
             continue
