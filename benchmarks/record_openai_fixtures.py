@@ -34,7 +34,7 @@ class RecordingProxy:
     """Forwards every request to `upstream` and keeps (method, path, request, status, response)."""
 
     def __init__(self, upstream: str) -> None:
-        from workflow_scripts.engines.openai_engine import http_module
+        from workflow_scripts.engines.openai_http import http_module
 
         http = http_module()
         client = http.Client(timeout=600)

@@ -41,3 +41,25 @@ def test_cli_help_is_instant():
     code = "import sys, workflow_scripts.cli as c; c.build_parser(); print('torch' in sys.modules)"
     result = run(sys.executable, "-c", code)
     assert result.stdout.strip() == "False"
+
+
+CLI_MODULES_LOADED = """
+import contextlib, io, sys
+from workflow_scripts.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+print(sorted(name for name in sys.modules if name.startswith("workflow_scripts.cli.")))
+print(all(command in out.getvalue() for command in sys.modules["workflow_scripts.cli.main"].COMMANDS))
+"""
+
+
+def test_cli_help_lists_every_command_without_importing_their_modules():
+    """The registry names each command's module and help line: `distillery --help` imports none of them."""
+    result = run(sys.executable, "-c", CLI_MODULES_LOADED, "--help")
+    assert result.stdout.splitlines() == ["['workflow_scripts.cli.main']", "True"], result.stderr
+
+
+def test_a_command_loads_only_its_own_module():
+    result = run(sys.executable, "-c", CLI_MODULES_LOADED, "kd-status", "--help")
+    assert result.stdout.splitlines()[0] == "['workflow_scripts.cli.kd', 'workflow_scripts.cli.main']", result.stderr

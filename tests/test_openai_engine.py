@@ -118,18 +118,29 @@ def test_retries_give_up_after_max_retries(replay):
     assert len(replay.received) == 3
 
 
-def test_a_self_hosted_server_is_not_retried(replay):
-    replay.fail_next(503)
-    with pytest.raises(DistilleryError, match="503"):
-        engine_for(replay.url, max_retries=5)
-    assert len(replay.received) == 1
+def test_a_self_hosted_server_is_retried_too(replay):
+    # A busy `vllm serve` drops a connection or answers 503 now and then: sending again is the right answer.
+    replay.fail_next(503, count=2)
+    engine = engine_for(replay.url, max_retries=5)
+    try:
+        assert engine.model == "tiny-llama"
+    finally:
+        engine.close()
+    assert len(replay.received) == 3
+
+
+def test_a_refused_first_connection_is_reported_at_once_not_retried():
+    started = time.monotonic()
+    with pytest.raises(DistilleryError, match="cannot connect to"):
+        OpenAIEngine(EngineSettings(kind="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=5))
+    assert time.monotonic() - started < 5  # the backoff of 5 retries would take 31 s
 
 
 def test_rate_limit_applies_only_to_external_apis(replay):
     limited = engine_for(replay.url, self_hosted=False, requests_per_minute=600, served_model_name="tiny-llama")
     unlimited = engine_for(replay.url, requests_per_minute=600, served_model_name="tiny-llama")
     try:
-        assert unlimited.self_hosted and unlimited._limiter.interval == 0
+        assert unlimited.self_hosted and unlimited.session.limiter.interval == 0
         started = time.monotonic()
         for _ in range(4):
             limited.request("GET", "/models")

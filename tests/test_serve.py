@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from workflow_scripts.errors import DistilleryError
 from workflow_scripts.serve import ServerSettings, load_presets, serve_arguments
 from workflow_scripts.workflow import icm_jobs
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def flag(arguments: list[str], name: str) -> str:
@@ -87,3 +95,14 @@ def test_a_job_whose_model_is_neither_a_workflow_model_nor_a_folder_is_refused()
     with pytest.raises(DistilleryError, match="icm job 'j': model 'tiny-llama' is neither"):
         icm_jobs.check_jobs(jobs, {"other": None})
     icm_jobs.check_jobs(jobs, {"tiny-llama": None})
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None or shutil.which("vllm") is not None, reason="vLLM is installed"
+)
+def test_serve_without_vllm_says_so_in_one_line_without_a_traceback(tmp_path):
+    command = [sys.executable, "-m", "workflow_scripts.cli", "serve", "--model", str(tmp_path), "--preset", "8B"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("distillery serve: error: vLLM is not installed")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

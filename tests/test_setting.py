@@ -37,6 +37,12 @@ class Engine:
     prefix_caching: bool = setting(True, help="vLLM prefix cache", config="enable_prefix_caching")
     seed: int = setting(0, help="sampling seed", config=None)
     api_key: str | None = setting(None, help="API key", flag=None, config=None, secret=True)
+    tokenizer: str | None = setting(None, help="tokenizer folder", config="/tokenizer")
+
+
+@dataclass(frozen=True)
+class Verify:
+    tolerances: dict = setting(help="largest relative logit difference by dtype", default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,3 +143,26 @@ def test_config_defaults_are_listed_by_dotted_key():
     assert defaults["dataset.prompt_mode"] == "prefix"
     assert defaults["sampling.stop"] == [] and defaults["engine.enable_prefix_caching"] is True
     assert "name" not in defaults and "engine.seed" not in defaults
+
+
+def test_a_key_starting_with_a_slash_is_read_from_the_top_entry():
+    job = from_config(Job, {"tokenizer": "/tok", "engine": {"tokenizer": "ignored"}})
+    assert job.engine.tokenizer == "/tok"
+    assert config_defaults(Job)["tokenizer"] is None and "engine.tokenizer" not in config_defaults(Job)
+
+
+@pytest.mark.parametrize("text", ["float32=1e-5,bfloat16=5e-3", '{"float32": 1e-5, "bfloat16": 5e-3}'])
+def test_a_dict_setting_is_one_flag_of_pairs_or_json(text):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Verify)
+    settings = from_args(Verify, parser.parse_args(["--tolerances", text]))
+    assert settings.tolerances == {"float32": 1e-5, "bfloat16": 5e-3}
+    assert from_args(Verify, parser.parse_args(to_argv(settings))) == settings
+
+
+def test_a_malformed_dict_flag_is_a_usage_error(capsys):
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Verify)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tolerances", "float32"])
+    assert "--tolerances='float32' is not a valid dict" in capsys.readouterr().err

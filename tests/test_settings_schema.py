@@ -1,15 +1,102 @@
-"""The config schema's defaults are the settings' defaults: a setting's default is written once, in its field."""
+"""The config schema and the settings classes agree: every setting of a config section has its schema entry with
+the same default, and every schema key of that section is a setting (or a key the workflow's wiring reads).
+
+So a new setting without a schema entry fails here, and so does a schema entry nothing reads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
+from workflow_scripts.icm.algorithm import ICMSettings
+from workflow_scripts.kd.settings import KdJob
 from workflow_scripts.setting import config_defaults
+from workflow_scripts.workflow.icm_jobs import JOB_DEFAULTS
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "config/schema/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/schema/config.schema.yaml").read_text())
+_NO_DEFAULT = object()
+
+
+def schema_keys(node: dict, prefix: str = "") -> dict:
+    """Each leaf key of a schema section by its dotted name, with its default (or _NO_DEFAULT)."""
+    keys = {}
+    for name, child in node.get("properties", {}).items():
+        dotted = f"{prefix}{name}"
+        if "properties" in child:
+            keys.update(schema_keys(child, dotted + "."))
+        else:
+            keys[dotted] = child.get("default", _NO_DEFAULT)
+    return keys
+
+
+# section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources)
+SECTIONS = {
+    "kd": (SCHEMA["properties"]["kd"]["additionalProperties"], KdJob, {"model", "gpus"}),
+    "icm.jobs": (
+        SCHEMA["properties"]["icm"]["properties"]["jobs"]["additionalProperties"],
+        ICMSettings,
+        # read by workflow/icm_jobs.py: the job's data, engine and server, and its resources
+        {
+            "model",
+            "tokenizer",
+            "engine",
+            "batch_size",
+            "top_logprobs",
+            "score_unlabeled",
+            "tensor_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "dtype",
+            "enforce_eager",
+            "mem_mb",
+            "runtime_min",
+        }
+        | {f"data.{key}" for key in ("path", "format", "prompt_template")}
+        | {
+            f"server.{key}"
+            for key in (
+                "base_url",
+                "api_key_env",
+                "served_model_name",
+                "requests_per_minute",
+                "max_concurrency",
+                "request_timeout_s",
+                "max_retries",
+                "self_hosted",
+                "start",
+                "preset",
+                "port",
+            )
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_setting_has_a_schema_entry_with_its_default(section):
+    schema, cls, _ = SECTIONS[section]
+    keys = schema_keys(schema)
+    for key, default in config_defaults(cls).items():
+        assert key in keys, f"{cls.__name__} reads {section}.{key}, which the schema lacks"
+        if keys[key] is not _NO_DEFAULT:
+            assert keys[key] == default, f"{section}.{key}: schema default {keys[key]!r}, {cls.__name__} {default!r}"
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_schema_key_is_a_setting(section):
+    schema, cls, wiring = SECTIONS[section]
+    unread = set(schema_keys(schema)) - set(config_defaults(cls)) - wiring
+    assert not unread, f"schema keys of {section} that no setting reads: {sorted(unread)}"
+
+
+def test_the_icm_job_defaults_are_the_schema_defaults():
+    keys = schema_keys(SECTIONS["icm.jobs"][0])
+    assert {key: keys[key] for key in JOB_DEFAULTS} == JOB_DEFAULTS
+
+
+# --- conversion and verification settings (models.NAME and verify:) ---------------------------------------------
 
 
 def schema_default(section: dict, dotted: str):
@@ -22,9 +109,6 @@ def schema_default(section: dict, dotted: str):
 
 def model_schema() -> dict:
     return SCHEMA["properties"]["models"]["additionalProperties"]
-
-
-# --- conversion and verification settings ------------------------------------------------------------------------
 
 
 def test_model_schema_defaults_equal_the_conversion_options_defaults():

@@ -9,6 +9,7 @@ it is stopped itself.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -96,10 +97,20 @@ def vllm_command(arguments: list[str]) -> list[str]:
             "serve", *arguments]  # fmt: skip
 
 
+def require_vllm() -> None:
+    """Refuse, in one line, to start a server where vLLM is missing (its child would print a traceback)."""
+    if shutil.which("vllm") is None and importlib.util.find_spec("vllm") is None:
+        raise DistilleryError(
+            f"vLLM is not installed for {sys.executable} (no `vllm` on PATH either)",
+            hint='pip install "distillery[vllm]" on a GPU machine, or point the openai engine at a running server',
+        )
+
+
 def run_server(
     settings: ServerSettings, presets: dict[str, dict], url_file: Path | None, start_timeout_s: float
 ) -> int:
     """Start vLLM, wait until it answers, publish its URL, and stay until vLLM exits or we are told to stop."""
+    require_vllm()
     command = vllm_command(serve_arguments(settings, presets))
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{host}:{settings.port}/v1"
@@ -129,7 +140,8 @@ def run_server(
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    from .engines.openai_engine import http_module, server_root
+    from .engines.openai_engine import server_root
+    from .engines.openai_http import http_module
 
     http = http_module()
     deadline = time.monotonic() + timeout_s
@@ -154,13 +166,13 @@ class Check:
 
 def check_server(base_url: str | None, api_key: str | None = None, model: str | None = None) -> list[Check]:
     """Answers, logprobs present, prefix caching on; each failure worded with what to do."""
-    from .engines.openai_engine import (
+    from .engines.openai_engine import parse_prefix_cache_metrics, resolve_base_url, server_root
+    from .engines.openai_http import (
+        completion_choices,
         connection_diagnostic,
+        decode_json,
         http_error_message,
         http_module,
-        parse_prefix_cache_metrics,
-        resolve_base_url,
-        server_root,
     )
 
     http = http_module()
@@ -195,8 +207,8 @@ def check_server(base_url: str | None, api_key: str | None = None, model: str | 
 
         body = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "logprobs": MAX_LOGPROBS, "temperature": 0}
         try:
-            reply = call("POST", "/completions", body).json()
-            top = (reply["choices"][0].get("logprobs") or {}).get("top_logprobs") or []
+            choices = completion_choices(f"{url}/completions", decode_json(url, call("POST", "/completions", body)))
+            top = (choices[0].get("logprobs") or {}).get("top_logprobs") or [] if choices else []
             count = len(top[-1]) if top and top[-1] else 0
             # A server whose --max-logprobs is below MAX_LOGPROBS refuses the request (400, handled below). An answer
             # may still list fewer entries: top_logprobs is keyed by token text, and tokens that decode to the same

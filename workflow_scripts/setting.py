@@ -6,7 +6,9 @@ settings a command parsed (`from_args`), the settings of a config entry (`from_c
 line passes (`to_argv`) and the JSON round trip of records (`to_dict` / `from_dict`), so none of them can drift.
 
 Nested settings dataclasses are fields too: `config=""` reads them from the parent's config mapping, a key reads
-them from that sub-mapping. Two fields may share a flag (a job's `--seed` is also its engine's): one value fills
+them from that sub-mapping; a key starting with "/" is read from the top entry given to `from_config` (a setting
+of a nested class kept elsewhere in the config, e.g. a KD job's `tokenizer` beside its `engine:` section).
+Two fields may share a flag (a job's `--seed` is also its engine's): one value fills
 both. Environment variables are read only by commands that ask for them (`from_args(..., environ=os.environ)`,
 the MaxText guide's standalone script), so a rule's command line alone decides what a job does.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -122,7 +125,7 @@ def _flat(cls: type) -> list[_Field]:
 def _parse_value(field: _Field, text: str, source: str) -> Any:
     if field.optional and text.lower() in ("none", "null"):
         return None
-    caster = {bool: _parse_bool}.get(field.kind, field.kind)
+    caster = {bool: _parse_bool, dict: _parse_mapping}.get(field.kind, field.kind)
     try:
         value = caster(text)
     except ValueError:
@@ -131,6 +134,30 @@ def _parse_value(field: _Field, text: str, source: str) -> Any:
         choices = ", ".join(map(str, field.setting.choices))
         raise DistilleryError(f"{source}={text!r} is not one of {choices}")
     return value
+
+
+def _parse_mapping(text: str) -> dict:
+    """A dict setting as one flag: JSON (`{"float32": 1e-5}`) or `KEY=VALUE,KEY=VALUE` (values read as JSON where
+    they parse, e.g. numbers, else kept as text)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise ValueError(text) from None
+        if not isinstance(value, dict):
+            raise ValueError(text)
+        return value
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(text)
+        try:
+            mapping[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            mapping[key.strip()] = value.strip()
+    return mapping
 
 
 def _parse_bool(text: str) -> bool:
@@ -144,7 +171,7 @@ def _parse_bool(text: str) -> bool:
 
 def _help(field: _Field) -> str:
     spec = field.setting
-    shown = "" if field.default in (None, (), {}) or field.kind is bool else f" (default: {field.default})"
+    shown = "" if field.default in (None, (), {}, "") or field.kind is bool else f" (default: {field.default})"
     env = f" (${spec.env})" if spec.env else ""
     return f"{spec.help}{shown}{env}".replace("%", "%%")
 
@@ -154,7 +181,7 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: tuple[str,
     existing = {option for action in parser._actions for option in action.option_strings}
     for field in _flat(cls):
         spec = field.setting
-        if spec.flag in skip or spec.flag in existing or field.kind is dict:
+        if spec.flag in skip or spec.flag in existing:
             continue
         names = [spec.flag, *spec.aliases]
         options: dict[str, Any] = {"dest": field.dest, "default": _UNSET, "help": _help(field)}
@@ -208,8 +235,9 @@ def _given(field: _Field, args: argparse.Namespace, environ: Mapping[str, str] |
     return field.default
 
 
-def from_config(cls: type, entry: Mapping[str, Any], **overrides: Any):
+def from_config(cls: type, entry: Mapping[str, Any], _root: Mapping[str, Any] | None = None, **overrides: Any):
     """The settings of a config entry (validated against the schema already); missing keys take the defaults."""
+    root = entry if _root is None else _root
     values = {}
     for field in fields_of(cls):
         if field.name in overrides:
@@ -217,9 +245,11 @@ def from_config(cls: type, entry: Mapping[str, Any], **overrides: Any):
         elif field.config is None:
             values[field.name] = field.default
         elif field.setting is None:
-            values[field.name] = from_config(field.kind, _lookup(entry, field.config, {}) if field.config else entry)
+            section = _lookup(entry, field.config, {}) if field.config else entry
+            values[field.name] = from_config(field.kind, section, root)
         else:
-            value = _lookup(entry, field.config, field.default)
+            found = root if field.config.startswith("/") else entry
+            value = _lookup(found, field.config.lstrip("/"), field.default)
             values[field.name] = tuple(value) if field.kind is tuple and value is not None else value
     return cls(**values)
 
@@ -238,7 +268,7 @@ def to_argv(settings: Any, skip: tuple[str, ...] = ()) -> list[str]:
     given: dict[str, Any] = {}
     for field, value in _flat_values(settings):
         spec = field.setting
-        if not spec.flag or spec.flag in skip or field.kind is dict or spec.secret:
+        if not spec.flag or spec.flag in skip or spec.secret:
             continue
         if spec.flag in given:
             if given[spec.flag] != value:
@@ -252,6 +282,8 @@ def to_argv(settings: Any, skip: tuple[str, ...] = ()) -> list[str]:
         elif field.kind is tuple:
             for item in value:
                 argv += [spec.flag, str(item)]
+        elif field.kind is dict:
+            argv += [spec.flag, json.dumps(value, sort_keys=True)]
         else:
             argv += [spec.flag, "none" if value is None else str(value)]
     return argv
@@ -301,6 +333,8 @@ def config_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
         if field.config is None:
             continue
         key = f"{prefix}.{field.config}".strip(".") if field.config else prefix
+        if field.config.startswith("/"):
+            key = field.config[1:]  # from the top entry, whatever the nesting
         if field.setting is None:
             defaults.update(config_defaults(field.kind, key))
         else:

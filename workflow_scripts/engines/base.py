@@ -9,43 +9,64 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import DistilleryError
+from ..setting import setting, to_dict
 
 ENGINE_KINDS = ("auto", "vllm", "transformers", "openai")
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How to start an engine. Keys mirror vLLM's engine arguments where they exist."""
+    """How to start an engine. Names mirror vLLM's engine arguments where they exist; config keys are those of a
+    KD job's `engine:` section (ICM's flat keys are mapped in workflow/icm_jobs.py)."""
 
-    kind: str = "auto"
-    model_path: str = ""
-    tokenizer_path: str | None = None
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    max_num_seqs: int = 256  # the guide's GEN_BATCH_SIZE; transformers' batch size too
-    enforce_eager: bool = False
-    seed: int = 0
+    kind: str = setting("auto", help="engine", flag="--engine", choices=ENGINE_KINDS)
+    model_path: str = setting(
+        "", help="model folder (vllm, transformers) or the served model's name (openai)", aliases=("--model",),
+        env="MODEL_PATH", config=None,
+    )  # fmt: skip
+    tokenizer_path: str | None = setting(
+        None, help="tokenizer folder, if not the model's", aliases=("--tokenizer",), env="TOKENIZER_PATH",
+        config="/tokenizer",
+    )  # fmt: skip
+    dtype: str = setting("auto", help="weights precision in the engine (auto, float32, float16, bfloat16)")
+    tensor_parallel_size: int = setting(1, help="GPUs for tensor parallelism", env="TENSOR_PARALLEL_SIZE")
+    pipeline_parallel_size: int = setting(1, help="GPUs for pipeline parallelism")
+    max_model_len: int | None = setting(None, help="context length (default: the model's)")
+    gpu_memory_utilization: float = setting(0.9, help="share of GPU memory vLLM may take")
+    enable_prefix_caching: bool = setting(True, help="vLLM's prefix cache", flag="--prefix-caching")
+    max_num_seqs: int = setting(
+        256, help="sequences per engine batch (vLLM's max_num_seqs, transformers' batch size)",
+        aliases=("--gen-batch-size",), env="GEN_BATCH_SIZE", config="gen_batch_size",
+    )  # fmt: skip
+    enforce_eager: bool = setting(False, help="vLLM without CUDA graphs (faster start)")
+    seed: int = setting(0, help="seed of the job's sampling", config="/sampling.seed")
     # openai engine only
-    base_url: str | None = None
-    api_key: str | None = None
-    served_model_name: str | None = None
-    max_concurrency: int = 64
-    requests_per_minute: float | None = None  # a limit for external APIs; none for self-hosted servers
-    self_hosted: bool | None = None  # None: decided from the URL (localhost, private address, node name)
-    max_retries: int = 5  # on 429, 5xx and connection errors, with exponential backoff
-    retry_base_delay_s: float = 1.0
-    retry_max_delay_s: float = 60.0
-    request_timeout_s: float = 600.0
-    prompts_per_request: int | None = None  # scoring batch split; None: all in one request when self-hosted
-    extra: dict = field(default_factory=dict)
+    base_url: str | None = setting(
+        None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or VLLM_BASE_URL)"
+    )
+    api_key: str | None = setting(None, help="API key", flag=None, config=None, secret=True)
+    served_model_name: str | None = setting(None, help="the model's name on the server (default: the server's first)")
+    max_concurrency: int = setting(64, help="requests in flight to a server (its connections too)")
+    requests_per_minute: float | None = setting(
+        None, help="rate limit for external APIs (never self-hosted)", config=None
+    )
+    self_hosted: bool | None = setting(
+        None, help="treat the server as self-hosted: no rate limit (default: from the URL)", config=None
+    )
+    max_retries: int = setting(5, help="retries of a dropped, timed-out, 429 or 5xx request, with backoff")
+    retry_base_delay_s: float = setting(1.0, help="first retry delay (doubles)", flag=None, config=None)
+    retry_max_delay_s: float = setting(60.0, help="longest retry delay", flag=None, config=None)
+    request_timeout_s: float = setting(
+        600.0, help="seconds for one answer (a long generation under load included)", flag="--request-timeout"
+    )
+    prompts_per_request: int | None = setting(
+        None, help="scoring batch split (default: all in one request when self-hosted)", flag=None, config=None
+    )
+    extra: dict = setting(help="more vLLM engine arguments", default_factory=dict, flag=None, config=None)
 
     @property
     def tokenizer(self) -> str:
@@ -54,23 +75,23 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    n: int = 1
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = -1  # -1: off, as in vLLM
-    max_tokens: int = 100
-    stop: tuple[str, ...] = ()
-    return_token_ids: bool = False
+    """How completions are sampled; config keys are those of a KD job's `sampling:` section."""
+
+    n: int = setting(1, help="completions per row", flag="--num-samples", aliases=("-n",))
+    temperature: float = setting(0.8, help="sampling temperature (0 is greedy)", env="TEMPERATURE")
+    top_p: float = setting(0.95, help="nucleus sampling threshold", env="TOP_P")
+    top_k: int = setting(-1, help="top-k sampling (-1: off, as in vLLM)")
+    max_tokens: int = setting(256, help="completion length cap")
+    stop: tuple[str, ...] = setting((), help="stop string (repeatable)")
+    return_token_ids: bool = setting(
+        False, help="also write prompt and completion token ids", config="/return_token_ids"
+    )
 
     def as_dict(self) -> dict:
-        return {
-            "n": self.n,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "max_tokens": self.max_tokens,
-            "stop": list(self.stop),
-        }
+        """What decides the sampled text (token ids or not does not)."""
+        data = to_dict(self)
+        del data["return_token_ids"]
+        return data
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ OpenAI-compatible servers of base models):
   so the server schedules them together and its prefix cache shares their common demonstrations. External
   APIs get the batch in requests of `prompts_per_request` prompts instead, sent concurrently.
 
-For external APIs only: retries with exponential backoff on 429, 5xx and connection errors, and a rate limit
-(`requests_per_minute`). A self-hosted server (localhost, a private address, a cluster node name, or
-`self_hosted: true`) is neither throttled nor retried: its errors are reported at once. The base URL and key
-come from the settings, else from OPENAI_BASE_URL / OPENAI_API_KEY, else from the migration guide's
+The HTTP exchanges (the client library, requests in flight, timeouts, retries with backoff) are
+`openai_http.HttpSession`'s. For external APIs only: a rate limit (`requests_per_minute`); a self-hosted server
+(localhost, a private address, a cluster node name, or `self_hosted: true`) is not throttled. The base URL and
+key come from the settings, else from OPENAI_BASE_URL / OPENAI_API_KEY, else from the migration guide's
 VLLM_BASE_URL / API_KEY.
 The request and response bodies are OpenAI's completions API as vLLM implements it (see tests/fixtures/).
 """
@@ -23,34 +23,18 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Iterable, Iterator
-from importlib import metadata
 from urllib.parse import urlsplit
 
 from ..errors import DistilleryError
 from .base import Completion, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings, TokenLogprob
+from .openai_http import HttpSession, client_version, completion_choices, decode_json
 
 log = logging.getLogger(__name__)
 
 BASE_URL_VARIABLES = ("OPENAI_BASE_URL", "VLLM_BASE_URL")
 API_KEY_VARIABLES = ("OPENAI_API_KEY", "API_KEY")
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}
 EXTERNAL_PROMPTS_PER_REQUEST = 20
-
-
-def http_module():
-    """httpx2 (what huggingface_hub installs) or httpx: the same API."""
-    try:
-        import httpx2 as http
-    except ImportError:
-        try:
-            import httpx as http
-        except ImportError:
-            raise DistilleryError(
-                "engine 'openai' needs an HTTP client", hint='pip install "distillery[openai]" (httpx2)'
-            ) from None
-    return http
 
 
 def resolve_base_url(configured: str | None) -> str:
@@ -122,42 +106,20 @@ def parse_prefix_cache_metrics(text: str) -> dict[str, float] | None:
     return totals if found else None
 
 
-class RateLimiter:
-    """At most `per_minute` request starts per minute, evenly spaced."""
-
-    def __init__(self, per_minute: float | None) -> None:
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self.next_start = 0.0
-        self.lock = asyncio.Lock()
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        async with self.lock:
-            now = time.monotonic()
-            delay = self.next_start - now
-            self.next_start = max(now, self.next_start) + self.interval
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-
 class OpenAIEngine:
     kind = "openai"
 
     def __init__(self, settings: EngineSettings) -> None:
-        self.http = http_module()
         self.settings = settings
         self.base_url = resolve_base_url(settings.base_url)
         self.api_key = resolve_api_key(settings.api_key)
         self.self_hosted = settings.self_hosted if settings.self_hosted is not None else is_self_hosted(self.base_url)
-        # Retries, like rate limits, are for external APIs: a self-hosted vLLM does not throttle, and its errors
-        # (a dead engine, a refused connection) are reported at once rather than hidden behind backoff.
-        self.max_retries = 0 if self.self_hosted else settings.max_retries
-        self.requests_sent = 0
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-engine", daemon=True)
         self._thread.start()
-        self._client = self._call(self._open_client())
+        # Rate limits are for external APIs: a self-hosted vLLM does not throttle.
+        self.session = self._call(self._open_session(headers))
         self.model = settings.served_model_name or self._served_model()
         self._tokenizer = None
 
@@ -166,52 +128,35 @@ class OpenAIEngine:
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def _open_client(self):
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._semaphore = asyncio.Semaphore(max(1, self.settings.max_concurrency))
-        self._limiter = RateLimiter(None if self.self_hosted else self.settings.requests_per_minute)
-        return self.http.AsyncClient(
-            headers=headers,
-            timeout=self.http.Timeout(self.settings.request_timeout_s, connect=10.0),
-            limits=self.http.Limits(max_connections=max(1, self.settings.max_concurrency)),
-        )
+    async def _open_session(self, headers: dict[str, str]) -> HttpSession:
+        return HttpSession(self.settings, headers, throttle=not self.self_hosted)
+
+    @property
+    def requests_sent(self) -> int:
+        return self.session.requests_sent
 
     def close(self) -> None:
         if self._loop.is_running():
-            self._call(self._client.aclose())
+            self._call(self._shutdown())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
+    async def _shutdown(self) -> None:
+        """Cancel what is still in flight (requests of a generation that failed or was abandoned), then close."""
+        pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self.session.aclose()
+
     async def _request(self, method: str, path: str, body: dict | None = None):
-        """One HTTP exchange with retries; returns the decoded JSON (or text for /metrics)."""
+        """One HTTP exchange (retried by the session); returns the decoded JSON, or the text of a non-JSON answer
+        (/metrics)."""
         url = f"{self.base_url}{path}" if path.startswith("/") and not path.startswith("//") else path
-        attempt = 0
-        while True:
-            retry_after = None
-            await self._limiter.wait()
-            try:
-                async with self._semaphore:
-                    self.requests_sent += 1
-                    response = await self._client.request(method, url, json=body)
-            except self.http.TransportError as exc:
-                if attempt >= self.max_retries:
-                    raise DistilleryError(connection_diagnostic(url, exc)) from None
-                reason = type(exc).__name__
-            else:
-                if response.status_code < 400:
-                    if "json" in response.headers.get("content-type", ""):
-                        return response.json()
-                    return response.text
-                if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
-                    raise DistilleryError(http_error_message(url, response))
-                reason = f"HTTP {response.status_code}"
-                retry_after = response.headers.get("retry-after")
-            delay = min(self.settings.retry_max_delay_s, self.settings.retry_base_delay_s * 2**attempt)
-            if retry_after and retry_after.replace(".", "", 1).isdigit():
-                delay = max(delay, float(retry_after))
-            log.warning("%s %s: %s, retry %d/%d in %.1f s", method, url, reason, attempt + 1, self.max_retries, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
+        response = await self.session.send(method, url, body)
+        if "json" in response.headers.get("content-type", ""):
+            return decode_json(url, response)
+        return response.text
 
     def request(self, method: str, path: str, body: dict | None = None):
         """A blocking exchange with the server (path relative to the base URL, or a full URL)."""
@@ -229,14 +174,15 @@ class OpenAIEngine:
     # --- the engine interface ---
 
     def versions(self) -> dict[str, str]:
-        versions = {"client": f"{self.http.__name__} {metadata.version(self.http.__name__)}", "server": "unknown"}
+        server = "unknown"
         try:
             reply = self.request("GET", f"{server_root(self.base_url)}/version")
             if isinstance(reply, dict) and reply.get("version"):
-                versions["server"] = f"vllm {reply['version']}"
+                server = f"vllm {reply['version']}"
         except DistilleryError:
             pass  # not a vLLM server, or one without /version
-        return versions
+        client = client_version(self.session.http) if self.session.http else "none chosen yet"
+        return {"client": client, "server": server}
 
     def completions_body(self, prompt, sampling: SamplingSettings, seed: int | None) -> dict:
         body = {
@@ -283,7 +229,7 @@ class OpenAIEngine:
         body = self.completions_body(request.prompt_token_ids, sampling, request.seed % (2**63))
         reply = await self._request("POST", "/completions", body)
         completions = []
-        for choice in sorted(reply["choices"], key=lambda choice: choice.get("index", 0)):
+        for choice in completion_choices(f"{self.base_url}/completions", reply):
             token_ids = choice.get("token_ids")
             if token_ids is None:
                 token_ids = self._encode(choice.get("text") or "")
@@ -325,7 +271,7 @@ class OpenAIEngine:
 
         results = []
         for reply in self._call(send_all()):
-            for choice in sorted(reply["choices"], key=lambda choice: choice.get("index", 0)):
+            for choice in completion_choices(f"{self.base_url}/completions", reply):
                 results.append(top_logprobs_of_last_position(choice))
         if len(results) != len(prompts):
             raise DistilleryError(f"{self.base_url}: {len(results)} choices for {len(prompts)} prompts")
@@ -340,32 +286,3 @@ class OpenAIEngine:
         except DistilleryError:
             return None
         return parse_prefix_cache_metrics(text) if isinstance(text, str) else None
-
-
-def connection_diagnostic(url: str, exc: BaseException) -> str:
-    name = type(exc).__name__
-    text = str(exc) or name
-    if "refused" in text.lower() or name == "ConnectError":
-        return (
-            f"cannot connect to {url}: {text}; is the server running and the URL right? "
-            "(start one with `distillery serve`, test it with `distillery check-server`)"
-        )
-    if "timeout" in name.lower():
-        return f"{url}: no answer in time ({name}); the server may be overloaded or still loading the model"
-    return f"{url}: {name}: {text}"
-
-
-def http_error_message(url: str, response) -> str:
-    """vLLM's own error message (400: bad request, 404: unknown model) or, for a non-API page, a hint."""
-    message = None
-    try:
-        body = response.json()
-        error = body.get("error") if isinstance(body, dict) else None
-        message = error.get("message") if isinstance(error, dict) else body.get("message") or body.get("detail")
-    except ValueError:
-        pass
-    if response.status_code == 404 and not message:
-        return f"{url}: 404 Not Found: no OpenAI-compatible API here; check the base URL (it should end in /v1)"
-    if response.status_code in (401, 403):
-        return f"{url}: {response.status_code}: {message or 'not authorized'}; check the API key (OPENAI_API_KEY)"
-    return f"{url}: {response.status_code}: {message or response.text[:200]}"

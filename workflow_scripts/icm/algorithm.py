@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write_text
 from ..errors import DistilleryError
+from ..setting import setting
 from .consistency import violations
 from .data import Example
 from .prompts import Query
@@ -58,21 +59,35 @@ Labels = tuple  # tuple[int | None, ...], indexed by uid
 class ICMSettings:
     """The reference's arguments and defaults (`ICM.py --alpha --num_seed --K ...`), by their meaning."""
 
-    alpha: float = 30.0
-    num_seed: int = 8
-    iterations: int = 3000  # K
-    consistency_fix_iterations: int = 10  # consistency_fix_K: repairs of the seed labels
-    proposal_fix_iterations: int = 10  # repairs after each proposed label (fixed at 10 in the reference)
-    initial_temperature: float = 10.0
-    final_temperature: float = 0.01
-    decay: float = 0.99
-    schedule: str = "log"
-    seed: int = 27565976
-    unlabeled_weight: float = 100.0
-    predictability: str = "mean_logodds"
-    demonstration_order: str = "labeling"
-    score_unlabeled: bool = True
-    save_every: int = 10
+    alpha: float = setting(30.0, help="weight of mutual predictability")
+    num_seed: int = setting(8, help="randomly labeled claims at start", aliases=("--num_seed",))
+    iterations: int = setting(3000, help="search iterations (the reference's K)", flag="--K", aliases=("--iterations",))
+    consistency_fix_iterations: int = setting(
+        10, help="consistency-fix rounds for the seed labels", flag="--consistency-fix-K",
+        aliases=("--consistency_fix_K",),
+    )  # fmt: skip
+    proposal_fix_iterations: int = setting(
+        10, help="consistency-fix rounds after each proposal (fixed at 10 in the reference)", flag="--proposal-fix-K"
+    )
+    initial_temperature: float = setting(10.0, help="initial temperature", flag="--initial-T", aliases=("--initial_T",))
+    final_temperature: float = setting(0.01, help="lowest temperature", flag="--final-T", aliases=("--final_T",))
+    decay: float = setting(0.99, help="decay of the exp schedule")
+    schedule: str = setting("log", help="annealing schedule", flag="--scheduler", choices=SCHEDULES)
+    seed: int = setting(27565976, help="makes a run reproducible (batch, seed labels, search)")
+    unlabeled_weight: float = setting(
+        100.0, help="sampling weight of claims whose group has a label", flag=None, config=None
+    )
+    predictability: str = setting(
+        "mean_logodds", help="mean log-odds (the reference's code) or sum of log P (the paper's formula)",
+        choices=PREDICTABILITY,
+    )  # fmt: skip
+    demonstration_order: str = setting(
+        "labeling", help="labeling: in the order claims got labels (cache-friendly); dataset: the reference's",
+        choices=DEMONSTRATION_ORDERS,
+    )  # fmt: skip
+    # The command decides it from the engine where the flag is not given (`--score-unlabeled`, cli/icm.py).
+    score_unlabeled: bool = setting(True, help="score unlabeled claims in each batch", flag=None, config=None)
+    save_every: int = setting(10, help="save the state every N iterations")
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:

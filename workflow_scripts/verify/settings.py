@@ -38,7 +38,7 @@ class VerifySettings:
 
 
 def add_verify_flags(parser: argparse.ArgumentParser) -> None:
-    add_flags(parser, VerifySettings)
+    add_flags(parser, VerifySettings, skip=(TOLERANCE_FLAG,))  # repeatable pairs, merged over the defaults
     help = f"max relative logit difference for weights stored in DTYPE, repeatable (default: {TOLERANCES})"
     parser.add_argument(TOLERANCE_FLAG, action="append", default=[], metavar="DTYPE=VALUE", help=help)
 
@@ -68,7 +68,7 @@ def for_model(verify: Mapping, model_verify: Mapping | None = None) -> VerifySet
 
 def to_argv(settings: VerifySettings) -> list[str]:
     """The flags that give `settings` back; every tolerance is passed, so the command needs no default."""
-    argv = settings_argv(settings)
+    argv = settings_argv(settings, skip=(TOLERANCE_FLAG,))
     for dtype, value in sorted(settings.tolerances.items()):
         argv += [TOLERANCE_FLAG, f"{dtype}={value}"]
     return argv

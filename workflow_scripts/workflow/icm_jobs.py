@@ -8,45 +8,28 @@ from __future__ import annotations
 
 import shlex
 
-# The reference's defaults (ICM.py's argparse), by the config's key names.
+from ..engines.base import EngineSettings
+from ..icm.algorithm import ICMSettings
+from ..setting import config_defaults, fields_of
+
+# The search settings (the reference's ICM.py arguments and defaults) come from ICMSettings' fields; the job's and
+# engine's keys of the `icm.jobs.*` entry follow.
+_SEARCH = [field for field in fields_of(ICMSettings) if field.config and field.setting.flag]
+_REQUESTS = ("max_concurrency", "request_timeout_s", "max_retries")  # EngineSettings fields, keys of `server:`
 JOB_DEFAULTS = {
     "engine": "auto",
-    "alpha": 30.0,
-    "num_seed": 8,
-    "iterations": 3000,
+    **config_defaults(ICMSettings),
     "batch_size": 256,
-    "consistency_fix_iterations": 10,
-    "proposal_fix_iterations": 10,
-    "schedule": "log",
-    "initial_temperature": 10.0,
-    "final_temperature": 0.01,
-    "decay": 0.99,
-    "seed": 27565976,
     "top_logprobs": 20,
-    "predictability": "mean_logodds",
-    "demonstration_order": "labeling",
-    "save_every": 10,
     "tensor_parallel_size": 1,
     "gpu_memory_utilization": 0.9,
     "dtype": "auto",
     "enforce_eager": False,
 }
 SEARCH_FLAGS = {
-    "alpha": "--alpha",
-    "num_seed": "--num-seed",
-    "iterations": "--K",
+    **{field.config: field.setting.flag for field in _SEARCH},
     "batch_size": "--batch-size",
-    "consistency_fix_iterations": "--consistency-fix-K",
-    "proposal_fix_iterations": "--proposal-fix-K",
-    "schedule": "--scheduler",
-    "initial_temperature": "--initial-T",
-    "final_temperature": "--final-T",
-    "decay": "--decay",
-    "seed": "--seed",
     "top_logprobs": "--top-logprobs",
-    "predictability": "--predictability",
-    "demonstration_order": "--demonstration-order",
-    "save_every": "--save-every",
     "tensor_parallel_size": "--tensor-parallel-size",
     "gpu_memory_utilization": "--gpu-memory-utilization",
     "dtype": "--dtype",
@@ -55,8 +38,8 @@ SEARCH_FLAGS = {
 SERVER_FLAGS = {
     "served_model_name": "--served-model-name",
     "requests_per_minute": "--requests-per-minute",
-    "max_concurrency": "--max-concurrency",
     "api_key_env": "--api-key-env",
+    **{field.name: field.setting.flag for field in fields_of(EngineSettings) if field.name in _REQUESTS},
 }
 
 

@@ -11,12 +11,14 @@ import glob
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
 from ..kd.local_copies import dataset_root
+from ..kd.settings import KdJob
 from ..kd.sources import is_url
+from ..setting import from_config, to_argv
 
 _UNSET_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -95,60 +97,21 @@ def _dataset_inputs(path: str, built: str | None) -> list[str]:
     return sorted(glob.glob(path, recursive=True))
 
 
-def _flags(name: str, entry: dict, model_path: str, dataset: str) -> str:
-    data, sampling, engine = entry["dataset"], entry["sampling"], entry["engine"]
-    pairs = [
-        ("--job-name", name),
-        ("--model-path", model_path),
-        ("--tokenizer-path", entry.get("tokenizer") and expand(entry["tokenizer"], f"kd.{name}.tokenizer")),
-        ("--dataset", dataset),
-        ("--prompt-mode", data["prompt_mode"]),
-        ("--text-column", data["text_column"]),
-        ("--messages-column", data["messages_column"]),
-        ("--id-column", data.get("id_column")),
-        ("--max-prompt-tokens", entry["max_prompt_tokens"]),
-        ("--chunk-rows", entry["chunk_rows"]),
-        ("--output-format", entry["output_format"]),
-        ("--max-target-length", entry.get("max_target_length")),
-        ("--engine", engine["kind"]),
-        ("--tensor-parallel-size", engine["tensor_parallel_size"]),
-        ("--pipeline-parallel-size", engine["pipeline_parallel_size"]),
-        ("--dtype", engine["dtype"]),
-        ("--max-model-len", engine.get("max_model_len")),
-        ("--gpu-memory-utilization", engine["gpu_memory_utilization"]),
-        ("--gen-batch-size", engine["gen_batch_size"]),
-        ("--base-url", engine.get("base_url") and expand(engine["base_url"], f"kd.{name}.engine.base_url")),
-        ("--served-model-name", engine.get("served_model_name")),
-        ("--max-concurrency", engine["max_concurrency"]),
-        ("-n", sampling["n"]),
-        ("--temperature", sampling["temperature"]),
-        ("--top-p", sampling["top_p"]),
-        ("--top-k", sampling["top_k"]),
-        ("--max-tokens", sampling["max_tokens"]),
-        ("--seed", sampling["seed"]),
-    ]
-    flags = [f"{flag} {shlex.quote(str(value))}" for flag, value in pairs if value is not None]
-    flags += [f"--stop {shlex.quote(stop)}" for stop in sampling["stop"]]
-    switches = {
-        "--shuffle-chunks": entry["shuffle_chunks"],
-        "--return-token-ids": entry["return_token_ids"],
-        "--no-prefix-caching": not engine["enable_prefix_caching"],
-        "--enforce-eager": engine["enforce_eager"],
-    }
-    flags += [flag for flag, on in switches.items() if on]
-    return " ".join(flags)
+def kd_job(name: str, entry: dict, model_path: str, dataset: str) -> KdJob:
+    """The job a config entry describes (the settings' own config keys), with its paths resolved."""
+    job = from_config(KdJob, entry, name=name, model=model_path, dataset=dataset)
+    tokenizer = entry.get("tokenizer") and expand(entry["tokenizer"], f"kd.{name}.tokenizer")
+    base_url = entry["engine"].get("base_url") and expand(entry["engine"]["base_url"], f"kd.{name}.engine.base_url")
+    return replace(job, engine=replace(job.engine, model_path=model_path, tokenizer_path=tokenizer, base_url=base_url))
 
 
-def _settings_hash(flags: str) -> str:
-    """The hash `distillery kd-manifest` will write for these flags: computed by parsing them with its own parser,
-    so the workflow and the command cannot disagree on what the settings are."""
-    import argparse
-
-    from ..kd.commands import add_job_flags, job_from_args
-
-    parser = argparse.ArgumentParser()
-    add_job_flags(parser)
-    return job_from_args(parser.parse_args(shlex.split(flags))).settings_hash()
+def _flags(job: KdJob) -> str:
+    """The flags of `distillery kd-manifest` (and kd-teacher) that give this job back: the paths first, for the
+    reader of a log, then every setting not at its default."""
+    paths = {"--job-name": job.name, "--model-path": job.model, "--tokenizer-path": job.engine.tokenizer_path}
+    paths["--dataset"] = job.dataset
+    lead = [word for flag, value in paths.items() if value is not None for word in (flag, value)]
+    return shlex.join(lead + to_argv(job, skip=tuple(paths)))
 
 
 def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datasets: dict[str, str]) -> dict:
@@ -163,12 +126,11 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             model_input = model if os.path.isdir(model) else None
         dataset = expand(entry["dataset"]["path"], f"kd.{name}.dataset.path")
         built = None if is_url(dataset) else _built_dataset(name, dataset, built_datasets)
-        engine = entry["engine"]
+        job = kd_job(name, entry, model_path, dataset)
         gpus = entry.get("gpus")
         if gpus is None:
-            parallel = engine["tensor_parallel_size"] * engine["pipeline_parallel_size"]
-            gpus = parallel if engine["kind"] in ("vllm", "auto") else 0
-        flags = _flags(name, entry, model_path, dataset)
+            parallel = job.engine.tensor_parallel_size * job.engine.pipeline_parallel_size
+            gpus = parallel if job.engine.kind in ("vllm", "auto") else 0
         plans[name] = KdJobWiring(
             name=name,
             model_path=model_path,
@@ -176,10 +138,10 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             model_is_built=model in model_dirs,
             dataset_inputs=_dataset_inputs(dataset, built),
             built_dataset=built,
-            flags=flags,
+            flags=_flags(job),
             gpus=gpus,
-            output_format=entry["output_format"],
+            output_format=job.output_format,
             dataset=dataset,
-            settings_hash=_settings_hash(flags),
+            settings_hash=job.settings_hash(),
         )
     return plans

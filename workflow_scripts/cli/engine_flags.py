@@ -1,0 +1,30 @@
+"""The engine flags commands share: how to reach the model (in-process vLLM or transformers, or a server)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..engines.base import EngineSettings
+from ..errors import DistilleryError
+from ..setting import add_flags, from_args
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """How to reach the model: in-process vLLM or transformers, or an OpenAI-compatible server."""
+    group = parser.add_argument_group("engine")
+    add_flags(group, EngineSettings)
+    group.add_argument("--base-url-file", type=Path, help="read the server URL from this file (written by serve)")
+    group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key (OPENAI_API_KEY)")
+
+
+def engine_settings(args: argparse.Namespace, **overrides) -> EngineSettings:
+    """The engine the flags describe; the server URL may come from a file, the API key from a variable."""
+    settings = from_args(EngineSettings, args, api_key=os.environ.get(args.api_key_env) or None, **overrides)
+    if args.base_url_file:
+        if not args.base_url_file.is_file():
+            raise DistilleryError("does not exist", args.base_url_file, "is the server rule running?")
+        settings = replace(settings, base_url=args.base_url_file.read_text().strip())
+    return settings

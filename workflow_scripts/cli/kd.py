@@ -1,0 +1,198 @@
+"""The KD commands: kd-manifest, kd-teacher, kd-chunk, kd-dataset, kd-status and the standalone `generate`.
+
+The job flags are those of the KD settings (`kd/settings.py`, `engines/base.py`), named as in the MaxText guide's
+script. Only `generate`, the guide's `run_sequence_kd.sh` as one command, falls back on the guide's environment
+variables (MODEL_PATH, DATASET_PATH, ...): the workflow's rules pass every setting as a flag, and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from ..engines.base import EngineSettings, SamplingSettings
+from ..errors import DistilleryError
+from ..kd.local_copies import LocalCopies
+from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict
+from ..setting import add_flags, from_args
+
+
+def add_job_flags(parser: argparse.ArgumentParser) -> None:
+    """The settings of a KD job, in the groups `--help` shows."""
+    add_flags(parser.add_argument_group("data"), PromptSettings)
+    add_flags(parser.add_argument_group("model and engine"), EngineSettings)
+    add_flags(parser.add_argument_group("sampling"), SamplingSettings)
+    add_flags(parser.add_argument_group("job"), KdJob)
+
+
+def job_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> KdJob:
+    """The job the flags describe; with `environ`, unset flags fall back on the guide's environment variables."""
+    job = from_args(KdJob, args, environ)
+    if not job.model:
+        raise DistilleryError("no model: pass --model-path" + (" or set MODEL_PATH" if environ is not None else ""))
+    if not job.dataset:
+        raise DistilleryError("no dataset: pass --dataset" + (" or set DATASET_PATH" if environ is not None else ""))
+    if job.chunk_rows < 1:
+        raise DistilleryError(f"--chunk-rows must be at least 1, not {job.chunk_rows}")
+    return job
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    from ..kd.manifest import write_manifest
+
+    job = job_from_args(args)
+    manifest = write_manifest(job, job_to_dict(job), args.output, _copies(args))
+    print(
+        f"✓ {args.output}: {len(manifest['chunks'])} chunks over {len(manifest['files'])} files, "
+        f"{manifest['rows']} rows"
+    )
+    return 0
+
+
+def _run_teacher(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_text
+
+    job = job_from_args(args)
+    model = Path(_copies(args).job_reading_copies(job).engine.model_path)
+    if job.engine.kind != "openai" and not (model / "config.json").is_file():
+        where = model if model.exists() else model.parent
+        raise DistilleryError(f"no HF model folder {model.name!r} here (config.json missing)", where)
+    record = {"job": job.name, "model": job.model, "settings_hash": job.settings_hash(), "settings": job_to_dict(job)}
+    atomic_write_text(args.output, json.dumps(record, indent=1) + "\n")
+    print(f"✓ {args.output}: teacher {job.model}, settings {record['settings_hash']}")
+    return 0
+
+
+def _run_chunk(args: argparse.Namespace) -> int:
+    from ..kd.chunk import ChunkRunner
+    from ..kd.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    runner = ChunkRunner(manifest, copies=_copies(args))
+    try:
+        stats = runner.run(manifest.chunk(args.chunk), args.output)
+    finally:
+        runner.close()
+    print(
+        f"✓ chunk {stats['chunk']}: {stats['generated_rows']} rows generated, {len(stats['skipped'])} skipped, "
+        f"{stats['completion_tokens']} tokens in {stats['generate_seconds']} s"
+    )
+    return 0
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    from ..kd.dataset import build_dataset
+    from ..kd.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    output_format = args.format or manifest.settings["output_format"]
+    summary = build_dataset(manifest, args.output, args.summary, output_format)
+    print(
+        f"✓ {args.output}: {summary['samples']} samples from {summary['generated_rows']} rows "
+        f"({summary['skipped_rows']} skipped), {summary['completion_tokens']} output tokens"
+    )
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from ..kd.manifest import load_manifest
+    from ..kd.status import format_status, job_status
+
+    target = Path(args.job)
+    manifest = load_manifest(target / "manifest.json" if target.is_dir() else target)
+    status = job_status(manifest)
+    print(json.dumps(status, indent=1) if args.json else format_status(status))
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from ..kd.standalone import run_standalone_job
+
+    output_dir = args.output_dir or os.environ.get("GCS_BUCKET_PATH")
+    if not output_dir:
+        raise DistilleryError("no output folder: pass --output-dir or set GCS_BUCKET_PATH")
+    if not 0 <= args.worker_index < args.num_workers:
+        raise DistilleryError(f"--worker-index must be in [0, {args.num_workers}), not {args.worker_index}")
+    job = job_from_args(args, environ=os.environ)
+    run_standalone_job(job, Path(output_dir), args.worker_index, args.num_workers, make_dataset=not args.no_dataset)
+    return 0
+
+
+_LOCAL_MODEL_HELP = "read the model from this copy (e.g. a storage plugin's); records keep the job's model path"
+_LOCAL_DATASET_HELP = (
+    "read the dataset from this copy of what --dataset names (e.g. a storage plugin's); records keep the job's paths"
+)
+
+
+def _copies(args: argparse.Namespace) -> LocalCopies:
+    return LocalCopies(model=getattr(args, "local_model", None), dataset=getattr(args, "local_dataset", None))
+
+
+def _add_manifest(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Read only the parquet footers of the dataset and write the chunk list (row ranges of "
+        "--chunk-rows per file) with the job's settings. Fails on a missing column or unreadable file."
+    )
+    parser.add_argument("--output", required=True, type=Path, help="manifest.json to write")
+    parser.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
+    add_job_flags(parser)
+    parser.set_defaults(handler=_run_manifest)
+
+
+def _add_teacher(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", required=True, type=Path, help="teacher.json to write")
+    parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    add_job_flags(parser)
+    parser.set_defaults(handler=_run_teacher)
+
+
+def _add_chunk(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Generate one chunk of a KD job. Finished rows are saved as they come; a restarted job continues "
+        "where the killed one stopped. The chunk file appears only when complete."
+    )
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--chunk", required=True, help="PART/START-STOP, as in the chunk's path")
+    parser.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
+    parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    parser.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
+    parser.set_defaults(handler=_run_chunk)
+
+
+def _add_dataset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--summary", required=True, type=Path)
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the job's output_format")
+    parser.set_defaults(handler=_run_dataset)
+
+
+def _add_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="the job folder (results/kd/JOB) or its manifest.json")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=_run_status)
+
+
+def _add_generate(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Sequence-KD generation as one process: manifest, this worker's chunks with one engine, and "
+        "the dataset once every chunk is done. Flags default to the MaxText guide's environment variables."
+    )
+    parser.add_argument("--output-dir", help="where the job folder goes ($GCS_BUCKET_PATH)")
+    parser.add_argument("--worker-index", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--no-dataset", action="store_true", help="leave the merge to kd-dataset")
+    add_job_flags(parser)
+    parser.set_defaults(handler=_run_generate)
+
+
+PARSERS = {
+    "kd-manifest": _add_manifest,
+    "kd-teacher": _add_teacher,
+    "kd-chunk": _add_chunk,
+    "kd-dataset": _add_dataset,
+    "kd-status": _add_status,
+    "generate": _add_generate,
+}
