@@ -112,12 +112,27 @@ def plain_loop(base_url: str, model: str, scoring: list, generation: list, concu
             "retries": 0, "failed": answered.count(False)}  # fmt: skip
 
 
-def measure(base_url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> dict[str, dict]:
+def measure(
+    base_url: str, model: str, requests: int, concurrency: int, max_tokens: int, clients: tuple[str, ...] = ()
+) -> dict[str, dict]:
+    """Each path once per client library: the issue's ReadError came with httpx, so both are measured."""
+    from workflow_scripts.engines import openai_http
+
     scoring, generation = workload(requests)
-    return {
-        "distillery openai engine": through_engine(base_url, model, scoring, generation, concurrency, max_tokens),
-        "plain client loop (anchor)": plain_loop(base_url, model, scoring, generation, concurrency, max_tokens),
-    }
+    rows = {}
+    for client in clients or openai_http.CLIENT_MODULES:
+        chosen = openai_http.CLIENT_MODULES
+        openai_http.CLIENT_MODULES = (client,)  # the library the engine and the anchor loop may use
+        try:
+            rows[f"distillery openai engine ({client})"] = through_engine(
+                base_url, model, scoring, generation, concurrency, max_tokens
+            )
+            rows[f"plain client loop ({client}, anchor)"] = plain_loop(
+                base_url, model, scoring, generation, concurrency, max_tokens
+            )
+        finally:
+            openai_http.CLIENT_MODULES = chosen
+    return rows
 
 
 def print_table(rows: dict[str, dict]) -> None:
@@ -155,6 +170,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight, both paths (64)")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per generation request (16)")
+    parser.add_argument(
+        "--client", action="append", default=[], help="HTTP client library to measure (default: httpx2 and httpx)"
+    )
     args = parser.parse_args()
 
     from harness import new_record, save_result
@@ -163,7 +181,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     process, url = (None, args.server_url) if args.server_url else start_server(args.work)
     try:
-        rows = measure(url, args.model, args.requests, args.concurrency, args.max_tokens)
+        rows = measure(url, args.model, args.requests, args.concurrency, args.max_tokens, tuple(args.client))
     finally:
         if process:
             stop(process)

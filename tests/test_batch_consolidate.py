@@ -62,6 +62,17 @@ def test_template_that_escapes_the_output_dir_is_refused(experiments, run_cli, t
     assert not (tmp_path / "qwen").exists()
 
 
+def test_output_symlink_pointing_outside_the_output_dir_is_refused_as_a_symlink(experiments, run_cli, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "qwen_step_final").symlink_to(tmp_path / "elsewhere")
+    source = experiments / "ft_runs_a/qwen"
+    result = run_cli("batch-consolidate", "--input-dir", source, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "is a symlink pointing outside --output-dir" in result.stderr and "template" not in result.stderr
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_template_giving_two_inputs_the_same_name_is_refused(experiments, run_cli, tmp_path):
     result = run_cli("batch-consolidate", "--input-pattern", f"{experiments}/*/qwen", "--output-dir", tmp_path / "out")
     assert result.exit_code == 1 and "the same output to several inputs" in result.stderr

@@ -130,10 +130,10 @@ def test_base_model_supplies_missing_config_and_tokenizer(tiny_model, run_cli, t
     assert torch.equal(logits(output), logits(base))
 
 
-def test_force_replaces_an_existing_output(tiny_model, run_cli, tmp_path):
+def test_force_replaces_an_earlier_output(tiny_model, run_cli, tmp_path):
     source = tiny_model("llama", "safetensors")
     output = tmp_path / "out"
-    output.mkdir()
+    assert run_cli("consolidate", "--input", source, "--output", output).exit_code == 0
     (output / "stale.txt").write_text("old")
     assert run_cli("consolidate", "--input", source, "--output", output, "--force").exit_code == 0
     assert not (output / "stale.txt").exists() and (output / "model.safetensors").is_file()

@@ -157,6 +157,21 @@ def test_missing_rank_file(damaged_run, run_cli, tmp_path):
     refused(result, tmp_path / "out", "global_step4", "saved by 2 ranks", "missing rank 1")
 
 
+def test_rank_file_from_an_earlier_save_is_refused(damaged_run, run_cli, tmp_path):
+    name = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shutil.copy(damaged_run / "checkpoint-2/global_step2" / name, damaged_run / "checkpoint-4/global_step4" / name)
+    result = run_cli("consolidate", "--input", damaged_run, "--output", tmp_path / "out")
+    refused(result, tmp_path / "out", "global_step4", "come from different saves", f"{name}: 2", "training step")
+
+
+def test_optimizer_files_of_an_earlier_save_than_the_model_states_are_refused(damaged_run, run_cli, tmp_path):
+    for rank in (0, 1):
+        name = f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        shutil.copy(damaged_run / "checkpoint-2/global_step2" / name, damaged_run / "checkpoint-4/global_step4" / name)
+    result = run_cli("consolidate", "--input", damaged_run, "--output", tmp_path / "out")
+    refused(result, tmp_path / "out", "come from different saves", "mp_rank_00_model_states.pt: 4")
+
+
 def test_truncated_optimizer_file(damaged_run, run_cli, tmp_path):
     optim = damaged_run / "checkpoint-4/global_step4/zero_pp_rank_0_mp_rank_00_optim_states.pt"
     optim.write_bytes(optim.read_bytes()[:4096])

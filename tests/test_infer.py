@@ -39,3 +39,13 @@ def test_infer_with_an_empty_prompts_file_is_refused(tiny_model, tmp_path, run_c
     (tmp_path / "prompts.txt").write_text("\n\n")
     result = run_cli("infer", "--model-path", tiny_model("llama"), "--prompts-file", tmp_path / "prompts.txt")
     assert result.exit_code == 1 and "holds no prompts" in result.stderr
+
+
+def test_model_whose_pickle_is_refused_is_one_line(tiny_model, run_cli):
+    from test_verify import bin_model_with_a_foreign_class
+
+    model = bin_model_with_a_foreign_class(tiny_model)
+    result = run_cli("infer", "--model-path", model, "--engine", "transformers", "--max-tokens", "2")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{model / 'pytorch_model.bin'}: refused to unpickle the class argparse.Namespace" in result.stderr
+    assert "allow-list of torch.load(weights_only=True)" in result.stderr

@@ -209,6 +209,8 @@ def test_the_load_benchmark_core_checks_every_result_against_the_stub_server(fla
     import openai_load
 
     rows = openai_load.measure(flaky.url, "stub-model", requests=400, concurrency=16, max_tokens=2)
-    engine, plain = rows["distillery openai engine"], rows["plain client loop (anchor)"]
-    assert engine["every_result_once"] and engine["requests"] == 400 and engine["retries"] > 0
-    assert not plain["every_result_once"] and plain["failed"] > 0
+    for client in ("httpx2", "httpx"):
+        engine, plain = rows[f"distillery openai engine ({client})"], rows[f"plain client loop ({client}, anchor)"]
+        assert engine["client"].startswith(client) and plain["client"] == client
+        assert engine["every_result_once"] and engine["requests"] == 400 and engine["retries"] > 0
+        assert not plain["every_result_once"] and plain["failed"] > 0

@@ -187,3 +187,24 @@ def test_logits_are_compared_in_float32(converted):
     assert next(ours.parameters()).dtype == torch.float32
     ids = probe_token_ids(model, ["hello"], ours.config.vocab_size)
     assert compare_logits(ours, ours, ids).max_abs_diff == 0.0
+
+
+def bin_model_with_a_foreign_class(tiny_model):
+    """A .bin model whose pickle also holds an argparse.Namespace, which torch.load(weights_only=True) refuses."""
+    import argparse
+
+    folder = tiny_model("llama", "bin")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["note"] = argparse.Namespace(saved_by="a training script")
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+def test_reference_whose_pickle_is_refused_is_one_line(tiny_model, run_cli):
+    model = tiny_model("llama")
+    reference = bin_model_with_a_foreign_class(tiny_model)
+    result = run_cli("verify", model, "--reference", reference)
+    assert result.exit_code == 1 and "Traceback" not in result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("✗ logits"))
+    assert f"{reference / 'pytorch_model.bin'}: refused to unpickle the class argparse.Namespace" in line
+    assert "allow-list of torch.load(weights_only=True)" in line and "safetensors" in line

@@ -7,27 +7,31 @@ import glob
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import DistilleryError
+from .output_guard import check_output
 
 
 @contextlib.contextmanager
-def atomic_output_dir(output: Path, force: bool = False) -> Iterator[Path]:
+def atomic_output_dir(output: Path, force: bool = False, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
     """Yield an empty staging folder on the same file system; on success it replaces `output`.
 
+    `inputs` are what the command reads: an output that is, contains or lies inside one is refused, and
+    `force` replaces only an earlier output of distillery or an empty folder (output_guard.py).
     On any error (or a kill) the staging folder is removed or left hidden, and `output` is untouched.
     """
     output = Path(output)
-    if output.exists() and not force:
-        raise DistilleryError("output already exists", output, "pass --force to replace it")
+    check_output(output, inputs, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(output)
     staging = output.parent / f".{output.name}.partial-{_this_process()}"
-    staging.mkdir()
     try:
+        staging.mkdir()
         yield staging
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _naming(exc, staging, output) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -66,9 +70,46 @@ def remove_abandoned_staging(output: Path) -> list[Path]:
     return removed
 
 
+def _naming(exc: OSError, staged: Path, final: Path) -> OSError:
+    """The error naming `final` where it names the staged copy (which is gone) or no file at all."""
+    if exc.filename is not None and not Path(exc.filename).is_relative_to(staged):
+        return exc
+    return exc.__class__(exc.errno, exc.strerror or str(exc), str(final))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.partial-{_this_process()}"
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic_write_texts({Path(path): text})
+
+
+def atomic_write_texts(texts: dict[Path, str]) -> None:
+    """Write several files so that all of them appear or none: each is staged, then all are renamed."""
+    staged: dict[Path, Path] = {}
+    path = next(iter(texts), Path())
+    try:
+        for path, text in texts.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged[path] = path.parent / f".{path.name}.partial-{_this_process()}"
+            _write_file(staged[path], text.encode("utf-8"))
+        for path, temporary in staged.items():
+            os.replace(temporary, path)
+    except OSError as exc:
+        _remove_staged(staged)
+        raise _naming(exc, staged.get(path, path), path) from exc
+    except BaseException:
+        _remove_staged(staged)
+        raise
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+    finally:
+        os.close(descriptor)
+
+
+def _remove_staged(staged: dict[Path, Path]) -> None:
+    for temporary in staged.values():
+        temporary.unlink(missing_ok=True)

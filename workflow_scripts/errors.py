@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -31,3 +32,19 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its class name: for one-line errors about a library's."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free space and rerun",
+    errno.EDQUOT: "free space (or raise the quota) and rerun",
+    errno.EACCES: "make it writable (or choose another path) and rerun",
+    errno.EPERM: "make it writable (or choose another path) and rerun",
+    errno.EROFS: "the file system is read-only: choose another path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An error of the file system as one line: the path, the cause with its errno, what to do."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    cause = f"{exc.strerror} (errno {exc.errno})" if exc.strerror else first_line(exc)
+    return f"{where}{cause}; {_OS_ERROR_HINTS.get(exc.errno, 'check the path and rerun')}"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DistilleryError, require_folder
+from .formats.torch_bin import pickle_refusal
 from .vllm_models import ARCHITECTURES, require_registered_architecture
 
 DEFAULT_PROMPT = "Hello, how are you?"
@@ -84,6 +86,8 @@ def _generate_transformers(model_path: Path, prompts: list[str], settings: Infer
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True).eval()
+    except pickle.UnpicklingError as exc:
+        raise pickle_refusal(exc, model_path) from None
     except (OSError, ValueError) as exc:
         raise DistilleryError(f"transformers cannot load it ({exc})", model_path) from None
     device = "cuda" if torch.cuda.is_available() else "cpu"

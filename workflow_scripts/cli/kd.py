@@ -16,6 +16,7 @@ from ..engines.base import EngineSettings, SamplingSettings
 from ..errors import DistilleryError
 from ..kd.local_copies import LocalCopies
 from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict
+from ..output_guard import check_apart_from_inputs
 from ..setting import add_flags, from_args
 
 
@@ -39,10 +40,19 @@ def job_from_args(args: argparse.Namespace, environ: dict[str, str] | None = Non
     return job
 
 
+def read_paths(settings: dict, copies: LocalCopies | None = None, files: list[dict] = ()) -> list[str | None]:
+    """What a KD job reads (its model unless it is served, its dataset, their local copies): no output may be
+    or lie inside one of them."""
+    model = settings["model"] if settings["engine"]["kind"] != "openai" else None
+    copies = copies or LocalCopies()
+    return [model, settings["dataset"], copies.model, copies.dataset, *(file["path"] for file in files)]
+
+
 def _run_manifest(args: argparse.Namespace) -> int:
     from ..kd.manifest import write_manifest
 
     job = job_from_args(args)
+    check_apart_from_inputs(args.output, read_paths(job_to_dict(job), _copies(args)))
     manifest = write_manifest(job, job_to_dict(job), args.output, _copies(args))
     print(
         f"✓ {args.output}: {len(manifest['chunks'])} chunks over {len(manifest['files'])} files, "
@@ -55,6 +65,7 @@ def _run_teacher(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text
 
     job = job_from_args(args)
+    check_apart_from_inputs(args.output, read_paths(job_to_dict(job), _copies(args)))
     model = Path(_copies(args).job_reading_copies(job).engine.model_path)
     if job.engine.kind != "openai" and not (model / "config.json").is_file():
         where = model if model.exists() else model.parent
@@ -66,10 +77,12 @@ def _run_teacher(args: argparse.Namespace) -> int:
 
 
 def _run_chunk(args: argparse.Namespace) -> int:
-    from ..kd.chunk import ChunkRunner
+    from ..kd.chunk import ChunkRunner, chunk_output
     from ..kd.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
+    output = args.output or chunk_output(manifest, manifest.chunk(args.chunk))
+    check_apart_from_inputs(output, read_paths(manifest.settings, _copies(args), manifest.data["files"]))
     runner = ChunkRunner(manifest, copies=_copies(args))
     try:
         stats = runner.run(manifest.chunk(args.chunk), args.output)
@@ -87,6 +100,8 @@ def _run_dataset(args: argparse.Namespace) -> int:
     from ..kd.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
+    for output in (args.output, args.summary):
+        check_apart_from_inputs(output, read_paths(manifest.settings, files=manifest.data["files"]))
     output_format = args.format or manifest.settings["output_format"]
     summary = build_dataset(manifest, args.output, args.summary, output_format)
     print(
@@ -116,6 +131,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     if not 0 <= args.worker_index < args.num_workers:
         raise DistilleryError(f"--worker-index must be in [0, {args.num_workers}), not {args.worker_index}")
     job = job_from_args(args, environ=os.environ)
+    check_apart_from_inputs(Path(output_dir) / job.name, read_paths(job_to_dict(job)))
     run_standalone_job(job, Path(output_dir), args.worker_index, args.num_workers, make_dataset=not args.no_dataset)
     return 0
 

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from .. import __version__
-from ..errors import DistilleryError
+from ..errors import DistilleryError, os_error_line
 
 # command -> (module of workflow_scripts.cli with its PARSERS, the help line of `distillery --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"distillery {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the disk or the file system (full, read-only, ...), not the user's input
+        if args.debug:
+            raise
+        print(f"distillery {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"distillery {args.command}: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import __version__
 from ..choices import TINY_ARCHITECTURES, TINY_LAYOUTS
 
 
@@ -29,6 +30,7 @@ def _add_make_tiny_model(parser: argparse.ArgumentParser) -> None:
 def _run_make_tiny_model(args: argparse.Namespace) -> int:
     from ..architectures.tiny import TinyModelSpec, build_tiny_model
     from ..atomic import atomic_output_dir
+    from ..provenance import write_provenance
 
     spec = TinyModelSpec(
         architecture=args.architecture,
@@ -42,6 +44,7 @@ def _run_make_tiny_model(args: argparse.Namespace) -> int:
     )
     with atomic_output_dir(args.output, force=args.force) as staging:
         build_tiny_model(staging, spec, args.layout, args.seed, args.dtype, args.max_shard_size)
+        write_provenance(staging, command=["distillery", *args.argv], tool_version=__version__)
     print(f"✓ {args.output}: tiny {args.architecture} ({args.layout}, {args.dtype})")
     return 0
 
@@ -59,9 +62,11 @@ def _add_make_tiny_dataset(parser: argparse.ArgumentParser) -> None:
 def _run_make_tiny_dataset(args: argparse.Namespace) -> int:
     from ..atomic import atomic_output_dir
     from ..kd.tiny_dataset import write_tiny_dataset
+    from ..provenance import write_provenance
 
     with atomic_output_dir(args.output, force=args.force) as staging:
         write_tiny_dataset(staging, args.files, args.rows, args.row_group_rows, args.seed)
+        write_provenance(staging, command=["distillery", *args.argv], tool_version=__version__)
     print(f"✓ {args.output}: {args.files} parquet files")
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import DistilleryError
 from ..formats import deepspeed
+from ..output_guard import check_apart_from_inputs
 from .consolidate import ConsolidateOptions, consolidate
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,21 @@ def check_template(template: str) -> None:
 
 def output_path(output_dir: Path, template: str, input_folder: Path, step: str) -> Path:
     name = template.format(input_name=input_folder.name, run_name=input_folder.parent.name, step=step)
-    resolved_dir = output_dir.resolve()
-    target = (output_dir / name).resolve()
-    if not name or "/" in name or "\\" in name or target.parent != resolved_dir:
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise DistilleryError(
             f"--naming-template {template!r} gives {name!r}, which is not a folder name inside --output-dir",
             output_dir,
             "use a template without '/' or '..'",
         )
-    return output_dir / name
+    output = output_dir / name
+    target = output.resolve()
+    if target.parent != output_dir.resolve():
+        raise DistilleryError(
+            f"the output path is a symlink pointing outside --output-dir (to {target})",
+            output,
+            "remove the symlink or choose another --output-dir",
+        )
+    return output
 
 
 def plan_batch(
@@ -115,7 +122,9 @@ def plan_batch(
             step = deepspeed.step_of(folder)
             chosen = [(None, str(step) if step is not None else "final")]
         for checkpoint, step in chosen:
-            items.append(BatchItem(folder, checkpoint, step, output_path(output_dir, template, folder, step)))
+            output = output_path(output_dir, template, folder, step)
+            check_apart_from_inputs(output, [folder])
+            items.append(BatchItem(folder, checkpoint, step, output))
     outputs = [item.output for item in items]
     duplicates = sorted({str(o) for o in outputs if outputs.count(o) > 1})
     if duplicates:

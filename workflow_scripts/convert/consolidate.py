@@ -41,20 +41,31 @@ class ConsolidationResult:
 
 
 def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
-    request = ConversionRequest(options.output, options.dtype, options.max_shard_size, options.force,
-                                options.validate_vllm, options.command, "consolidate")  # fmt: skip
-    check_request(request)
     if options.weights_format not in WEIGHTS_FORMATS:
         raise DistilleryError(f"unknown weights format {options.weights_format!r}")
     input_type = "deepspeed" if options.checkpoint_dir else _resolve_input_type(options.input_type, options.input)
-    plan, dropped = plan_consolidation(options, input_type)
+    base_model = resolve_base_model(options.base_model_name)
+    request = ConversionRequest(
+        options.output,
+        options.dtype,
+        options.max_shard_size,
+        options.force,
+        options.validate_vllm,
+        options.command,
+        "consolidate",
+        inputs=(options.input, options.checkpoint_dir, base_model),
+        allow_overflow=options.allow_overflow,
+    )
+    check_request(request)
+    plan, dropped = plan_consolidation(options, input_type, base_model)
     files = run_conversion(request, plan)
     return ConsolidationResult(options.output, input_type, len(plan.tensors), plan.total_bytes, files, dropped)
 
 
-def plan_consolidation(options: ConsolidateOptions, input_type: str) -> tuple[ConversionPlan, list[str]]:
+def plan_consolidation(
+    options: ConsolidateOptions, input_type: str, base_model: Path | None
+) -> tuple[ConversionPlan, list[str]]:
     """Every source tensor as it is, cast to the output dtype; tied copies left to the loader."""
-    base_model = resolve_base_model(options.base_model_name)
     checkpoint, files_folder, source_details = _open_source(options, input_type)
     config_folder = _config_folder(files_folder, base_model)
     config = load_config(config_folder)
@@ -100,8 +111,7 @@ def _producer(sources: list[tuple[TensorSpec, SourceTensor]], weights_format: st
             if source.dtype == spec.dtype:
                 return list(source.byte_ranges)
             return ConvertedRange(source.byte_ranges, source.dtype)
-        tensor = source.load()
-        return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+        return source.load()  # cast by write_weights, which checks the values
 
     return produce
 

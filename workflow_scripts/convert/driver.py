@@ -25,13 +25,15 @@ from ..choices import ORIGINAL_DTYPE, OUTPUT_DTYPES
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.safetensors_file import TensorSpec
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import write_provenance
 from ..sizes import format_size, parse_size
 
 log = logging.getLogger(__name__)
 
-# Hands out one output tensor when its turn comes: a tensor, byte ranges to copy, or pieces to stream.
+# Hands out one output tensor when its turn comes: a tensor (cast to the planned dtype by the writer, which
+# checks its values), byte ranges to copy, or pieces to stream.
 Produce = Callable[[TensorSpec], Any]
 
 
@@ -65,16 +67,18 @@ class ConversionRequest:
     validate_vllm: bool = True
     command: list[str] = field(default_factory=list)
     name: str = "convert"  # the progress bar's label
+    inputs: tuple = ()  # what the command reads: the output may not be, contain or lie inside any of them
+    allow_overflow: bool = False  # clamp values beyond the dtype's range instead of refusing them
 
 
 def check_request(request: ConversionRequest) -> int:
-    """Refuse a bad request before any source is read; returns the largest weights file in bytes."""
+    """Refuse a bad request before any source is read (an unknown dtype, an output that is an input or is not
+    ours to replace: output_guard.py); returns the largest weights file in bytes."""
     if request.dtype not in (*OUTPUT_DTYPES, ORIGINAL_DTYPE):
         choices = ", ".join((*OUTPUT_DTYPES, ORIGINAL_DTYPE))
         raise DistilleryError(f"unknown --dtype {request.dtype!r}", hint=f"choose from {choices}")
     max_shard_bytes = parse_size(request.max_shard_size)
-    if request.output.exists() and not request.force:
-        raise DistilleryError("output already exists", request.output, "pass --force to replace it")
+    check_output(request.output, request.inputs, request.force)
     return max_shard_bytes
 
 
@@ -101,7 +105,7 @@ def run_conversion(request: ConversionRequest, plan: ConversionPlan) -> list[hf_
     log.info("%s: %d tensors (%s) as %s", request.output, len(plan.tensors), format_size(plan.total_bytes),
              request.dtype)  # fmt: skip
     with (
-        atomic_output_dir(request.output, force=request.force) as staging,
+        atomic_output_dir(request.output, request.force, request.inputs) as staging,
         progress_bar(total=plan.total_bytes, unit="B", unit_scale=True, desc=request.name) as bar,
     ):
         with plan.reading(staging) as produce:
@@ -112,6 +116,7 @@ def run_conversion(request: ConversionRequest, plan: ConversionPlan) -> list[hf_
                 max_shard_bytes,
                 plan.weights_format,
                 progress=lambda spec: bar.update(spec.nbytes),
+                allow_overflow=request.allow_overflow,
             )
         details = plan.write_model_files(staging)
         write_provenance(

@@ -17,6 +17,7 @@ from .. import __version__
 from ..atomic import atomic_output_dir
 from ..errors import DistilleryError
 from ..formats.maxtext import FULL_STATE, MaxTextCheckpoint, is_remote, write_param_only
+from ..output_guard import check_output
 from ..progress import progress_bar
 from ..provenance import write_provenance
 
@@ -50,14 +51,13 @@ def make_param_only_checkpoint(options: ParamOnlyOptions) -> ParamOnlyResult:
             "write it locally, then copy it (gcloud storage cp -r)",
         )
     output = Path(options.checkpoint_dir)
-    if output.exists() and not options.force:
-        raise DistilleryError("output already exists", output, "pass --force to replace it")
+    check_output(output, [options.load_full_state_path], options.force)
     source = MaxTextCheckpoint(options.load_full_state_path)
     source.require(FULL_STATE)
     step = int(source.tree.read(source.step_keys)) if source.step_keys else None
     log.info("%s: %d parameter arrays of step %s", source.items, len(source.params), step)
     with (
-        atomic_output_dir(output, force=options.force) as staging,
+        atomic_output_dir(output, options.force, [options.load_full_state_path]) as staging,
         progress_bar(total=len(source.params), unit="array", desc="maxtext-param-only") as bar,
     ):
         dtype = None if options.dtype == "original" else options.dtype

@@ -247,7 +247,8 @@ def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
     # `original` is the precision of MaxText's param-only checkpoints: bfloat16.
     dtype = "bfloat16" if options.dtype == ORIGINAL_DTYPE else options.dtype
     request = ConversionRequest(options.hf_model_path, dtype, options.max_shard_size, options.force,
-                                options.validate_vllm, options.command, "maxtext-to-hf")  # fmt: skip
+                                options.validate_vllm, options.command, "maxtext-to-hf",
+                                inputs=(options.orbax_checkpoint, options.config, options.tokenizer_path))  # fmt: skip
     check_request(request)
     if not options.model_size:
         raise DistilleryError("no --model-size", hint="pass the MaxText model name, e.g. llama3.1-8b")

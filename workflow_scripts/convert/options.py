@@ -53,6 +53,9 @@ class ConsolidateOptions:
         config="source.trust_pickle",
         help="unpickle DeepSpeed files fully, for classes outside distillery's allow-list (trusted files only)",
     )
+    allow_overflow: bool = setting(
+        False, config=None, help="clamp values beyond --dtype's range to its largest value (default: refuse them)"
+    )
     checkpoint_dir: Path | None = None  # DeepSpeed: this checkpoint folder, not the latest of the run
     tag: str | None = None  # DeepSpeed: global_stepN instead of what `latest` names
     command: list[str] = field(default_factory=list)

@@ -209,7 +209,8 @@ class _SourceCache:
 
 def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
     request = ConversionRequest(options.output, options.dtype, options.max_shard_size, options.force,
-                                options.validate_vllm, options.command, "titan-to-hf")  # fmt: skip
+                                options.validate_vllm, options.command, "titan-to-hf",
+                                inputs=(options.input, options.config, options.tokenizer))  # fmt: skip
     check_request(request)
     checkpoint = TitanCheckpoint(options.input)
     layout = names.detect_layout(checkpoint.tensors, options.input)
@@ -234,8 +235,7 @@ def conversion_plan(options: TitanToHFOptions, checkpoint: TitanCheckpoint, layo
     tokenizer = Path(options.tokenizer) if options.tokenizer else None
 
     def produce(spec: TensorSpec) -> torch.Tensor:
-        tensor = sources.tensor(by_name[spec.name])
-        return tensor if tensor.dtype == spec.dtype else tensor.to(spec.dtype)
+        return sources.tensor(by_name[spec.name])  # cast by write_weights, which checks the values
 
     def write_model_files(staging: Path) -> dict:
         if options.dtype == ORIGINAL_DTYPE:  # the least precise stored dtype, as verify's dtype check expects

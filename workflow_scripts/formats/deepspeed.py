@@ -146,10 +146,11 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
     if "zero_stage" not in first:
         raise DistilleryError("is not a ZeRO optimizer state (no zero_stage)", optim_files[0])
     zero_stage = int(first["zero_stage"])
-    world_size = first["partition_count"]
-    world_size = max(world_size) if isinstance(world_size, list | tuple) else int(world_size)
+    world_size = _world_size(first["partition_count"])
     _check_all_ranks(folder, optim_files, world_size)
     model_files, model_states = _read_model_states(folder, zero_stage, world_size, trust_pickle)
+    optims = dict(zip(optim_files, optim_states, strict=True))
+    _check_one_save(folder, optims, flat_groups, dict(zip(model_files, model_states, strict=True)))
     state = model_states[0]
     tensors = _module_tensors(model_states, model_files[0], zero_stage)
     if zero_stage <= 2:
@@ -259,6 +260,44 @@ def _add_untrained_params(tensors: dict[str, SourceTensor], state: dict, anchor:
     for name, value in state["module"].items():
         if name not in tensors and value.numel() > 0 and name not in (state.get("shared_params") or {}):
             tensors[name] = SourceTensor(name, value.dtype, tuple(value.shape), anchor, lambda v=value: v.clone())
+
+
+def _optimizer_step(optim: dict) -> int | None:
+    """The step count the optimizer's own state records (Adam's `step`), or None for one that keeps none."""
+    base = optim.get("base_optimizer_state") or optim.get("optimizer_state_dict") or {}
+    state = base.get("state") if isinstance(base, dict) else None
+    steps = [entry["step"] for entry in (state or {}).values() if isinstance(entry, dict) and "step" in entry]
+    return max(int(step) for step in steps) if steps else None
+
+
+def _check_one_save(folder: Path, optims: dict[Path, dict], flat_groups, models: dict[Path, dict]) -> None:
+    """Refuse rank files of one tag that come from different saves (e.g. one rank's file copied from an earlier
+    step): they agree on the step, the world size and the partition sizes, and with the model states."""
+
+    def mixed(what: str, values: dict[Path, object]) -> DistilleryError:
+        listed = ", ".join(f"{path.name}: {value}" for path, value in values.items())
+        return DistilleryError(
+            f"the rank files come from different saves ({what}: {listed})",
+            folder,
+            "copy every *_states.pt file of one save together; a mixed checkpoint cannot be rebuilt",
+        )
+
+    checks = {
+        "world size": {p: _world_size(o["partition_count"]) for p, o in optims.items()}
+        | {p: m["dp_world_size"] for p, m in models.items() if m.get("dp_world_size") is not None},
+        "partition sizes": {
+            p: tuple(g.tensor.numel() for g in groups) for p, groups in zip(optims, flat_groups, strict=True)
+        },
+        "training step": {p: m.get("global_steps", 0) - m.get("skipped_steps", 0) for p, m in models.items()}
+        | {p: step for p, o in optims.items() if (step := _optimizer_step(o)) is not None},
+    }
+    for what, values in checks.items():
+        if len(set(values.values())) > 1:
+            raise mixed(what, values)
+
+
+def _world_size(partition_count) -> int:
+    return max(partition_count) if isinstance(partition_count, list | tuple) else int(partition_count)
 
 
 def _gather_frozen(fragments: list[torch.Tensor], shape: tuple[int, ...], zero_stage: int) -> torch.Tensor:

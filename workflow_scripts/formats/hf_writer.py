@@ -17,6 +17,7 @@ import torch
 
 from . import torch_bin
 from .safetensors_file import ByteRange, ConvertedRange, SafetensorsWriter, TensorPieces, TensorSpec
+from .tensor_values import cast_checked, refuse_non_finite
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,28 @@ def write_weights(
     max_shard_bytes: int,
     weights_format: str = "safetensors",
     progress: Callable[[TensorSpec], None] | None = None,
+    allow_overflow: bool = False,
 ) -> list[WrittenFile]:
-    """Write `specs` in order, asking `produce` for each tensor only when it is its turn."""
+    """Write `specs` in order, asking `produce` for each tensor only when it is its turn.
+
+    A tensor `produce` gives in another dtype is cast here, its values checked on the way (tensor_values.py).
+    """
+    given = produce
+
+    def produce(spec: TensorSpec):
+        value = given(spec)
+        if isinstance(value, torch.Tensor):
+            value = cast_checked(value, spec.dtype, spec.name, allow_overflow)
+            refuse_non_finite(value, spec.name)
+        return value
+
     shards = plan_shards(specs, max_shard_bytes)
     names = shard_file_names(len(shards), weights_format)
     written: list[WrittenFile] = []
     for shard_specs, name in zip(shards, names, strict=True):
         path = folder / name
         if weights_format == "safetensors":
-            writer = SafetensorsWriter(path, shard_specs, metadata={"format": "pt"})
+            writer = SafetensorsWriter(path, shard_specs, metadata={"format": "pt"}, allow_overflow=allow_overflow)
             try:
                 for spec in shard_specs:
                     writer.write(spec.name, produce(spec))

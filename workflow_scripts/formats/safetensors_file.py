@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DistilleryError
+from .tensor_values import cast_checked, refuse_non_finite
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -198,8 +199,15 @@ class SafetensorsWriter:
     for the others. A tensor is given either as a tensor or as the `ByteRange` of identical bytes elsewhere.
     """
 
-    def __init__(self, path: str | Path, specs: Iterable[TensorSpec], metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        specs: Iterable[TensorSpec],
+        metadata: dict[str, str] | None = None,
+        allow_overflow: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.allow_overflow = allow_overflow
         self._specs = list(specs)
         self._next = 0
         self._buffers: tuple | None = None
@@ -225,7 +233,7 @@ class SafetensorsWriter:
     def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
-            written = self._handle.write(view)
+            written = os.write(self._handle.fileno(), view)
             view = view[written:]
 
     def _copy_range(self, source: ByteRange) -> None:
@@ -236,13 +244,13 @@ class SafetensorsWriter:
                     copied = os.copy_file_range(handle.fileno(), self._handle.fileno(), remaining, offset)
                 except OSError:  # not supported between these file systems: copy through a small buffer
                     handle.seek(offset)
-                    copied = self._handle.write(handle.read(min(remaining, 64 << 20)))
+                    copied = os.write(self._handle.fileno(), handle.read(min(remaining, 64 << 20)))
                 if copied == 0:
                     raise DistilleryError("ends before the tensor it should hold (truncated)", source.path)
                 offset += copied
                 remaining -= copied
 
-    def _copy_converted(self, converted: ConvertedRange, dtype: torch.dtype) -> None:
+    def _copy_converted(self, converted: ConvertedRange, dtype: torch.dtype, name: str) -> None:
         """Cast chunk by chunk through reused buffers, so memory does not grow with the tensor.
 
         Writing chunk i overlaps reading and casting chunk i+1 (all three release the GIL), with two output
@@ -270,7 +278,8 @@ class SafetensorsWriter:
                     _read_exactly(handle, raw_in[: count * source_size], source.path)
                     if writes[turn] is not None:
                         writes[turn].result()  # this buffer's previous write must be out before it is reused
-                    outbound[turn][:count].copy_(inbound[:count])
+                    outbound[turn][:count].copy_(cast_checked(inbound[:count], dtype, name, self.allow_overflow))
+                    refuse_non_finite(outbound[turn][:count], name)
                     chunk = outbound[turn][:count].view(torch.uint8).numpy()
                     writes[turn] = self._executor.submit(self._write_all, chunk)
                     done += count
@@ -299,7 +308,7 @@ class SafetensorsWriter:
             expected = spec.nbytes // dtype_itemsize(spec.dtype) * dtype_itemsize(tensor.source_dtype)
             if name != spec.name or tensor.nbytes != expected:
                 raise ValueError(f"expected {spec.name} of {expected} source bytes, got {name}")
-            self._copy_converted(tensor, spec.dtype)
+            self._copy_converted(tensor, spec.dtype, name)
         elif isinstance(tensor, list):
             nbytes = sum(piece.nbytes for piece in tensor)
             if name != spec.name or nbytes != spec.nbytes:

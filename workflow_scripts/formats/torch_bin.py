@@ -17,13 +17,14 @@ import torch
 from ..errors import DistilleryError, first_line
 
 _UNSUPPORTED = re.compile(r"GLOBAL ([\w.]+)")
+_PICKLE_HINT = "if you trust the file, re-save its tensors as safetensors (torch.load, then safetensors' save_file)"
 
 
 def load_torch_file(
     path: Path,
     what: str,
     stand_ins: list[tuple[object, str]] | None = None,
-    refusal_hint: str = "re-save it as safetensors",
+    refusal_hint: str = _PICKLE_HINT,
     trust_pickle: bool = False,
 ):
     """`torch.load` with `weights_only=True` (plus `stand_ins` for named globals) and one-line errors.
@@ -37,13 +38,29 @@ def load_torch_file(
         with torch.serialization.safe_globals(stand_ins or []):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        match = _UNSUPPORTED.search(str(exc))
-        refused = f"the class {match.group(1)}" if match else first_line(exc)
-        raise DistilleryError(f"refused to unpickle {refused}", path, refusal_hint) from None
+        raise pickle_refusal(exc, path, refusal_hint) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise DistilleryError(
             f"cannot read this {what} ({first_line(exc)})", path, "it may be truncated: copy or re-save it"
         ) from None
+
+
+def pickle_refusal(exc: pickle.UnpicklingError, path: Path, hint: str = _PICKLE_HINT) -> DistilleryError:
+    """torch.load(weights_only=True)'s refusal as one line: the file, what its pickle holds, what to do.
+
+    `path` may be a model folder (transformers loaded it): then its first `.bin` file is named.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = next(iter(sorted(path.glob("*.bin"))), path)
+    match = _UNSUPPORTED.search(str(exc))
+    refused = f"the class {match.group(1)}" if match else first_line(exc)
+    return DistilleryError(
+        f"refused to unpickle {refused}: its pickle holds something outside the allow-list of "
+        "torch.load(weights_only=True), so nothing was loaded",
+        path,
+        hint,
+    )
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

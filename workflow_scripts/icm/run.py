@@ -21,6 +21,7 @@ from .. import __version__
 from ..atomic import atomic_write_text
 from ..engines import EngineSettings, open_engine, resolve_engine_kind
 from ..errors import DistilleryError
+from ..output_guard import check_apart_from_inputs
 from ..provenance import package_versions
 from .algorithm import ICMSearch, ICMSettings, SearchState
 from .data import Example, load_dataset, select_batch
@@ -131,6 +132,9 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
     dataset = load_dataset(job.data, job.data_format, job.prompt_template)
     batch = select_batch(dataset, job.batch_size, job.settings.seed)
     kind = resolve_engine_kind(job.engine.kind)
+    model = job.engine.model_path if kind != "openai" else None
+    for output in (job.output_dir, job.state_path):
+        check_apart_from_inputs(output, [job.data, model, job.engine.tokenizer_path])
     engine_settings = replace(job.engine, kind=kind)
     if kind == "vllm":  # vLLM keeps its prefix-cache counters only with stats on
         engine_settings = replace(engine_settings, extra={"disable_log_stats": False, **engine_settings.extra})

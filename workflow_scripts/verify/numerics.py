@@ -10,6 +10,7 @@ reference's largest logit and depends on the stored dtype, to allow for rounding
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
 from ..formats.dcp import is_titan_checkpoint
 from ..formats.maxtext import looks_like_orbax
+from ..formats.torch_bin import pickle_refusal
 from .report import FAIL, PASS, SKIP, Check
 from .settings import PROBE_PROMPTS, TOLERANCES
 
@@ -57,6 +59,8 @@ def load_model_float32(folder: Path, config_folder: Path | None = None, own_read
         if loadable or not own_reader:
             try:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+            except pickle.UnpicklingError as exc:
+                raise pickle_refusal(exc, folder) from None
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
                 message = first_line(exc)
                 raise DistilleryError(f"transformers cannot load it ({message})", folder) from None

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_texts
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 _MARKS = {PASS: "✓", FAIL: "✗", WARN: "⚠", SKIP: "-"}
@@ -75,6 +75,11 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def write(self, json_path: Path, markdown_path: Path | None = None) -> None:
-        atomic_write_text(Path(json_path), json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        markdown_path = markdown_path or Path(json_path).with_suffix(".md")
-        atomic_write_text(markdown_path, self.to_markdown())
+        markdown_path = Path(markdown_path or Path(json_path).with_suffix(".md"))
+        # Both or neither: a JSON report without its Markdown twin would look complete.
+        atomic_write_texts(
+            {
+                Path(json_path): json.dumps(self.to_dict(), indent=2, default=str) + "\n",
+                markdown_path: self.to_markdown(),
+            }
+        )
