@@ -2,6 +2,7 @@
 # The DAG and artifact paths are described in README.md; every step is a `distillery` CLI command.
 from snakemake.utils import min_version, validate
 
+from workflow_scripts.workflow.config_check import check_config_sources, one_line_errors
 from workflow_scripts.workflow.slurm_states import read_cancelled_jobs_as_failed
 
 min_version("9.0")
@@ -9,24 +10,37 @@ min_version("9.0")
 read_cancelled_jobs_as_failed()
 
 
-configfile: "config/config.yaml"
+# The demo config runs only when no --configfile is given: a `configfile:` always loaded would merge the demo's
+# models and jobs under the user's config (Snakemake puts --configfile on top of it).
+DEMO_CONFIG = f"{workflow.basedir}/config/config.yaml"
+with one_line_errors():
+    check_config_sources(
+        workflow.overwrite_configfiles or [DEMO_CONFIG], workflow.config_settings.config
+    )
+if not workflow.overwrite_configfiles:
+
+    configfile: DEMO_CONFIG
 
 
 validate(config, "config/schema/config.schema.yaml")
 
 
-include: "rules/common.smk"
-include: "rules/sources.smk"
-include: "rules/convert.smk"
-include: "rules/verify.smk"
-include: "rules/generate.smk"
-include: "rules/icm.smk"
+# A user's mistake found while planning (a missing model, an unset variable) is one line, without a traceback.
+with one_line_errors():
+
+    include: "rules/common.smk"
+    include: "rules/sources.smk"
+    include: "rules/convert.smk"
+    include: "rules/verify.smk"
+    include: "rules/generate.smk"
+    include: "rules/icm.smk"
 
 
 rule all:
     default_target: True
     input:
         all_outputs(),
+        kd_missing_chunks,
 
 
 rule models:
@@ -42,6 +56,7 @@ rule verification:
 rule kd:
     input:
         [path for job in KD_JOBS for path in kd_dataset_outputs(job)],
+        kd_missing_chunks,
 
 
 rule icm:

@@ -88,6 +88,11 @@ def main() -> None:
     checkpoint_bytes = sum(p.stat().st_size for p in (checkpoint / "global_step1").iterdir())
     print(f"ZeRO-3 checkpoint: {checkpoint_bytes / 1e9:.2f} GB in {checkpoint / 'global_step1'}", flush=True)
 
+    # A cache of its own, empty at the start: the first round pays for building the meta model, as a first
+    # conversion of this architecture would; later rounds read the expected weights from it.
+    cache = args.work_dir / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["DISTILLERY_CACHE_DIR"] = str(cache)
     distillery = shutil.which("distillery") or "distillery"
     names = ("distillery consolidate", "deepspeed zero_to_fp32 -> safetensors")
     outputs = {name: args.work_dir / f"out-{index}" for index, name in enumerate(names)}

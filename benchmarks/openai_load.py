@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -113,25 +114,36 @@ def plain_loop(base_url: str, model: str, scoring: list, generation: list, concu
 
 
 def measure(
-    base_url: str, model: str, requests: int, concurrency: int, max_tokens: int, clients: tuple[str, ...] = ()
+    base_url: str,
+    model: str,
+    requests: int,
+    concurrency: int,
+    max_tokens: int,
+    clients: tuple[str, ...] = (),
+    on_row=None,
+    kinds: tuple[str, ...] = ("engine", "anchor"),
 ) -> dict[str, dict]:
-    """Each path once per client library: the issue's ReadError came with httpx, so both are measured."""
+    """Each path once per client library (the issue's ReadError came with httpx): the engine's rows first, then
+    the anchors'; `on_row(rows)` after each, so a run cut short keeps what it measured."""
     from workflow_scripts.engines import openai_http
 
     scoring, generation = workload(requests)
+    clients = clients or openai_http.CLIENT_MODULES
+    paths = [(f"distillery openai engine ({client})", through_engine, client) for client in clients]
+    paths = paths if "engine" in kinds else []
+    if "anchor" in kinds:
+        paths += [(f"plain client loop ({client}, anchor)", plain_loop, client) for client in clients]
     rows = {}
-    for client in clients or openai_http.CLIENT_MODULES:
+    for name, path, client in paths:
         chosen = openai_http.CLIENT_MODULES
         openai_http.CLIENT_MODULES = (client,)  # the library the engine and the anchor loop may use
         try:
-            rows[f"distillery openai engine ({client})"] = through_engine(
-                base_url, model, scoring, generation, concurrency, max_tokens
-            )
-            rows[f"plain client loop ({client}, anchor)"] = plain_loop(
-                base_url, model, scoring, generation, concurrency, max_tokens
-            )
+            rows[name] = path(base_url, model, scoring, generation, concurrency, max_tokens)
         finally:
             openai_http.CLIENT_MODULES = chosen
+        print(name, rows[name], flush=True)
+        if on_row:
+            on_row(rows)
     return rows
 
 
@@ -173,23 +185,41 @@ def main() -> None:
     parser.add_argument(
         "--client", action="append", default=[], help="HTTP client library to measure (default: httpx2 and httpx)"
     )
+    parser.add_argument(
+        "--path", action="append", choices=("engine", "anchor"), default=[], help="measure only these (default: both)"
+    )
     args = parser.parse_args()
 
-    from harness import new_record, save_result
+    from harness import new_record
     from icm_vllm import stop
 
     args.work.mkdir(parents=True, exist_ok=True)
+    record = new_record("openai_load", workload={"requests": args.requests, "concurrency": args.concurrency,
+                        "max_tokens": args.max_tokens, "server": args.server_url or "vllm serve (started here)"},
+                        results={})  # fmt: skip
+    saved = args.out / f"openai_load-{record['date'][:19].replace(':', '').replace('-', '')}Z.json"
+
+    def save(rows: dict) -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({**record, "results": rows}, indent=2) + "\n")
+
     process, url = (None, args.server_url) if args.server_url else start_server(args.work)
     try:
-        rows = measure(url, args.model, args.requests, args.concurrency, args.max_tokens, tuple(args.client))
+        rows = measure(
+            url,
+            args.model,
+            args.requests,
+            args.concurrency,
+            args.max_tokens,
+            tuple(args.client),
+            save,
+            tuple(args.path) or ("engine", "anchor"),
+        )
     finally:
         if process:
             stop(process)
     print_table(rows)
-    record = new_record("openai_load", workload={"requests": args.requests, "concurrency": args.concurrency,
-                        "max_tokens": args.max_tokens, "server": args.server_url or "vllm serve (started here)"},
-                        results=rows)  # fmt: skip
-    save_result(args.out, "openai_load", record)
+    print(f"saved {saved}")
 
 
 if __name__ == "__main__":

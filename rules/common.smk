@@ -8,7 +8,13 @@ from workflow_scripts.verify import settings as verify_settings
 from workflow_scripts.workflow import formats
 from workflow_scripts.workflow import icm_jobs
 from workflow_scripts.workflow import resources as sizing
-from workflow_scripts.workflow.kd_jobs import manifest_is_current, wire_kd_jobs
+from workflow_scripts.workflow.kd_jobs import (
+    check_teachers,
+    chunk_files,
+    manifest_is_current,
+    missing_chunk_files,
+    wire_kd_jobs,
+)
 from workflow_scripts.workflow.model_targets import model_targets
 
 RESULTS = config["results"]
@@ -120,7 +126,8 @@ def verify_flags(wildcards):
     settings = verify_settings.for_model(
         VERIFY, model_config(wildcards.model).get("verify")
     )
-    return shlex.join(verify_settings.to_argv(settings))
+    argv = verify_settings.to_argv(settings) + trust_remote_code_flag(wildcards.model)
+    return shlex.join(argv)
 
 
 def tiny_model_flags(wildcards):
@@ -148,7 +155,12 @@ def budget_flags(wildcards):
     ]
     if VERIFY.get("gpu_memory_gib"):
         flags.append(f"--gpu-memory {VERIFY['gpu_memory_gib']}")
-    return " ".join(flags)
+    return " ".join(flags + trust_remote_code_flag(wildcards.model))
+
+
+def trust_remote_code_flag(model):
+    trusted = model_config(model).get("trust_remote_code")
+    return ["--trust-remote-code"] if trusted else []
 
 
 def all_outputs():
@@ -178,6 +190,7 @@ KD_JOBS = wire_kd_jobs(
     {model: hf_model_dir(model) for model in MODELS},
     BUILT_DATASETS,
 )
+check_teachers(KD_JOBS, config.get("kd", {}), MODELS)
 
 # Each job name matches the dataset step of its own output format only; "(?!)" matches no name at all.
 KD_JOBS_BY_FORMAT = {
@@ -301,11 +314,17 @@ def kd_chunk_files(wildcards):
         # open(): where a storage provider keeps the manifest, Snakemake fetches it first and asks again.
         with manifest.open():
             chunks = load_manifest(manifest).chunks
-    folder = f"{RESULTS}/kd/{wildcards.job}"
+    return chunk_files(f"{RESULTS}/kd/{wildcards.job}", chunks)
+
+
+def kd_missing_chunks(wildcards):
+    """Chunk files deleted beside a finished dataset, as targets of `all` and `kd` (see missing_chunk_files)."""
     return [
-        f"{folder}/chunks/{chunk.name}{suffix}"
-        for chunk in chunks
-        for suffix in (".jsonl", ".stats.json")
+        path
+        for job, plan in KD_JOBS.items()
+        for path in missing_chunk_files(
+            plan, f"{RESULTS}/kd/{job}", kd_dataset_outputs(job)
+        )
     ]
 
 

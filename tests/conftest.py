@@ -18,6 +18,12 @@ from workflow_scripts.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def own_cache_folder(tmp_path_factory):
+    """Keep distillery's on-disk cache (expected weights of architectures) out of the user's home."""
+    os.environ["DISTILLERY_CACHE_DIR"] = str(tmp_path_factory.mktemp("distillery-cache"))
+
+
 @dataclass
 class CliResult:
     exit_code: int

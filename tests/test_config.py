@@ -69,3 +69,19 @@ def test_kd_dataset_in_a_folder_the_workflow_builds():
     config["kd"]["tiny-web-kd"]["dataset"]["path"] = "work/datasets/tiny-web/en/*.parquet"
     with pytest.raises(DistilleryError, match="is below work/datasets/tiny-web, which the workflow builds"):
         wire_kd_jobs(config["kd"], {}, built)
+
+
+def test_misspelled_keys_are_refused_wherever_the_schema_lists_the_keys():
+    from workflow_scripts.errors import DistilleryError
+    from workflow_scripts.workflow.config_check import check_keys
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    model = {"source": {"format": "hf", "path": "x"}}
+    with pytest.raises(DistilleryError, match=r"^config my.yaml: unknown key 'verfy' \(did you mean 'verify'\?\)$"):
+        check_keys({"models": {}, "verfy": {}}, "config my.yaml", schema)
+    with pytest.raises(DistilleryError, match=r"unknown key 'dtyp' in models.m \(did you mean 'dtype'\?\)"):
+        check_keys({"models": {"m": {**model, "dtyp": "float16"}}}, "config my.yaml", schema)
+    with pytest.raises(DistilleryError, match=r"unknown key 'temprature' in kd.job.sampling \(did you mean"):
+        check_keys({"kd": {"job": {"sampling": {"temprature": 0.5}}}}, "config my.yaml", schema)
+    # Names the user chooses (models, jobs, tolerances by dtype) are not keys of the schema.
+    check_keys({"models": {"any-name": model}, "verify": {"tolerances": {"float8": 0.1}}}, "config my.yaml", schema)

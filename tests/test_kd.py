@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -375,3 +376,216 @@ def test_an_empty_local_copy_flag_reads_the_named_paths(run_cli, model, dataset,
     chunk = load_manifest(manifest).chunks[0]
     result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk.name, "--local-model=", "--local-dataset=")
     assert result.exit_code == 0, result.stderr
+
+
+NUMERIC_GUIDE_VARIABLES = {
+    "TENSOR_PARALLEL_SIZE": ("four", "a whole number", "--tensor-parallel-size"),
+    "GEN_BATCH_SIZE": ("256.5", "a whole number", "--gen-batch-size"),
+    "MAX_TARGET_LENGTH": ("2k", "a whole number", "--max-target-length"),
+    "TEMPERATURE": ("warm", "a number", "--temperature"),
+    "TOP_P": ("0,95", "a number", "--top-p"),
+}
+
+
+@pytest.mark.parametrize("variable", sorted(NUMERIC_GUIDE_VARIABLES))
+def test_a_bad_guide_variable_fails_only_the_command_that_reads_it(
+    run_cli, model, dataset, tmp_path, monkeypatch, variable
+):
+    """Only `generate` (the guide's run_sequence_kd.sh) reads the guide's variables; the workflow's commands take
+    every setting from their flags, so a bad value in the shell neither breaks them nor leaks into their jobs."""
+    value, kind, flag = NUMERIC_GUIDE_VARIABLES[variable]
+    monkeypatch.setenv(variable, value)
+    assert run_cli("--help").exit_code == 0
+    assert run_cli("generate", "--help").exit_code == 0
+    assert run_cli("make-tiny-dataset", "--output", tmp_path / "other", "--files", "1").exit_code == 0
+    assert run_cli("kd-manifest", "--output", tmp_path / "job/manifest.json", *job_flags(model, dataset)).exit_code == 0
+
+    result = run_cli("generate", "--output-dir", tmp_path / "out", *job_flags(model, dataset))
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"distillery generate: error: environment variable {variable}={value!r} is not {kind}; "
+        f"set it to one (or unset it), or pass {flag}"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_guide_variable_is_not_read_where_its_flag_is_given(run_cli, model, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEMPERATURE", "warm")
+    flags = [*job_flags(model, dataset), "--temperature", "0.5", "--no-dataset"]
+    result = run_cli("generate", "--output-dir", tmp_path / "out", *flags)
+    assert result.exit_code == 0, result.stderr
+
+
+def test_guide_variables_fill_the_flags_not_given(run_cli, model, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEMPERATURE", "0.25")
+    monkeypatch.setenv("TENSOR_PARALLEL_SIZE", "")  # empty: the default
+    monkeypatch.setenv("GCS_BUCKET_PATH", str(tmp_path / "out"))
+    assert run_cli("generate", *job_flags(model, dataset), "--no-dataset").exit_code == 0
+    settings = load_manifest(tmp_path / "out/kd/manifest.json").settings
+    assert settings["sampling"]["temperature"] == 0.25 and settings["sampling"]["top_p"] == 0.95
+    assert settings["engine"]["tensor_parallel_size"] == 1 and settings["engine"]["max_num_seqs"] == 4
+    # The workflow's commands do not read them.
+    workflow = load_manifest(make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))).settings
+    assert workflow["sampling"]["temperature"] == 0.8
+
+
+def test_a_side_file_line_that_is_no_record_is_cut_off_like_a_torn_one(run_cli, model, tmp_path):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, files=1, rows=12, row_group_rows=16)
+    flags = job_flags(model, data, **{"--chunk-rows": 12})
+    chunk = "part-000/000000000-000000012"
+    uninterrupted = make_manifest(run_cli, tmp_path / "once", *flags)
+    run_all_chunks(run_cli, uninterrupted)
+    expected = (tmp_path / "once/chunks" / f"{chunk}.jsonl").read_text()
+    first_rows = "".join(expected.splitlines(keepends=True)[:3])
+    record = json.loads(expected.splitlines()[3])
+    malformed = {
+        "no row_index": {key: value for key, value in record.items() if key != "row_index"},
+        "row_index as text": {**record, "row_index": str(record["row_index"])},
+        "no token count": {key: value for key, value in record.items() if key != "completion_tokens"},
+        "not an object": [record["row_index"]],
+        "skip line without id": {"skipped": "empty_prompt", "detail": "", "row_index": record["row_index"]},
+    }
+    for case, line in malformed.items():
+        folder = tmp_path / case.replace(" ", "-")
+        manifest = make_manifest(run_cli, folder, *flags)
+        output = folder / "chunks" / f"{chunk}.jsonl"
+        output.parent.mkdir(parents=True)
+        # Whole rows, then the bad line, then a good row that comes after it.
+        side = output.parent / f".{output.name}.partial"
+        side.write_text(first_rows + json.dumps(line) + "\n" + expected.splitlines(keepends=True)[4])
+
+        result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
+        assert result.exit_code == 0, f"{case}: {result.stderr}"
+        assert output.read_text() == expected, case
+        assert (
+            json.loads(output.with_name(output.name.replace(".jsonl", ".stats.json")).read_text())["resumed_rows"] == 3
+        )
+
+
+def write_text_column(path: Path, values: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": pa.array(values, type=pa.string())}), path)
+    return path
+
+
+def run_job_to_dataset(run_cli, model, data: Path, folder: Path, output_format: str):
+    flags = job_flags(model, data, **{"--chunk-rows": 40})
+    manifest = make_manifest(run_cli, folder, *flags)
+    run_all_chunks(run_cli, manifest)
+    output = folder / f"dataset.{output_format}"
+    result = run_cli("kd-dataset", "--manifest", manifest, "--output", output, "--summary", folder / "summary.json",
+                     "--format", output_format)  # fmt: skip
+    return result, output
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_a_job_with_no_usable_row_fails_naming_the_column_and_file(run_cli, model, tmp_path, output_format):
+    data = write_text_column(tmp_path / "data/part-000.parquet", [None] * 40)
+    result, output = run_job_to_dataset(run_cli, model, data, tmp_path / "job", output_format)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"distillery kd-dataset: error: all 40 rows of column text are null in {data}; "
+        "check the column (text_column) and the data: each chunk's .stats.json lists its skipped rows"
+    ]
+    assert not output.exists() and not (tmp_path / "job/summary.json").exists()
+
+
+def test_no_usable_row_counts_each_reason_rows_were_skipped_for(run_cli, model, tmp_path):
+    data = write_text_column(tmp_path / "data/part-000.parquet", [None] * 30 + ["  "] * 10)
+    result, output = run_job_to_dataset(run_cli, model, data, tmp_path / "job", "jsonl")
+    assert result.exit_code == 1
+    assert f"none of the 40 rows of column text is usable in {data}: 30 null, 10 blank;" in result.stderr
+    assert not output.exists()
+
+
+class FullDisk:
+    """Stands in for a disk with `free` bytes left: the OS write call stores what fits, then fails with ENOSPC."""
+
+    def __init__(self, monkeypatch, free: int) -> None:
+        import errno
+
+        real_write = os.write
+        self.free = free
+
+        def write(fd: int, data) -> int:
+            if self.free <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written = real_write(fd, bytes(data)[: self.free])
+            self.free -= written
+            return written
+
+        monkeypatch.setattr(os, "write", write)
+
+
+def hidden_files(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.rglob(".*"))
+
+
+def side_file_bytes(output: Path) -> int:
+    """What the side file of a finished chunk held: its records and one line per skipped row."""
+    skipped = json.loads(output.with_name(output.name.replace(".jsonl", ".stats.json")).read_text())["skipped"]
+    return len(output.read_bytes()) + sum(len(json.dumps(skip, ensure_ascii=False).encode()) + 1 for skip in skipped)
+
+
+@pytest.mark.parametrize("where", ["side file", "chunk file"])
+def test_a_chunk_stopped_by_a_full_disk_says_so_and_resumes_without_losing_rows(
+    run_cli, model, tmp_path, monkeypatch, where
+):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, files=1, rows=20, row_group_rows=16)
+    flags = job_flags(model, data, **{"--chunk-rows": 20, "-n": 2})
+    chunk = "part-000/000000000-000000020"
+    run_all_chunks(run_cli, make_manifest(run_cli, tmp_path / "once", *flags))
+    expected = tmp_path / "once/chunks" / f"{chunk}.jsonl"
+
+    manifest = make_manifest(run_cli, tmp_path / "job", *flags)
+    output = tmp_path / "job/chunks" / f"{chunk}.jsonl"
+    side = output.parent / f".{output.name}.partial"
+    # Mid-row of the side file, or once every row is saved and the chunk file is being written.
+    free = len(expected.read_bytes()) // 2 + 7 if where == "side file" else side_file_bytes(expected) + 100
+    disk = FullDisk(monkeypatch, free)
+    result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
+    assert result.exit_code == 1
+    named = side if where == "side file" else output
+    assert "Traceback" not in result.stderr  # above the error: the engine's progress bars
+    assert result.stderr.splitlines()[-1] == (
+        f"distillery kd-chunk: error: {named}: cannot write: No space left on device; free space on its file "
+        "system and run the chunk job again: it resumes from the rows already saved"
+    )
+    assert not output.exists() and hidden_files(tmp_path / "job/chunks") == [side.name]
+
+    disk.free = 10**9
+    resumed = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert output.read_text() == expected.read_text()
+    assert hidden_files(tmp_path / "job/chunks") == []
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_a_dataset_stopped_by_a_full_disk_leaves_nothing_behind(run_cli, model, dataset, tmp_path, monkeypatch,
+                                                                 output_format):  # fmt: skip
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))
+    run_all_chunks(run_cli, manifest)
+    output, summary = tmp_path / "out" / f"dataset.{output_format}", tmp_path / "out/summary.json"
+    # A staging file of a killed run (its process is gone) from before.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = output.parent / f".{output.name}.partial-{socket.gethostname()}-{dead.pid}"
+    abandoned.parent.mkdir()
+    abandoned.write_text("half a dataset")
+
+    disk = FullDisk(monkeypatch, 2000)
+    result = run_cli("kd-dataset", "--manifest", manifest, "--output", output, "--summary", summary)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"distillery kd-dataset: error: {output}: cannot write: No space left on device; free space on its file "
+        "system and run kd-dataset again (the chunks are kept)"
+    ]
+    assert list(output.parent.iterdir()) == []
+
+    disk.free = 10**9
+    again = run_cli("kd-dataset", "--manifest", manifest, "--output", output, "--summary", summary, "--format",
+                    output_format)  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert sorted(path.name for path in output.parent.iterdir()) == sorted([output.name, "summary.json"])

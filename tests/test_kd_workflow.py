@@ -72,6 +72,16 @@ def test_dry_run_lists_exactly_the_missing_chunks(kd_run, tmp_path):
     ]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".stats.json"])
+def test_deleting_a_chunk_file_reruns_exactly_that_chunk_and_the_dataset(kd_run, tmp_path, suffix):
+    workdir, configfile = copy_run(kd_run, tmp_path)
+    (workdir / f"results/kd/web/chunks/part-001/000000000-000000016{suffix}").unlink()
+    assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
+        ("kd_chunk", "job=web, part=part-001, start=000000000, stop=000000016"),
+        ("kd_dataset", "job=web"),
+    ]
+
+
 def test_a_new_parquet_file_runs_only_its_own_chunks(kd_run, tmp_path):
     workdir, configfile = copy_run(kd_run, tmp_path)
     write_tiny_dataset(tmp_path / "more", files=3, rows=20)

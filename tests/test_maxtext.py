@@ -298,6 +298,31 @@ def test_small_read_blocks_give_the_same_model(run_cli, maxtext_models, param_on
     assert all(torch.equal(first[name].load(), second[name].load()) for name in first)
 
 
+def test_next_scanned_array_is_spooled_while_the_current_one_is_handed_out(param_only, tmp_path, monkeypatch):
+    """The worker decodes the next array in the conversion's order into its spool file, ahead of being asked."""
+    import time
+
+    from workflow_scripts.formats import maxtext_arrays
+
+    monkeypatch.setattr(maxtext_arrays, "SPOOL_ABOVE_BYTES", 0)
+    checkpoint = MaxTextCheckpoint(param_only("llama3.1-tiny"))
+    first, second = "decoder.layers.mlp.wi_0.kernel", "decoder.layers.mlp.wo.kernel"
+    arrays = maxtext_arrays.StoredArrays(checkpoint, tmp_path, order=[first, second])
+    try:
+        arrays.layer(first, 0)
+        spool = tmp_path / f".spool-{second}"
+        expected_size = np.prod(checkpoint.shape(second)) * 2
+        deadline = time.monotonic() + 60
+        while not (spool.is_file() and spool.stat().st_size == expected_size) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert spool.is_file(), "the next array was not spooled ahead"
+        stored = checkpoint.read(second)
+        assert all(np.array_equal(arrays.layer(second, layer), stored[:, layer]) for layer in range(stored.shape[1]))
+    finally:
+        arrays.close()
+    assert not list(tmp_path.glob(".spool-*"))
+
+
 def test_nnx_decode_layout_converts_like_linen(run_cli, maxtext_models, param_only, tmp_path):
     """MaxText 0.2's NNX decode checkpoints: the bare tree, each leaf under `value`, saved by orbax."""
     import jax

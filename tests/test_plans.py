@@ -210,3 +210,20 @@ def test_verification_report_carries_a_tp_pp_section(tiny_model, run_cli, tmp_pa
     assert "✓ vLLM split at T=2, P=1" in result.stdout
     assert "✗ vLLM split at T=3, P=1: attention heads split over T=3: 4 heads are not divisible by 3" in result.stdout
     assert json.loads(report.read_text())["failed_checks"] == ["parallel:T=3, P=1"]
+
+
+def test_heads_that_do_not_divide_the_hidden_size_are_named_in_one_line(run_cli, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 100,
+              "num_attention_heads": 3, "num_key_value_heads": 1, "intermediate_size": 128,
+              "num_hidden_layers": 2, "vocab_size": 512}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    for command in ("validate-plans", "print-structure"):
+        result = run_cli(command, folder)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [
+            f"distillery {command}: error: {folder / 'config.json'}: hidden_size 100 is not a multiple of "
+            "num_attention_heads 3 (each head takes hidden_size / num_attention_heads of it); fix config.json: "
+            "the weights' shapes tell which number is right"
+        ]

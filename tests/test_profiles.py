@@ -26,7 +26,7 @@ def read_profile(monkeypatch, **env: str) -> dict:
 
 def set_resources(profile: dict) -> dict[str, dict[str, str]]:
     rules: dict[str, dict[str, str]] = {}
-    for entry in profile["set-resources"]:
+    for entry in profile.get("set-resources", []):
         rule, assignment = entry.split(":", 1)
         name, value = assignment.split("=", 1)
         rules.setdefault(rule, {})[name] = value.strip("'\"")
@@ -93,3 +93,24 @@ def test_kd_chunks_share_allocations_capped_at_a_node(monkeypatch, env, chunks, 
     assert profile["group-components"] == [f"kd_chunks={chunks}"]
     assert profile["resources"] == [f"gpu={gpus}"]
     assert profile["set-resource-scopes"] == ["gpu=local"]
+
+
+SLURM_VARIABLES = re.findall(r"^#   (DISTILLERY_SLURM_\w+)", PROFILE.read_text(), re.M)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("variable", [None, *SLURM_VARIABLES])
+def test_the_profile_plans_with_no_variable_or_any_one(variable, tmp_path_factory):
+    """Unset variables mean the cluster's defaults: `snakemake -n --profile profiles/slurm` plans with any subset."""
+    import yaml
+    from helpers.snakemake_runs import planned_jobs, repository_copy, snakemake_in
+
+    repository = repository_copy(tmp_path_factory.mktemp("repository"))
+    config = {"tiny_models": {"src": {}}, "models": {"m": {"source": {"format": "hf", "path": "work/sources/src"}}}}
+    (repository / "my.yaml").write_text(yaml.safe_dump(config))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DISTILLERY_SLURM_")}
+    if variable:
+        env[variable] = "4" if variable.endswith(("_PER_NODE", "_PER_JOB")) else "value"
+    result = snakemake_in(repository, "-n", "--profile", "profiles/slurm", "--configfile", "my.yaml", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [rule for rule, _ in planned_jobs(result)] == ["build_tiny_model", "hf_merge", "verify_model"]

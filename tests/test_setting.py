@@ -85,7 +85,7 @@ def test_an_optional_setting_takes_none():
 def test_a_bad_flag_value_is_a_usage_error_naming_the_flag(capsys):
     with pytest.raises(SystemExit):
         parse("--max-tokens", "many")
-    assert "--max-tokens='many' is not a valid int" in capsys.readouterr().err
+    assert "--max-tokens='many' is not a whole number" in capsys.readouterr().err
 
 
 def test_environment_variables_are_read_only_where_a_command_asks_and_flags_win():
@@ -96,7 +96,8 @@ def test_environment_variables_are_read_only_where_a_command_asks_and_flags_win(
 
 
 def test_a_bad_environment_variable_names_the_variable_and_its_value():
-    with pytest.raises(DistilleryError, match=r"environment variable GEN_BATCH_SIZE='four' is not a valid int"):
+    expected = r"GEN_BATCH_SIZE='four' is not a whole number; set it to one \(or unset it\), or pass --gen-batch-size"
+    with pytest.raises(DistilleryError, match=expected):
         from_args(Job, parse(), environ={"GEN_BATCH_SIZE": "four"})
 
 
@@ -165,4 +166,4 @@ def test_a_malformed_dict_flag_is_a_usage_error(capsys):
     add_flags(parser, Verify)
     with pytest.raises(SystemExit):
         parser.parse_args(["--tolerances", "float32"])
-    assert "--tolerances='float32' is not a valid dict" in capsys.readouterr().err
+    assert "--tolerances='float32' is not KEY=VALUE pairs or a JSON object" in capsys.readouterr().err

@@ -50,6 +50,7 @@ SECTIONS = {
             "max_model_len",
             "dtype",
             "enforce_eager",
+            "trust_remote_code",
             "mem_mb",
             "runtime_min",
         }

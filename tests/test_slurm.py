@@ -166,6 +166,18 @@ def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unf
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
+def test_the_profile_runs_with_no_distillery_variable_set(slurm_env, tmp_path):
+    """Unset, every DISTILLERY_SLURM_* variable means the cluster's default (partition, account, any GPU)."""
+    env = {name: value for name, value in slurm_env.items() if not name.startswith("DISTILLERY_SLURM_")}
+    workdir = tmp_path / "run"
+    result = run_snakemake(env, workdir, write_config(tmp_path, one_model))
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert Counter(rule for rule, _ in submitted_jobs(result.stderr)) == {
+        "build_tiny_model": 1, "hf_merge": 1, "verify_model": 1,
+    }  # fmt: skip
+    assert json.loads((workdir / "results/models/m/verification.json").read_text())["passed"]
+
+
 def test_default_workflow_runs_to_completion_through_the_slurm_profile_past_a_cancelled_chunk_job(slurm_env, tmp_path):
     """The default config through profiles/slurm, and a KD chunk job cancelled with `scancel` mid-chunk on the way:
     it fails, the profile's retries resubmit it, it resumes its chunk, and the dataset has every row once."""

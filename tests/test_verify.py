@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,3 +212,92 @@ def test_reference_whose_pickle_is_refused_is_one_line(tiny_model, run_cli):
     line = next(line for line in result.stdout.splitlines() if line.startswith("✗ logits"))
     assert f"{reference / 'pytorch_model.bin'}: refused to unpickle the class argparse.Namespace" in line
     assert "allow-list of torch.load(weights_only=True)" in line and "safetensors" in line
+
+
+REPO = Path(__file__).resolve().parents[1]
+CUSTOM_CODE = """from pathlib import Path
+
+from transformers import LlamaConfig, LlamaForCausalLM
+
+Path({marker!r}).write_text("the folder's code ran")
+
+
+class MarkerConfig(LlamaConfig):
+    model_type = "marker_llama"
+
+
+class MarkerForCausalLM(LlamaForCausalLM):
+    config_class = MarkerConfig
+"""
+
+
+@pytest.fixture
+def own_code_model(tiny_model, tmp_path) -> tuple[Path, Path]:
+    """A tiny Llama whose config.json maps its classes (auto_map) to a .py in the folder that leaves a marker."""
+    folder, marker = tiny_model("llama"), tmp_path / "custom-code-ran"
+    (folder / "marker_model.py").write_text(CUSTOM_CODE.format(marker=str(marker)))
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "marker_llama"
+    config["auto_map"] = {
+        "AutoConfig": "marker_model.MarkerConfig",
+        "AutoModelForCausalLM": "marker_model.MarkerForCausalLM",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, marker
+
+
+def run_distillery(tmp_path: Path, *args, timeout: float) -> tuple[int, str, str]:
+    """The CLI in its own process, its stdin an open pipe nobody writes to: a question on it would hang."""
+    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "PYTHONPATH": str(REPO)}
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        job = subprocess.Popen([sys.executable, "-m", "workflow_scripts.cli", *map(str, args)], cwd=REPO,
+                               stdin=subprocess.PIPE, stdout=out, stderr=err, env=environment)  # fmt: skip
+        try:
+            code = job.wait(timeout=timeout)
+        finally:
+            job.kill()
+            job.wait()
+            job.stdin.close()
+    return code, (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+
+
+def test_verify_never_asks_to_run_a_folders_own_code(own_code_model, tmp_path):
+    folder, marker = own_code_model
+    code, out, err = run_distillery(tmp_path, "verify", "--model-path", folder, timeout=10)
+    assert code == 1
+    assert err.splitlines() == [
+        f"distillery verify: error: {folder / 'config.json'} has auto_map: the model needs its own code; "
+        f"pass --trust-remote-code if you trust {folder}"
+    ]
+    assert "[y/N]" not in out + err and not marker.exists()
+
+
+def test_verify_runs_a_folders_own_code_when_trusted(own_code_model, tmp_path):
+    folder, marker = own_code_model
+    code, out, err = run_distillery(tmp_path, "verify", "--model-path", folder, "--trust-remote-code", timeout=120)
+    assert code == 0, out + err
+    assert marker.exists()
+
+
+def test_every_command_loading_a_model_refuses_its_own_code_unless_trusted(own_code_model, run_cli, tmp_path):
+    folder, marker = own_code_model
+    message = (
+        f"{folder / 'config.json'} has auto_map: the model needs its own code; "
+        f"pass --trust-remote-code if you trust {folder}"
+    )
+    data = tmp_path / "data"
+    assert run_cli("make-tiny-dataset", "--output", data, "--files", "1", "--rows", "4").exit_code == 0
+    manifest = tmp_path / "kd/manifest.json"
+    made = run_cli("kd-manifest", "--output", manifest, "--model-path", folder, "--dataset", data, "--engine",
+                   "transformers")  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    commands = {
+        "validate-plans": [folder],
+        "print-structure": [folder],
+        "infer": ["--model-path", folder, "--engine", "transformers"],
+        "kd-chunk": ["--manifest", manifest, "--chunk", "part-000/000000000-000000004"],
+    }
+    for command, args in commands.items():
+        result = run_cli(command, *args)
+        assert (result.exit_code, result.stderr.splitlines()) == (1, [f"distillery {command}: error: {message}"])
+    assert not marker.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -179,3 +180,25 @@ def test_deepspeed_step_that_the_run_lacks_is_named(deepspeed_run, tiny_model_st
     result = snakemake(tmp_path / "work", "-n", configfile=configfile)
     assert result.returncode != 0
     assert "asks for step(s) [8], which the run does not have" in result.stdout + result.stderr
+
+
+def test_trust_remote_code_in_the_config_reaches_the_jobs_that_load_the_model(tmp_path):
+    from snakemake.utils import validate
+
+    from workflow_scripts.workflow import icm_jobs
+    from workflow_scripts.workflow.kd_jobs import wire_kd_jobs
+
+    def trust_tiny_llama(config):
+        config["models"]["tiny-llama"]["trust_remote_code"] = True
+
+    result = snakemake(tmp_path, "-n", "-p", configfile=write_config(tmp_path, trust_tiny_llama))
+    assert result.returncode == 0, result.stderr[-2000:]
+    loading = re.findall(r"Shell command: (distillery (?:verify|validate-plans) .*?2>&1)", result.stdout, re.S)
+    assert len(loading) == 6  # per model: verify_model and two validate_plans
+    assert all(("tiny-llama/" in command) == ("--trust-remote-code" in command) for command in loading)
+
+    jobs = {"kd": {"j": {"model": "m", "dataset": {"path": "d"}, "engine": {"trust_remote_code": True}}}}
+    validate(jobs, str(REPO / "config/schema/config.schema.yaml"))
+    assert "--trust-remote-code" in wire_kd_jobs(jobs["kd"], {}, {})["j"].flags
+    assert "--trust-remote-code" in icm_jobs.icm_flags({**icm_jobs.JOB_DEFAULTS, "data": {}, "engine": "vllm",
+                                                        "trust_remote_code": True})  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .errors import DistilleryError
 from .output_guard import check_output
 
 
@@ -103,9 +105,7 @@ def atomic_write_texts(texts: dict[Path, str]) -> None:
 def _write_file(path: Path, data: bytes) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
+        write_all(descriptor, data)
     finally:
         os.close(descriptor)
 
@@ -113,3 +113,73 @@ def _write_file(path: Path, data: bytes) -> None:
 def _remove_staged(staged: dict[Path, Path]) -> None:
     for temporary in staged.values():
         temporary.unlink(missing_ok=True)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd`; `os.write` may write fewer (a disk filling up), so write the rest."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class StagingFile:
+    """A staging file written straight through `os.write`, with no buffer of its own, so a full disk fails the
+    `write` that hit it (pyarrow's ParquetWriter takes it as a file object too)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        self.written = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        write_all(self.fd, data)
+        self.written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.written
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self.fd)
+
+
+@contextlib.contextmanager
+def atomic_output_file(output: Path) -> Iterator[StagingFile]:
+    """Yield a hidden staging file beside `output`; once the block ends it is synced and renamed onto `output`.
+
+    On any error the staging file is removed; staging files of killed runs on this host are removed first.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(output)
+    staging = StagingFile(output.parent / f".{output.name}.partial-{_this_process()}")
+    try:
+        yield staging
+        os.fsync(staging.fd)
+        staging.close()
+        os.replace(staging.path, output)
+    except BaseException:
+        staging.close()
+        staging.path.unlink(missing_ok=True)
+        raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: Path, hint: str) -> Iterator[None]:
+    """A full disk or quota (ENOSPC, EDQUOT) while writing `path`, as the one-line error naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        raise DistilleryError(f"cannot write: {os.strerror(exc.errno)}", exc.filename or path, hint) from None

@@ -13,6 +13,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+from .architectures.remote_code import allow_remote_code
 from .errors import DistilleryError, require_folder
 from .formats.torch_bin import pickle_refusal
 from .vllm_models import ARCHITECTURES, require_registered_architecture
@@ -27,6 +28,7 @@ class InferSettings:
     top_p: float = 0.95
     tensor_parallel_size: int = 1
     seed: int = 0
+    trust_remote_code: bool = False  # run the model folder's own code (auto_map)
 
 
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
@@ -52,6 +54,7 @@ def run_inference(
 ) -> tuple[str, list[str]]:
     """(the engine used, one completion per prompt)."""
     require_folder(model_path, "pass the model folder with --model-path")
+    allow_remote_code(model_path, settings.trust_remote_code)
     require_registered_architecture(model_path / "config.json")
     if settings.max_tokens < 1 or settings.tensor_parallel_size < 1:
         raise DistilleryError("--max-tokens and --tensor-parallel-size must be at least 1")
@@ -67,7 +70,12 @@ def _generate_vllm(model_path: Path, prompts: list[str], settings: InferSettings
     from .vllm_models import register
 
     register()
-    llm = LLM(model=str(model_path), tensor_parallel_size=settings.tensor_parallel_size, seed=settings.seed)
+    llm = LLM(
+        model=str(model_path),
+        tensor_parallel_size=settings.tensor_parallel_size,
+        seed=settings.seed,
+        trust_remote_code=settings.trust_remote_code,
+    )
     params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p)
     return [output.outputs[0].text for output in llm.generate(prompts, params)]
 
@@ -84,8 +92,10 @@ def _generate_transformers(model_path: Path, prompts: list[str], settings: Infer
             "run on a machine with vLLM, or convert it first with `distillery titan-to-hf`",
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True).eval()
+        trust = settings.trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust)
+        model.eval()
     except pickle.UnpicklingError as exc:
         raise pickle_refusal(exc, model_path) from None
     except (OSError, ValueError) as exc:

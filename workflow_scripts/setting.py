@@ -26,6 +26,12 @@ from typing import Any
 from .errors import DistilleryError
 
 _AUTO = object()
+_KIND_WORDS = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    dict: "KEY=VALUE pairs or a JSON object",
+}
 _UNSET = object()  # argparse's default: the flag was not given
 
 
@@ -129,7 +135,7 @@ def _parse_value(field: _Field, text: str, source: str) -> Any:
     try:
         value = caster(text)
     except ValueError:
-        raise DistilleryError(f"{source}={text!r} is not a valid {field.kind.__name__}") from None
+        raise DistilleryError(f"{source}={text!r} is not {_KIND_WORDS.get(field.kind, field.kind.__name__)}") from None
     if field.setting.choices and value not in field.setting.choices:
         choices = ", ".join(map(str, field.setting.choices))
         raise DistilleryError(f"{source}={text!r} is not one of {choices}")
@@ -231,8 +237,17 @@ def _given(field: _Field, args: argparse.Namespace, environ: Mapping[str, str] |
         text = environ[spec.env]
         if field.kind is tuple:
             return (text,)
-        return _parse_value(field, text, f"environment variable {spec.env}")
+        try:
+            return _parse_value(field, text, f"environment variable {spec.env}")
+        except DistilleryError as exc:
+            raise DistilleryError(str(exc), hint=f"set it to one (or unset it), or pass {_flag_like(spec)}") from None
     return field.default
+
+
+def _flag_like(spec: Setting) -> str:
+    """The flag spelled like the setting's variable where one is (GEN_BATCH_SIZE: --gen-batch-size)."""
+    spelled = "--" + spec.env.lower().replace("_", "-")
+    return spelled if spelled in (spec.flag, *spec.aliases) else spec.flag
 
 
 def from_config(cls: type, entry: Mapping[str, Any], _root: Mapping[str, Any] | None = None, **overrides: Any):

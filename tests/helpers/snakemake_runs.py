@@ -36,3 +36,23 @@ def planned_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
 def executed_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
     """(rule, wildcards) of each job a real run executed, from Snakemake's job log."""
     return _jobs(result.stderr)
+
+
+def repository_copy(folder: Path) -> Path:
+    """The workflow's files (Snakefile, rules, config, profiles, envs) in `folder`, to run it there as users run it:
+    `snakemake ...` in the repository, no `-s`, no `--directory`."""
+    import shutil
+
+    for name in ("Snakefile", "rules", "config", "profiles", "envs"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name)
+        else:
+            shutil.copy(source, folder / name)
+    return folder
+
+
+def snakemake_in(folder: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` typed in `folder` (a repository copy): profile and config found as Snakemake finds them."""
+    command = [sys.executable, "-m", "snakemake", *args]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=900, env=env)

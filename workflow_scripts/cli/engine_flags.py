@@ -12,6 +12,13 @@ from ..errors import DistilleryError
 from ..setting import add_flags, from_args
 
 
+def add_trust_remote_code(parser) -> None:
+    """For commands that load a model folder outside the engines: its own code (auto_map) runs only when asked."""
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run the model folder's own code (auto_map); never asked"
+    )
+
+
 def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     """How to reach the model: in-process vLLM or transformers, or an OpenAI-compatible server."""
     group = parser.add_argument_group("engine")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .engine_flags import add_trust_remote_code
+
 
 def _add_infer(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -21,6 +23,7 @@ def _add_infer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs for tensor parallelism (1)")
     parser.add_argument("--engine", default="auto", choices=["auto", "vllm", "transformers"], help="(auto)")
     parser.add_argument("--seed", type=int, default=0)
+    add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_infer)
 
 
@@ -34,6 +37,7 @@ def _run_infer(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         tensor_parallel_size=args.tensor_parallel_size,
         seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
     )
     engine, completions = run_inference(args.model_path, prompts, settings, args.engine)
     print(f"engine: {engine}")

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from ..errors import DistilleryError
+from .engine_flags import add_trust_remote_code
 
 
 def _add_print_structure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="model folder (only config.json is read)")
     parser.add_argument("--max-depth", type=int, help="deepest level to print")
     parser.add_argument("--show-params", action="store_true", help="list each module's parameters and shapes")
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (auto_map)")
+    add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_print_structure)
 
 
@@ -36,7 +37,7 @@ def _add_validate_plans(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="exit 0 whatever the verdict (the workflow's verify step judges)"
     )
-    parser.add_argument("--trust-remote-code", action="store_true", help="run the model's own code (auto_map)")
+    add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_validate_plans)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import DistilleryError
 from ..verify.settings import add_verify_flags, verify_settings_from_args
+from .engine_flags import add_trust_remote_code
 
 
 def _add_verify(parser: argparse.ArgumentParser) -> None:
@@ -19,15 +20,20 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
         "--plans", action="append", default=[], type=Path, help="a validate-plans JSON report to include (repeatable)"
     )
     add_verify_flags(parser)
+    add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_verify)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from ..verify.run import verify_model
+    from ..architectures.remote_code import allow_remote_code
 
     model_path = args.model_path or args.model
     if model_path is None:
         raise DistilleryError("no model given", hint="pass --model-path FOLDER")
+    allow_remote_code(model_path, args.trust_remote_code)  # before torch is imported: a refusal is instant
+
+    from ..verify.run import verify_model
+
     settings = verify_settings_from_args(args)
     report = verify_model(
         model_path,
@@ -36,6 +42,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         probe_prompts=settings.probe_prompts,
         tolerances=settings.tolerances,
         plan_reports=args.plans,
+        trust_remote_code=args.trust_remote_code,
     )
     if args.report:
         report.write(args.report, args.markdown)

@@ -199,6 +199,11 @@ def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -
     return plan
 
 
+def spooled_order(plan: list[tuple[TensorSpec, tuple]]) -> list[str]:
+    """The stored arrays handed out by layer or by column block, in the order the plan asks for them."""
+    return [stored for _, (stored, layer, kind) in plan if layer is not None or kind == "transpose"]
+
+
 def produce_tensor(arrays: StoredArrays, source: tuple, spec: TensorSpec, math: MaxTextLlamaMath):
     stored, layer, kind = source
     dtype = spec.dtype
@@ -271,7 +276,7 @@ def conversion_plan(options: MaxTextToHFOptions, checkpoint: MaxTextCheckpoint, 
     def reading(staging: Path):
         _return_freed_buffers_to_the_system()
         # Decoded arrays are spooled inside the staging folder: removed with it whatever happens.
-        arrays = StoredArrays(checkpoint, staging)
+        arrays = StoredArrays(checkpoint, staging, order=spooled_order(planned))
         try:
             yield lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_)
         finally:

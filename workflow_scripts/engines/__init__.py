@@ -20,6 +20,10 @@ from .base import (
 
 
 def open_engine(settings: EngineSettings) -> Engine:
+    from ..architectures.remote_code import allow_remote_code
+
+    for folder in {settings.model_path, settings.tokenizer}:
+        allow_remote_code(folder, settings.trust_remote_code)  # refuses a folder with its own code, unless allowed
     kind = resolve_engine_kind(settings.kind)
     if kind == "vllm":
         from .vllm_engine import VllmEngine

@@ -44,6 +44,7 @@ class EngineSettings:
     )  # fmt: skip
     enforce_eager: bool = setting(False, help="vLLM without CUDA graphs (faster start)")
     seed: int = setting(0, help="seed of the job's sampling", config="/sampling.seed")
+    trust_remote_code: bool = setting(False, help="run the model folder's own code (auto_map); never asked")
     # openai engine only
     base_url: str | None = setting(
         None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or VLLM_BASE_URL)"

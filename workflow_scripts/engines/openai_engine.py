@@ -244,7 +244,9 @@ class OpenAIEngine:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.settings.tokenizer)
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                self.settings.tokenizer, trust_remote_code=self.settings.trust_remote_code
+            )
         return self._tokenizer.encode(text, add_special_tokens=False)
 
     def scoring_bodies(self, prompts: list[list[int]], top_k: int) -> list[dict]:

@@ -59,8 +59,11 @@ class TransformersEngine:
         self.settings = settings
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer)
-            self.model = AutoModelForCausalLM.from_pretrained(settings.model_path, dtype=_torch_dtype(settings.dtype))
+            trust = settings.trust_remote_code
+            self.tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer, trust_remote_code=trust)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                settings.model_path, dtype=_torch_dtype(settings.dtype), trust_remote_code=trust
+            )
         except OSError as exc:
             raise DistilleryError(f"cannot load the model: {first_line(exc)}", settings.model_path) from None
         self.model.to(self.device).eval()

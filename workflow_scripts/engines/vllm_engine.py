@@ -29,6 +29,7 @@ def vllm_engine_arguments(settings: EngineSettings) -> dict:
         "max_num_seqs": settings.max_num_seqs,
         "enforce_eager": settings.enforce_eager,
         "seed": settings.seed,
+        "trust_remote_code": settings.trust_remote_code,
         **settings.extra,
     }
     if settings.max_model_len:

@@ -1,14 +1,19 @@
-"""MaxText's stored arrays read for conversion: each decoded once and handed out a layer or a block at a time.
+"""MaxText's stored arrays handed out a layer or a block at a time, each storage chunk decoded once.
 
-MaxText shards scanned arrays along the embedding axis with all layers in every chunk, so a layer cannot be
-decoded without decoding the whole array: a large array is decoded block by block into a spool file on disk
-(`SpooledArray`), from which each layer is read back with positioned reads; small arrays are held in memory.
-The arrays themselves are opened through `formats/maxtext.py`.
+MaxText shards scanned arrays (`decoder.layers.*`, layers stacked on axis 1) along the embedding axis with all
+layers in every chunk (orbax's zarr3 `sharding_indexed` codec, one zstd chunk per shard), so a layer cannot be
+decoded without decoding the whole array, and the whole array does not fit the memory budget. A large array is
+therefore decoded block by block into a spool file on disk, layer-major, from which each layer is one read; small
+arrays are held in memory. While one array's layers are transposed and written, the next array in the
+conversion's order is decoded and spooled by a worker thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +43,15 @@ def _decoded_blocks(store, axis0_step_bytes: int):
     row_bytes = int(np.prod(store.shape[1:])) * store.dtype.numpy_dtype.itemsize
     chunk_rows = store.chunk_layout.read_chunk.shape[0] or 1
     step = max(1, axis0_step_bytes // max(1, row_bytes * chunk_rows)) * chunk_rows
-    for start in range(0, rows, step):
-        yield start, store[start : min(rows, start + step)].read().result()
+    starts = list(range(0, rows, step))
+    # The next block is being decoded (in tensorstore's threads) while the caller handles this one.
+    reading = store[0 : min(rows, step)].read() if starts else None
+    for index, start in enumerate(starts):
+        block = reading.result()
+        if index + 1 < len(starts):
+            following = starts[index + 1]
+            reading = store[following : min(rows, following + step)].read()
+        yield start, block
 
 
 class SpooledArray:
@@ -107,7 +119,7 @@ class StoredArrays:
     """MaxText's stored arrays, each decoded once and handed out a layer or a block at a time: small arrays from
     memory, large ones from a spool file."""
 
-    def __init__(self, checkpoint: MaxTextCheckpoint, spool_folder: Path) -> None:
+    def __init__(self, checkpoint: MaxTextCheckpoint, spool_folder: Path, order: Sequence[str] = ()) -> None:
         import tensorstore as ts
 
         self.checkpoint = checkpoint
@@ -116,18 +128,34 @@ class StoredArrays:
         self._context = ts.Context({"data_copy_concurrency": {"limit": 1}})
         self._name: str | None = None
         self._held = None  # the current array: a numpy array, or a SpooledArray
+        # The arrays handed out by layer or column block, in the order they will be asked for: while one is
+        # transposed and written, the next is decoded and spooled by a worker thread (decoding, copying and
+        # writing all release the GIL), so the two cores work at once instead of taking turns.
+        self._order = list(dict.fromkeys(order))
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maxtext-spool")
+        self._ahead: tuple[str, Future] | None = None
 
     def _store(self, name: str):
         return self.checkpoint.tree.open(self.checkpoint.params[name].keys, self._context)
 
+    def _decode(self, name: str):
+        store = self._store(name)
+        nbytes = int(np.prod(store.shape)) * store.dtype.numpy_dtype.itemsize
+        return SpooledArray(store, self.spool_folder, name) if nbytes > SPOOL_ABOVE_BYTES else store.read().result()
+
     def _current(self, name: str):
         if name != self._name:
-            self.close()
-            store = self._store(name)
-            nbytes = int(np.prod(store.shape)) * store.dtype.numpy_dtype.itemsize
-            spool = nbytes > SPOOL_ABOVE_BYTES
-            self._held = SpooledArray(store, self.spool_folder, name) if spool else store.read().result()
+            self._release_held()
+            ahead = self._ahead
+            self._ahead = None
+            self._held = ahead[1].result() if ahead and ahead[0] == name else self._decode(name)
+            if ahead and ahead[0] != name:
+                _discard(ahead[1].result())
             self._name = name
+            following = self._order.index(name) + 1 if name in self._order else len(self._order)
+            if following < len(self._order):
+                upcoming = self._order[following]
+                self._ahead = (upcoming, self._worker.submit(self._decode, upcoming))
         return self._held
 
     def _axis1(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -153,7 +181,21 @@ class StoredArrays:
         for start in range(0, count, step):
             yield self._axis1(name, start, min(count, start + step))
 
-    def close(self) -> None:
-        if isinstance(self._held, SpooledArray):
-            self._held.remove()
+    def _release_held(self) -> None:
+        _discard(self._held)
         self._name, self._held = None, None
+
+    def close(self) -> None:
+        """Remove the spool files, the one being made ahead included (after its worker has finished)."""
+        self._release_held()
+        if self._ahead is not None:
+            # Closing after a failure: the first error is the one to report, not the worker's.
+            with contextlib.suppress(Exception):
+                _discard(self._ahead[1].result())
+            self._ahead = None
+        self._worker.shutdown()
+
+
+def _discard(held) -> None:
+    if isinstance(held, SpooledArray):
+        held.remove()

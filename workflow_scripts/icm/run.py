@@ -60,7 +60,7 @@ def engine_tokenizer(engine, settings: EngineSettings):
         )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tokenizer)
+    return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=settings.trust_remote_code)
 
 
 def cache_counters(engine) -> dict[str, float] | None:

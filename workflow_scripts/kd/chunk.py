@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_output_file, atomic_write_text, disk_full_as_error
 from ..engines import Engine, GenerationRequest, open_engine
 from ..engines.base import derive_seed
 from ..errors import DistilleryError
@@ -23,7 +22,7 @@ from ..progress import progress_bar
 from .local_copies import IN_PLACE, LocalCopies
 from .manifest import Chunk, Manifest
 from .prompts import Prompt, build_prompt, check_tokenizer
-from .records import SideFile, recover, side_file, skip_line, stats_file
+from .records import RESUME_HINT, SideFile, recover, side_file, skip_line, stats_file
 from .settings import KdJob, job_from_dict
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def load_tokenizer(job: KdJob):
     from ..errors import first_line
 
     try:
-        return AutoTokenizer.from_pretrained(job.engine.tokenizer)
+        return AutoTokenizer.from_pretrained(job.engine.tokenizer, trust_remote_code=job.engine.trust_remote_code)
     except (OSError, ValueError) as exc:
         raise DistilleryError(f"cannot load the tokenizer: {first_line(exc)}", job.engine.tokenizer) from None
 
@@ -212,14 +211,11 @@ class ChunkRunner:
             "settings_hash": self.manifest.settings_hash,
             **{key: round(value, 3) if isinstance(value, float) else value for key, value in run_stats.items()},
         }
-        atomic_write_text(stats_file(output), json.dumps(stats, indent=1) + "\n")
-        staging = output.parent / f".{output.name}.writing-{os.getpid()}"
-        with open(staging, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(staging, output)
+        # The stats first: the chunk file is what says the chunk is done.
+        with disk_full_as_error(stats_file(output), RESUME_HINT):
+            atomic_write_text(stats_file(output), json.dumps(stats, indent=1) + "\n")
+        with disk_full_as_error(output, RESUME_HINT), atomic_output_file(output) as staging:
+            staging.write(b"".join(json.dumps(record, ensure_ascii=False).encode() + b"\n" for record in records))
         partial.unlink()
         return stats
 

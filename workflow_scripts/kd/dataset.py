@@ -7,17 +7,19 @@ any chunk schedule.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import StagingFile, atomic_output_file, atomic_write_text, disk_full_as_error
 from ..errors import DistilleryError
 from ..provenance import package_versions
 from .chunk import chunk_output
 from .manifest import Manifest
+from .prompts import SKIP_EMPTY
 from .records import stats_file
+from .settings import job_from_dict
+
+_RERUN_HINT = "free space on its file system and run kd-dataset again (the chunks are kept)"
 
 
 def ordered_chunks(manifest: Manifest):
@@ -35,22 +37,44 @@ def _check_complete(manifest: Manifest) -> None:
         )
 
 
-def _write_jsonl(manifest: Manifest, output: Path) -> None:
-    staging = output.parent / f".{output.name}.writing-{os.getpid()}"
-    with open(staging, "wb") as merged:
-        for chunk in ordered_chunks(manifest):
-            with open(chunk_output(manifest, chunk), "rb") as part:
-                shutil.copyfileobj(part, merged, 16 << 20)
-        merged.flush()
-        os.fsync(merged.fileno())
-    os.replace(staging, output)
+def _skip_label(skip: dict) -> str:
+    # Empty prompts say why in their detail (null, blank, no tokens); other reasons are their own label.
+    return skip["detail"] if skip["skipped"] == SKIP_EMPTY and skip["detail"] else skip["skipped"]
 
 
-def _write_parquet(manifest: Manifest, output: Path) -> None:
+def _refuse_no_usable_row(manifest: Manifest, chunk_stats: list[dict]) -> None:
+    """Fail, before anything is written, when every row was skipped: an empty dataset is a mistake, not a result."""
+    if any(stats["samples"] for stats in chunk_stats):
+        return
+    prompt = job_from_dict(manifest.settings).prompt
+    files = sorted({stats["file"] for stats in chunk_stats})
+    where = ", ".join(files) if len(files) <= 3 else f"{len(files)} files (first: {files[0]})"
+    rows = sum(stats["rows"] for stats in chunk_stats)
+    counts = Counter(_skip_label(skip) for stats in chunk_stats for skip in stats["skipped"])
+    if len(counts) == 1 and sum(counts.values()) == rows:
+        label = next(iter(counts))
+        what = f"are {label}" if label in ("null", "blank") else f"were skipped as {label}"
+        message = f"all {rows} rows of column {prompt.column} {what} in {where}"
+    else:
+        reasons = ", ".join(f"{count} {label}" for label, count in counts.most_common())
+        message = f"none of the {rows} rows of column {prompt.column} is usable in {where}: {reasons}"
+    setting = "messages_column" if prompt.mode == "chat" else "text_column"
+    raise DistilleryError(
+        message, hint=f"check the column ({setting}) and the data: each chunk's .stats.json lists its skipped rows"
+    )
+
+
+def _write_jsonl(manifest: Manifest, staging: StagingFile) -> None:
+    for chunk in ordered_chunks(manifest):
+        with open(chunk_output(manifest, chunk), "rb") as part:
+            while block := part.read(16 << 20):
+                staging.write(block)
+
+
+def _write_parquet(manifest: Manifest, staging: StagingFile) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    staging = output.parent / f".{output.name}.writing-{os.getpid()}"
     writer = None
     try:
         for chunk in ordered_chunks(manifest):
@@ -65,13 +89,13 @@ def _write_parquet(manifest: Manifest, output: Path) -> None:
     finally:
         if writer is not None:
             writer.close()
-    if writer is None:
-        raise DistilleryError("no row was generated: nothing to write", output, "see skipped rows in the chunk stats")
-    os.replace(staging, output)
 
 
-def summarize(manifest: Manifest) -> dict:
-    chunk_stats = [json.loads(stats_file(chunk_output(manifest, c)).read_text()) for c in ordered_chunks(manifest)]
+def _chunk_stats(manifest: Manifest) -> list[dict]:
+    return [json.loads(stats_file(chunk_output(manifest, c)).read_text()) for c in ordered_chunks(manifest)]
+
+
+def summarize(manifest: Manifest, chunk_stats: list[dict]) -> dict:
     reasons = Counter(skip["skipped"] for stats in chunk_stats for skip in stats["skipped"])
     completion_tokens = sum(s["completion_tokens"] for s in chunk_stats)
     generate_seconds = sum(s["generate_seconds"] for s in chunk_stats)
@@ -120,13 +144,15 @@ def summarize(manifest: Manifest) -> dict:
 
 def build_dataset(manifest: Manifest, output: Path, summary_path: Path, output_format: str) -> dict:
     _check_complete(manifest)
+    chunk_stats = _chunk_stats(manifest)
+    _refuse_no_usable_row(manifest, chunk_stats)
     output, summary_path = Path(output), Path(summary_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    summary = summarize(manifest)
-    if output_format == "parquet":
-        _write_parquet(manifest, output)
-    else:
-        _write_jsonl(manifest, output)
+    summary = summarize(manifest, chunk_stats)
     summary["output"] = {"path": str(output), "format": output_format}
-    atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
+    write = _write_parquet if output_format == "parquet" else _write_jsonl
+    with disk_full_as_error(output, _RERUN_HINT), atomic_output_file(output) as staging:
+        write(manifest, staging)
+    with disk_full_as_error(summary_path, _RERUN_HINT):
+        atomic_write_text(summary_path, json.dumps(summary, indent=1) + "\n")
     return summary

@@ -3,16 +3,19 @@
 Every line of `chunks/{part}/{start}-{stop}.jsonl` is one (row, sample) record; its JSON schema is
 `workflow_scripts/schemas/kd_record.schema.json`. The side file `.{start}-{stop}.jsonl.partial` holds the same
 records plus one line per skipped row, in the order rows finished; a row's lines are written in one piece, so a
-kill leaves at most one torn row at the end, which recovery cuts off.
+kill leaves at most one torn row at the end, which recovery cuts off. A line that is JSON but not a record or a skip
+line (a key missing, a wrong type: a hand edit, another program's file) is treated the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import disk_full_as_error, write_all
 from ..errors import DistilleryError
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "kd_record.schema.json"
@@ -28,6 +31,25 @@ def stats_file(output: Path) -> Path:
 
 def skip_line(row_index: int, row_id: str, reason: str, detail: str) -> dict:
     return {"skipped": reason, "detail": detail, "row_index": row_index, "id": row_id}
+
+
+SKIP_LINE_FIELDS = {"skipped": str, "detail": str, "row_index": int, "id": str}
+_JSON_TYPES = {"integer": int, "string": str}
+
+
+@functools.cache
+def record_fields() -> dict[str, type]:
+    """The required keys of a record and their Python types, from the record schema."""
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return {key: _JSON_TYPES.get(schema["properties"][key].get("type"), str) for key in schema["required"]}
+
+
+def is_side_file_line(line: object) -> bool:
+    """Whether a parsed side-file line is a whole record or skip line (bool is no integer here)."""
+    if not isinstance(line, dict):
+        return False
+    fields = SKIP_LINE_FIELDS if "skipped" in line else record_fields()
+    return all(isinstance(line.get(key), kind) and not isinstance(line.get(key), bool) for key, kind in fields.items())
 
 
 @dataclass
@@ -56,8 +78,10 @@ def recover(path: Path, samples_per_row: int) -> Recovered:
                 break  # torn by a kill
             try:
                 line = json.loads(raw)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 break
+            if not is_side_file_line(line):
+                break  # not a line we wrote: cut it and what follows, as a torn row
             offset += len(raw)
             row = line["row_index"]
             if "skipped" in line:
@@ -71,8 +95,14 @@ def recover(path: Path, samples_per_row: int) -> Recovered:
     return recovered
 
 
+RESUME_HINT = "free space on its file system and run the chunk job again: it resumes from the rows already saved"
+
+
 class SideFile:
-    """Appends finished rows to the side file, flushed at once and synced to disk every few seconds."""
+    """Appends finished rows to the side file, each row in one `os.write` loop, synced to disk every few seconds.
+
+    Nothing is buffered here: a row is written or (disk full, kill) torn at the end, where recovery cuts it off.
+    """
 
     def __init__(self, path: Path, complete_bytes: int, sync_seconds: float = 5.0) -> None:
         import fcntl
@@ -80,25 +110,27 @@ class SideFile:
 
         self.path = path
         self._time = time.monotonic
-        self.handle = open(path, "ab")  # noqa: SIM115 (held open for the whole job)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.close()
+            os.close(self.fd)
             raise DistilleryError("another process is writing this chunk", path, "wait for it or stop it") from None
-        self.handle.truncate(complete_bytes)
-        self.handle.seek(complete_bytes)
+        os.ftruncate(self.fd, complete_bytes)
         self.sync_seconds = sync_seconds
         self._last_sync = self._time()
 
     def append(self, lines: list[dict]) -> None:
-        self.handle.write(b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines))
-        self.handle.flush()
-        if self._time() - self._last_sync >= self.sync_seconds:
-            os.fsync(self.handle.fileno())
-            self._last_sync = self._time()
+        row = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)
+        with disk_full_as_error(self.path, RESUME_HINT):
+            write_all(self.fd, row)
+            if self._time() - self._last_sync >= self.sync_seconds:
+                os.fsync(self.fd)
+                self._last_sync = self._time()
 
     def close(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        try:
+            with disk_full_as_error(self.path, RESUME_HINT):
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..architectures.architecture import load_config
+from ..architectures.remote_code import allow_remote_code
 from ..errors import DistilleryError, first_line
 
 
@@ -20,6 +21,7 @@ def build_meta_model(folder: str | Path, trust_remote_code: bool = False) -> nn.
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
+    trust_remote_code = allow_remote_code(folder, trust_remote_code)
     if trust_remote_code:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
     else:

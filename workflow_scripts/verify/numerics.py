@@ -41,7 +41,9 @@ class LogitComparison:
     num_positions: int
 
 
-def load_model_float32(folder: Path, config_folder: Path | None = None, own_reader: bool = False):
+def load_model_float32(
+    folder: Path, config_folder: Path | None = None, own_reader: bool = False, trust_remote_code: bool = False
+):
     """Load a model folder in float32 with transformers, as a user of the folder would.
 
     With `own_reader` (for a reference, i.e. a conversion's source) a folder transformers cannot open, such as
@@ -58,16 +60,18 @@ def load_model_float32(folder: Path, config_folder: Path | None = None, own_read
         warnings.simplefilter("ignore")
         if loadable or not own_reader:
             try:
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=torch.float32, local_files_only=True, trust_remote_code=trust_remote_code
+                )
             except pickle.UnpicklingError as exc:
                 raise pickle_refusal(exc, folder) from None
             except (OSError, ValueError, RuntimeError, KeyError) as exc:
                 message = first_line(exc)
                 raise DistilleryError(f"transformers cannot load it ({message})", folder) from None
             return model.eval()
-        config = load_config(folder if (folder / "config.json").is_file() else config_folder)
+        config = load_config(folder if (folder / "config.json").is_file() else config_folder, trust_remote_code)
         checkpoint = hf_checkpoint.open_checkpoint(folder)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
         state = {name: tensor.load().float() for name, tensor in checkpoint.tensors.items()}
         result = model.load_state_dict(state, strict=False)
         tied = set(getattr(model, "all_tied_weights_keys", None) or {})
@@ -81,11 +85,13 @@ def load_model_float32(folder: Path, config_folder: Path | None = None, own_read
         return model.eval()
 
 
-def probe_token_ids(folder: Path, prompts: tuple[str, ...] | list[str], vocab_size: int) -> list[list[int]]:
+def probe_token_ids(
+    folder: Path, prompts: tuple[str, ...] | list[str], vocab_size: int, trust_remote_code: bool = False
+) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
         return [tokenizer(prompt)["input_ids"] for prompt in prompts]
     except Exception:  # noqa: BLE001 - without a tokenizer, fixed token ids still exercise every weight
         generator = torch.Generator().manual_seed(0)
@@ -151,12 +157,13 @@ def check_numerics(
     reference_path: Path,
     prompts: tuple[str, ...] | list[str] = PROBE_PROMPTS,
     tolerances: dict[str, float] | None = None,
+    trust_remote_code: bool = False,
 ) -> Check:
     tolerances = {**TOLERANCES, **(tolerances or {})}
     title = "logits match the reference"
     maxtext = looks_like_orbax(reference_path)
     try:
-        model = load_model_float32(model_path)
+        model = load_model_float32(model_path, trust_remote_code=trust_remote_code)
         if maxtext:
             reference = load_maxtext_reference(reference_path, model_path)
         elif is_titan_checkpoint(reference_path):
@@ -166,13 +173,15 @@ def check_numerics(
                 return Check("numerics", SKIP, title, _NO_TORCHTITAN, {"reference": str(reference_path)})
             reference = load_titan_reference(reference_path, model_path)
         else:
-            reference = load_model_float32(reference_path, config_folder=model_path, own_reader=True)
+            reference = load_model_float32(
+                reference_path, config_folder=model_path, own_reader=True, trust_remote_code=trust_remote_code
+            )
     except DistilleryError as exc:
         return Check("numerics", FAIL, title, str(exc))
     dtype = stored_float_dtype(model_path)
     if dtype != "float32" and not maxtext:
         round_weights(reference, getattr(torch, dtype))
-    token_ids = probe_token_ids(model_path, prompts, model.config.vocab_size)
+    token_ids = probe_token_ids(model_path, prompts, model.config.vocab_size, trust_remote_code)
     try:
         comparison = compare_logits(model, reference, token_ids)
     except RuntimeError as exc:

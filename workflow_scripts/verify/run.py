@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..architectures.remote_code import allow_remote_code
 from .numerics import check_numerics
 from .report import FAIL, PASS, SKIP, WARN, Check, Report
 from .settings import PROBE_PROMPTS
@@ -18,15 +19,17 @@ def verify_model(
     probe_prompts: list[str] | tuple[str, ...] = PROBE_PROMPTS,
     tolerances: dict[str, float] | None = None,
     plan_reports: list[Path] | tuple[Path, ...] = (),
+    trust_remote_code: bool = False,
 ) -> Report:
     model_path = Path(model_path)
-    checks = run_static_checks(model_path, expect_single_file=expect_single_file)
+    trust_remote_code = allow_remote_code(model_path, trust_remote_code)
+    checks = run_static_checks(model_path, expect_single_file=expect_single_file, trust_remote_code=trust_remote_code)
     if reference_path is None:
         checks.append(Check("numerics", SKIP, "logits match the reference", "no --reference given"))
     elif any(check.status == FAIL for check in checks):
         checks.append(Check("numerics", SKIP, "logits match the reference", "skipped: earlier checks failed"))
     else:
-        checks.append(check_numerics(model_path, Path(reference_path), probe_prompts, tolerances))
+        checks.append(check_numerics(model_path, Path(reference_path), probe_prompts, tolerances, trust_remote_code))
     checks += [parallel_check(Path(path)) for path in plan_reports]
     return Report(
         model_path=str(model_path),

@@ -89,9 +89,9 @@ def check_headers(checkpoint: HFCheckpoint) -> Check:
     return Check("safetensors_headers", PASS if count else SKIP, "safetensors headers valid", f"{count} file(s)")
 
 
-def check_config(folder: Path):
+def check_config(folder: Path, trust_remote_code: bool = False):
     try:
-        config = load_config(folder)
+        config = load_config(folder, trust_remote_code)
     except DistilleryError as exc:
         return Check("config", FAIL, "config.json sane", str(exc)), None
     problems = []
@@ -115,11 +115,11 @@ def check_config(folder: Path):
     return Check("config", PASS, "config.json sane", detail), config
 
 
-def check_tokenizer_vocab(folder: Path, config) -> Check:
+def check_tokenizer_vocab(folder: Path, config, trust_remote_code: bool = False) -> Check:
     try:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is reported, not raised
         message = first_line(exc)
         return Check("tokenizer", FAIL, "tokenizer loads", message)
@@ -193,12 +193,14 @@ def check_finite(checkpoint: HFCheckpoint) -> Check:
     return Check("finite", PASS, "no NaN/Inf in weights", f"{len(checkpoint.tensors)} tensors scanned")
 
 
-def run_static_checks(folder: str | Path, expect_single_file: bool = False, scan_values: bool = True) -> list[Check]:
+def run_static_checks(
+    folder: str | Path, expect_single_file: bool = False, scan_values: bool = True, trust_remote_code: bool = False
+) -> list[Check]:
     folder = Path(folder)
     if not folder.is_dir():
         return [Check("model_folder", FAIL, "model folder exists", f"{folder} is not a folder")]
     checks = check_files(folder)
-    config_check, config = check_config(folder)
+    config_check, config = check_config(folder, trust_remote_code)
     checks.append(config_check)
     weights_check, checkpoint = check_weights(folder, expect_single_file)
     checks.append(weights_check)
@@ -207,7 +209,7 @@ def run_static_checks(folder: str | Path, expect_single_file: bool = False, scan
     checks.append(check_leftovers(folder, checkpoint))
     checks.append(check_headers(checkpoint))
     if config is not None:
-        checks.append(check_tokenizer_vocab(folder, config))
+        checks.append(check_tokenizer_vocab(folder, config, trust_remote_code))
         checks.extend(check_tensors(checkpoint, config))
     if scan_values:
         checks.append(check_finite(checkpoint))

@@ -80,6 +80,8 @@ def icm_flags(settings: dict) -> str:
         flags.append("--score-unlabeled" if settings["score_unlabeled"] else "--no-score-unlabeled")
     if settings.get("enforce_eager"):
         flags.append("--enforce-eager")
+    if settings.get("trust_remote_code"):
+        flags.append("--trust-remote-code")
     if settings.get("tokenizer"):
         flags.append(f"--tokenizer {shlex.quote(settings['tokenizer'])}")
     server = settings.get("server", {})

@@ -64,6 +64,37 @@ def manifest_is_current(manifest_path: str, plan: KdJobWiring) -> bool:
     return all(os.stat(file).st_mtime <= written for file in files)
 
 
+def chunk_files(job_folder: str, chunks) -> list[str]:
+    """The two files of each of a manifest's chunks (kd/{job}/chunks/{part}/{start}-{stop}.jsonl, .stats.json)."""
+    return [f"{job_folder}/chunks/{chunk.name}{suffix}" for chunk in chunks for suffix in (".jsonl", ".stats.json")]
+
+
+def missing_chunk_files(plan: KdJobWiring, job_folder: str, dataset_outputs: list[str]) -> list[str]:
+    """The chunk files missing beside a finished dataset. As targets they make Snakemake redo them (and then the
+    dataset): it remakes a missing file only where a target or a job that runs needs it, and the dataset is up
+    to date. Only the missing ones (one stat per file): every chunk a target would double the chunk lookups of
+    planning. An unfinished dataset, or one without a current manifest, runs anyway and needs its chunks itself.
+    """
+    from ..kd.manifest import load_manifest
+
+    manifest = f"{job_folder}/manifest.json"
+    if not all(os.path.exists(path) for path in dataset_outputs) or not manifest_is_current(manifest, plan):
+        return []
+    return [path for path in chunk_files(job_folder, load_manifest(manifest).chunks) if not os.path.exists(path)]
+
+
+def check_teachers(plans: dict[str, KdJobWiring], jobs: dict[str, dict], model_names) -> None:
+    """Refuse, before anything runs, a job whose teacher is neither a model of `models:` nor a folder (a served
+    model's name is fine for engine openai): found at run time, it would fail only after the jobs before it."""
+    for name, plan in plans.items():
+        if plan.model_is_built or os.path.isdir(plan.model_path) or jobs[name]["engine"]["kind"] == "openai":
+            continue
+        raise DistilleryError(
+            f"kd job {name!r}: model {plan.model_path!r} is neither a model of this workflow nor a folder",
+            hint=f"use one of {', '.join(model_names) or '(no models)'} or an HF model folder",
+        )
+
+
 def expand(value: str, where: str) -> str:
     expanded = os.path.expandvars(value)
     unset = _UNSET_VARIABLE.search(expanded)
