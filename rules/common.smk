@@ -2,18 +2,15 @@
 import shlex
 from pathlib import Path
 
+from workflow_scripts.verify import settings as verify_settings
+from workflow_scripts.workflow import formats
 from workflow_scripts.workflow import resources as sizing
-from workflow_scripts.workflow.model_targets import names_regex, model_targets
+from workflow_scripts.workflow.model_targets import model_targets
 
 RESULTS = config["results"]
 WORK = config["work"]
 VERIFY = config["verify"]
 MODELS = model_targets(config["models"])
-HF_MODELS = names_regex(MODELS, "hf")
-DEEPSPEED_MODELS = names_regex(MODELS, "deepspeed")
-MAXTEXT_MODELS = names_regex(MODELS, "maxtext")
-MAXTEXT_FULL_STATE_MODELS = names_regex(MODELS, "maxtext", full_state=True)
-TITAN_MODELS = names_regex(MODELS, "titan")
 
 
 wildcard_constraints:
@@ -26,6 +23,11 @@ wildcard_constraints:
     start="\\d{9}",
     stop="\\d{9}",
     dataset="[^/]+",
+
+
+def models_of_rule(name):
+    """A wildcard constraint: the models whose format the named convert step builds."""
+    return formats.models_of_rule(MODELS, name)
 
 
 def model_config(model):
@@ -45,122 +47,77 @@ def stored(path):
     return storage(path) if path.startswith(("s3://", "gs://", "gcs://")) else path
 
 
+def local_only(path):
+    """A path as an input Snakemake can check; a gs:// path is passed as a parameter only."""
+    return [] if "://" in path else path
+
+
 def source_path(wildcards):
     return stored(MODELS[wildcards.model].source)
 
 
 def local_source(wildcards):
-    """The source as an input Snakemake can check; a gs:// source is passed as a parameter only."""
-    source = source_path(wildcards)
-    return [] if "://" in source else source
+    return local_only(source_path(wildcards))
 
 
-def maxtext_param_only_path(wildcards):
-    """The param-only checkpoint maxtext_to_hf converts: made by maxtext_param_only, or the source itself."""
-    plan = MODELS[wildcards.model]
+def prepared_path(wildcards):
+    return formats.prepared_path(MODELS[wildcards.model], RESULTS)
+
+
+def conversion_path(wildcards):
+    """The checkpoint a conversion reads (what its preparing step made, or the source itself)."""
+    return formats.conversion_input(MODELS[wildcards.model], RESULTS)
+
+
+def conversion_input(wildcards):
+    return local_only(conversion_path(wildcards))
+
+
+def conversion_extra_inputs(wildcards):
+    """Files a conversion reads besides the checkpoint (a TorchTitan config and tokenizer)."""
+    target = MODELS[wildcards.model]
+    return formats.format_of(target).extra_inputs(target)
+
+
+def conversion_flags(wildcards):
+    return formats.conversion_flags(MODELS[wildcards.model])
+
+
+def _sized_checkpoint(wildcards, input):
+    """The checkpoint as the job sees it (a bucket's local copy), else the path a converter reads itself."""
     return (
-        f"{RESULTS}/models/{wildcards.model}/param_only"
-        if plan.full_state
-        else plan.source
+        str(input.checkpoint) if input.get("checkpoint") else conversion_path(wildcards)
     )
 
 
-def maxtext_param_only_input(wildcards):
-    path = maxtext_param_only_path(wildcards)
-    return [] if "://" in path else path
+def conversion_mem_mb(wildcards, input):
+    return formats.conversion_mem_mb(
+        MODELS[wildcards.model], _sized_checkpoint(wildcards, input)
+    )
 
 
-def maxtext_flags(wildcards):
-    settings = model_config(wildcards.model)
-    source = settings["source"]
-    dtype = "bfloat16" if settings["dtype"] == "original" else settings["dtype"]
-    flags = [
-        f"--model-size {shlex.quote(source['model_size'])}",
-        f"--dtype {dtype}",
-        f"--max-shard-size {settings['max_shard_size']}",
-    ]
-    if source.get("config"):
-        flags.append(f"--config {shlex.quote(source['config'])}")
-    if source.get("tokenizer"):
-        flags.append(f"--tokenizer-path {shlex.quote(source['tokenizer'])}")
-    return " ".join(flags)
+def conversion_runtime_min(wildcards, input):
+    return formats.conversion_runtime_min(
+        MODELS[wildcards.model], _sized_checkpoint(wildcards, input)
+    )
 
 
 def reference_path(wildcards):
     """The numeric reference for verify_model: the model's own source by default."""
-    reference = (
-        model_config(wildcards.model).get("verify", {}).get("reference", "source")
-    )
-    if reference == "none":
-        return []
-    if reference != "source":
-        return stored(reference)
-    plan = MODELS[wildcards.model]
-    if plan.format == "maxtext":
-        # MaxText's math on the param-only arrays (verify/maxtext_reference.py); local checkpoints only.
-        return maxtext_param_only_input(wildcards)
-    # A DeepSpeed checkpoint is a reference only where HF Trainer also saved model weights beside it.
-    if plan.format == "deepspeed":
-        # Imported here: the module loads torch, which every parse of the Snakefile would pay for.
-        from workflow_scripts.formats.hf_checkpoint import has_hf_weights
-
-        if not has_hf_weights(Path(plan.source)):
-            return []
-    return stored(plan.source)
+    reference = formats.reference(MODELS[wildcards.model], RESULTS)
+    return [] if reference is None else stored(reference)
 
 
 def reference_flag(wildcards, input):
     return f"--reference {input.reference}" if input.get("reference") else ""
 
 
-def consolidate_flags(wildcards):
-    settings = model_config(wildcards.model)
-    flags = [f"--max-shard-size {settings['max_shard_size']}"]
-    if settings["dtype"] == "original":
-        flags.append("--keep-original-precision")
-    else:
-        flags.append(f"--dtype {settings['dtype']}")
-    if settings["weights_format"] == "pytorch_bin":
-        flags.append("--pytorch-bin")
-    if settings.get("base_model"):
-        flags.append(f"--base-model-name {settings['base_model']}")
-    if settings["source"].get("trust_pickle"):
-        flags.append("--trust-pickle")
-    return " ".join(flags)
-
-
-def titan_inputs(wildcards):
-    """The config and tokenizer a TorchTitan conversion reads besides the checkpoint."""
-    source = model_config(wildcards.model)["source"]
-    return [source[key] for key in ("config", "tokenizer") if source.get(key)]
-
-
-def titan_flags(wildcards):
-    settings = model_config(wildcards.model)
-    source = settings["source"]
-    flags = [f"--max-shard-size {settings['max_shard_size']}"]
-    if settings["dtype"] == "original":
-        flags.append("--keep-original-precision")
-    else:
-        flags.append(f"--dtype {settings['dtype']}")
-    for key in ("config", "flavor", "tokenizer"):
-        if source.get(key):
-            flags.append(f"--{key} {shlex.quote(str(source[key]))}")
-    if not source.get("tokenizer") and settings.get("base_model"):
-        flags.append(f"--tokenizer {settings['base_model']}")
-    return " ".join(flags)
-
-
 def verify_flags(wildcards):
-    flags = [
-        f"--probe-prompt {shlex.quote(prompt)}" for prompt in VERIFY["probe_prompts"]
-    ]
-    flags += [
-        f"--tolerance {dtype}={value}" for dtype, value in VERIFY["tolerances"].items()
-    ]
-    if VERIFY["expect_single_file"]:
-        flags.append("--expect-single-file")
-    return " ".join(flags + trust_remote_code_flag(wildcards.model))
+    settings = verify_settings.for_model(
+        VERIFY, model_config(wildcards.model).get("verify")
+    )
+    argv = verify_settings.to_argv(settings) + trust_remote_code_flag(wildcards.model)
+    return shlex.join(argv)
 
 
 def tiny_model_flags(wildcards):

@@ -4,7 +4,7 @@
 
 rule hf_merge:
     input:
-        source_path,
+        checkpoint=source_path,
     output:
         directory(f"{RESULTS}/models/{{model}}/hf"),
     log:
@@ -12,17 +12,18 @@ rule hf_merge:
     benchmark:
         f"{RESULTS}/benchmarks/hf_merge/{{model}}.tsv"
     wildcard_constraints:
-        model=HF_MODELS,
+        model=models_of_rule("hf_merge"),
     conda:
         "../envs/convert-torch.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, input: sizing.merge_mem_mb(input[0]),
-        runtime=lambda wildcards, input: sizing.merge_runtime_min(input[0]),
+        mem_mb=conversion_mem_mb,
+        runtime=conversion_runtime_min,
     params:
-        flags=consolidate_flags,
+        flags=conversion_flags,
     shell:
-        "distillery consolidate --input {input} --output {output} --type hf_sharded {params.flags} > {log} 2>&1"
+        "distillery consolidate --input {input.checkpoint} --output {output} --type hf_sharded {params.flags}"
+        " > {log} 2>&1"
 
 
 rule deepspeed_consolidate:
@@ -35,15 +36,15 @@ rule deepspeed_consolidate:
     benchmark:
         f"{RESULTS}/benchmarks/deepspeed_consolidate/{{model}}.tsv"
     wildcard_constraints:
-        model=DEEPSPEED_MODELS,
+        model=models_of_rule("deepspeed_consolidate"),
     conda:
         "../envs/convert-torch.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, input: sizing.deepspeed_mem_mb(input.checkpoint),
-        runtime=lambda wildcards, input: sizing.merge_runtime_min(input.checkpoint),
+        mem_mb=conversion_mem_mb,
+        runtime=conversion_runtime_min,
     params:
-        flags=consolidate_flags,
+        flags=conversion_flags,
     shell:
         "distillery consolidate --input {input.checkpoint} --output {output} --type deepspeed {params.flags}"
         " > {log} 2>&1"
@@ -59,7 +60,7 @@ rule maxtext_param_only:
     benchmark:
         f"{RESULTS}/benchmarks/maxtext_param_only/{{model}}.tsv"
     wildcard_constraints:
-        model=MAXTEXT_FULL_STATE_MODELS,
+        model=models_of_rule("maxtext_param_only"),
     conda:
         "../envs/convert-jax.yaml"
     threads: 4
@@ -77,7 +78,7 @@ rule maxtext_param_only:
 
 rule maxtext_to_hf:
     input:
-        checkpoint=maxtext_param_only_input,
+        checkpoint=conversion_input,
     output:
         directory(f"{RESULTS}/models/{{model}}/hf"),
     log:
@@ -85,20 +86,16 @@ rule maxtext_to_hf:
     benchmark:
         f"{RESULTS}/benchmarks/maxtext_to_hf/{{model}}.tsv"
     wildcard_constraints:
-        model=MAXTEXT_MODELS,
+        model=models_of_rule("maxtext_to_hf"),
     conda:
         "../envs/convert-jax.yaml"
     threads: 4
     resources:
-        mem_mb=lambda wildcards: sizing.maxtext_to_hf_mem_mb(
-            maxtext_param_only_path(wildcards)
-        ),
-        runtime=lambda wildcards: sizing.maxtext_runtime_min(
-            maxtext_param_only_path(wildcards)
-        ),
+        mem_mb=conversion_mem_mb,
+        runtime=conversion_runtime_min,
     params:
-        checkpoint=maxtext_param_only_path,
-        flags=maxtext_flags,
+        checkpoint=conversion_path,
+        flags=conversion_flags,
     shell:
         "distillery maxtext-to-hf --orbax-checkpoint {params.checkpoint} --hf-model-path {output}"
         " {params.flags} > {log} 2>&1"
@@ -107,7 +104,7 @@ rule maxtext_to_hf:
 rule titan_to_hf:
     input:
         checkpoint=source_path,
-        extra=titan_inputs,
+        extra=conversion_extra_inputs,
     output:
         directory(f"{RESULTS}/models/{{model}}/hf"),
     log:
@@ -115,14 +112,14 @@ rule titan_to_hf:
     benchmark:
         f"{RESULTS}/benchmarks/titan_to_hf/{{model}}.tsv"
     wildcard_constraints:
-        model=TITAN_MODELS,
+        model=models_of_rule("titan_to_hf"),
     conda:
         "../envs/convert-torch.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, input: sizing.titan_mem_mb(input.checkpoint),
-        runtime=lambda wildcards, input: sizing.merge_runtime_min(input.checkpoint),
+        mem_mb=conversion_mem_mb,
+        runtime=conversion_runtime_min,
     params:
-        flags=titan_flags,
+        flags=conversion_flags,
     shell:
         "distillery titan-to-hf --input {input.checkpoint} --output {output} {params.flags} > {log} 2>&1"

@@ -311,7 +311,7 @@ def test_next_scanned_array_is_spooled_while_the_current_one_is_handed_out(param
     try:
         arrays.layer(first, 0)
         spool = tmp_path / f".spool-{second}"
-        expected_size = np.prod(checkpoint.shape(second)) * 2
+        expected_size = np.prod(checkpoint.tensors[second].shape) * 2
         deadline = time.monotonic() + 60
         while not (spool.is_file() and spool.stat().st_size == expected_size) and time.monotonic() < deadline:
             time.sleep(0.05)

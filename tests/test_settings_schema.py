@@ -95,3 +95,38 @@ def test_every_schema_key_is_a_setting(section):
 def test_the_icm_job_defaults_are_the_schema_defaults():
     keys = schema_keys(SECTIONS["icm.jobs"][0])
     assert {key: keys[key] for key in JOB_DEFAULTS} == JOB_DEFAULTS
+
+
+# --- conversion and verification settings (models.NAME and verify:) ---------------------------------------------
+
+
+def schema_default(section: dict, dotted: str):
+    """The default the schema declares at a dotted key below `section` (a schema with `properties`)."""
+    *parents, key = dotted.split(".")
+    for name in parents:
+        section = section["properties"][name]
+    return section["properties"][key].get("default")
+
+
+def model_schema() -> dict:
+    return SCHEMA["properties"]["models"]["additionalProperties"]
+
+
+def test_model_schema_defaults_equal_the_conversion_options_defaults():
+    """consolidate's and titan-to-hf's options read a model entry; where the schema has a default, it is theirs."""
+    from workflow_scripts.convert.options import ConsolidateOptions, TitanToHFOptions
+
+    for options in (ConsolidateOptions, TitanToHFOptions):
+        for key, default in config_defaults(options).items():
+            if key.startswith("source."):
+                continue  # source keys have no schema defaults (see the schema's note on oneOf)
+            assert schema_default(model_schema(), key) == default, (options.__name__, key)
+
+
+def test_verify_schema_defaults_equal_the_verify_settings_defaults():
+    """One definition of the probe prompts and tolerances: the schema documents the settings' own."""
+    from workflow_scripts.verify.settings import VerifySettings
+
+    verify = SCHEMA["properties"]["verify"]
+    for key, default in config_defaults(VerifySettings).items():
+        assert schema_default(verify, key) == default, key

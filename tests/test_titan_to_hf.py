@@ -24,8 +24,8 @@ from titan_models import (  # noqa: E402
 )
 
 from workflow_scripts.architectures.tiny import train_tokenizer  # noqa: E402
-from workflow_scripts.convert import titan_names  # noqa: E402
 from workflow_scripts.convert.titan_flavors import FLAVORS  # noqa: E402
+from workflow_scripts.formats import titan_names  # noqa: E402
 from workflow_scripts.formats.dcp import TitanCheckpoint  # noqa: E402
 
 pytest.importorskip("torchtitan", reason="install with: pip install --no-deps torchtitan==0.3.0")
@@ -341,7 +341,7 @@ def test_verify_catches_a_conversion_without_the_rotary_permutation(converted_ll
 
     source, output = converted_llama
     weights = load_file(output / "model.safetensors")
-    q = TitanCheckpoint(source).load("layers.0.attention.qkv_linear.wq.weight")
+    q = TitanCheckpoint(source).tensors["layers.0.attention.qkv_linear.wq.weight"].load()
     weights["model.layers.0.self_attn.q_proj.weight"] = q.to(torch.bfloat16)  # TorchTitan's pair order, unpermuted
     save_file(weights, output / "model.safetensors", metadata={"format": "pt"})
     result = run_cli("verify", "--model-path", output, "--reference", source)

@@ -4,3 +4,6 @@ OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
 CONSOLIDATE_INPUT_TYPES = ("deepspeed", "hf_sharded", "auto")
 TINY_ARCHITECTURES = ("llama", "qwen3")
 TINY_LAYOUTS = ("safetensors", "safetensors_sharded", "bin", "bin_sharded", "bin_nested")
+ORIGINAL_DTYPE = "original"  # keep each tensor's stored dtype
+CONVERSION_DTYPES = (*OUTPUT_DTYPES, ORIGINAL_DTYPE)
+WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")

@@ -6,64 +6,39 @@ Flags keep the names of the scripts users migrate from (consolidate_for_vllm.py,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
-from ..choices import CONSOLIDATE_INPUT_TYPES, OUTPUT_DTYPES
 from ..errors import DistilleryError
+from ..setting import add_flags, from_args
 
 
 def _add_conversion_flags(parser: argparse.ArgumentParser) -> None:
     """The flags consolidate and batch-consolidate share, as consolidate_for_vllm.py names them."""
-    parser.add_argument("--type", dest="input_type", default="auto", choices=CONSOLIDATE_INPUT_TYPES)
-    parser.add_argument("--force", action="store_true", help="replace existing outputs")
-    parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
-    parser.add_argument(
-        "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
-    )
-    parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
-    parser.add_argument(
-        "--allow-overflow",
-        action="store_true",
-        help="clamp values beyond --dtype's range to its largest value (default: refuse them)",
-    )
-    fmt = parser.add_mutually_exclusive_group()
-    fmt.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
-    fmt.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
-    parser.set_defaults(weights_format="safetensors")
-    parser.add_argument(
-        "--base-model-name",
-        help="local folder (or model in the local HF cache) for config and tokenizer files the input lacks",
-    )
-    parser.add_argument(
-        "--validate-vllm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="check the output before it is moved into place (default: on)",
-    )
-    parser.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="unpickle DeepSpeed files fully, for classes outside distillery's allow-list (trusted files only)",
-    )
+    from ..convert.options import ConsolidateOptions
+
+    add_flags(parser, ConsolidateOptions)
+    _add_precision_alias(parser)
+    parser.add_argument("--safetensors", dest="weights_format", action="store_const", const="safetensors")
+    parser.add_argument("--pytorch-bin", dest="weights_format", action="store_const", const="pytorch_bin")
+
+
+def _add_precision_alias(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-original-precision", action="store_true",
+                        help="keep each tensor's dtype, whatever --dtype says (--dtype original)")  # fmt: skip
+
+
+def _options(cls, args: argparse.Namespace, **paths):
+    """A converter's options: its settings from the flags, with the paths and the command line set here."""
+    precision = {"dtype": "original"} if getattr(args, "keep_original_precision", False) else {}
+    settings = from_args(cls, args, **precision)
+    return dataclasses.replace(settings, command=["distillery", *args.argv], **paths)
 
 
 def _conversion_options(args: argparse.Namespace, **paths):
-    from ..convert.consolidate import ConsolidateOptions
+    from ..convert.options import ConsolidateOptions
 
-    return ConsolidateOptions(
-        input_type=args.input_type,
-        force=args.force,
-        dtype=args.dtype,
-        keep_original_precision=args.keep_original_precision,
-        max_shard_size=args.max_shard_size,
-        weights_format=args.weights_format,
-        base_model_name=args.base_model_name,
-        validate_vllm=args.validate_vllm,
-        trust_pickle=args.trust_pickle,
-        allow_overflow=args.allow_overflow,
-        command=["distillery", *args.argv],
-        **paths,
-    )
+    return _options(ConsolidateOptions, args, **paths)
 
 
 def _add_consolidate(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +146,7 @@ def _run_maxtext_param_only(args: argparse.Namespace) -> int:
 
 
 def _add_maxtext_to_hf(parser: argparse.ArgumentParser) -> None:
-    from ..choices import OUTPUT_DTYPES as dtypes
+    from ..convert.options import MaxTextToHFOptions
 
     parser.description = (
         "The flags of llama_mistral_mixtral_orbax_to_hf: map MaxText's parameter tree onto HF Llama "
@@ -179,46 +154,26 @@ def _add_maxtext_to_hf(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--orbax-checkpoint", required=True, help="param-only checkpoint: .../0/items (local or gs://)")
     parser.add_argument("--hf-model-path", required=True, type=Path, help="output folder")
-    parser.add_argument("--model-size", required=True, help="MaxText model name, e.g. llama3.1-1b, llama3.1-8b")
-    parser.add_argument("--config", type=Path, help="HF config.json giving the sizes of a model not in the table")
-    parser.add_argument("--tokenizer-path", type=Path, help="folder (or file) of the tokenizer to ship with the model")
-    parser.add_argument("--dtype", default="bfloat16", choices=dtypes, help="output precision (bfloat16)")
-    parser.add_argument("--rope-type", choices=["default", "llama3.1"],
-                        help="MaxText's rope_type where its config set one (default: from the model name)")  # fmt: skip
-    parser.add_argument("--no-normalize-embedding-logits", dest="normalize_embedding_logits", action="store_false",
-                        help="for tied embeddings: MaxText ran with normalize_embedding_logits=false")  # fmt: skip
-    parser.add_argument("--max-shard-size", default="5GB", help="largest weights file (5GB)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-    parser.add_argument("--validate-vllm", action=argparse.BooleanOptionalAction, default=True,
-                        help="check the output before it is moved into place (default: on)")  # fmt: skip
+    add_flags(parser, MaxTextToHFOptions)
     parser.set_defaults(handler=_run_maxtext_to_hf)
 
 
 def _run_maxtext_to_hf(args: argparse.Namespace) -> int:
-    from ..convert.maxtext_to_hf import MaxTextToHFOptions, convert_maxtext_to_hf
+    from ..convert.maxtext_to_hf import convert_maxtext_to_hf
+    from ..convert.options import MaxTextToHFOptions
 
-    options = MaxTextToHFOptions(
-        orbax_checkpoint=args.orbax_checkpoint,
-        hf_model_path=args.hf_model_path,
-        model_size=args.model_size,
-        config=args.config,
-        tokenizer_path=args.tokenizer_path,
-        dtype=args.dtype,
-        rope_type=args.rope_type,
-        normalize_embedding_logits=args.normalize_embedding_logits,
-        max_shard_size=args.max_shard_size,
-        force=args.force,
-        validate_vllm=args.validate_vllm,
-        command=["distillery", *args.argv],
-    )
+    options = _options(MaxTextToHFOptions, args, orbax_checkpoint=args.orbax_checkpoint,
+                       hf_model_path=args.hf_model_path)  # fmt: skip
     result = convert_maxtext_to_hf(options)
     files = ", ".join(f.name for f in result.files)
-    print(f"✓ {result.output}: {result.num_tensors} tensors of {args.model_size} "
+    print(f"✓ {result.output}: {result.num_tensors} tensors of {options.model_size} "
           f"(rope {result.math.rope_type}) into {files}")  # fmt: skip
     return 0
 
 
 def _add_titan_to_hf(parser: argparse.ArgumentParser) -> None:
+    from ..convert.options import TitanToHFOptions
+
     parser.description = (
         "Convert a TorchTitan checkpoint (torch.distributed.checkpoint folder or a .pt state dict, "
         "with the names of TorchTitan's vLLM guide or of torchtitan 0.3) into a vLLM-ready HF Llama or Qwen3 "
@@ -226,43 +181,16 @@ def _add_titan_to_hf(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--input", required=True, type=Path, help="DCP folder (e.g. checkpoint/step-1000) or .pt")
     parser.add_argument("--output", required=True, type=Path, help="output folder")
-    config = parser.add_mutually_exclusive_group()
-    config.add_argument("--config", type=Path, help="HF config.json of the model (or its folder)")
-    config.add_argument("--flavor", help="TorchTitan flavor, e.g. 8B, 0.6B, qwen3:1.7B, llama3:debugmodel")
-    parser.add_argument("--tokenizer", type=Path, help="folder with the tokenizer files to copy into the output")
-    parser.add_argument("--dtype", default="float32", choices=OUTPUT_DTYPES, help="output precision (float32)")
-    parser.add_argument(
-        "--keep-original-precision", action="store_true", help="keep each tensor's dtype (ignores --dtype)"
-    )
-    parser.add_argument("--max-shard-size", default="40GB", help="largest weights file, e.g. 40GB (default)")
-    parser.add_argument("--force", action="store_true", help="replace an existing output")
-    parser.add_argument(
-        "--validate-vllm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="check the output before it is moved into place (default: on)",
-    )
+    add_flags(parser, TitanToHFOptions)
+    _add_precision_alias(parser)
     parser.set_defaults(handler=_run_titan_to_hf)
 
 
 def _run_titan_to_hf(args: argparse.Namespace) -> int:
-    from ..convert.titan_to_hf import TitanToHFOptions, convert_titan_to_hf
+    from ..convert.options import TitanToHFOptions
+    from ..convert.titan_to_hf import convert_titan_to_hf
 
-    result = convert_titan_to_hf(
-        TitanToHFOptions(
-            input=args.input,
-            output=args.output,
-            config=args.config,
-            flavor=args.flavor,
-            tokenizer=args.tokenizer,
-            dtype=args.dtype,
-            keep_original_precision=args.keep_original_precision,
-            max_shard_size=args.max_shard_size,
-            force=args.force,
-            validate_vllm=args.validate_vllm,
-            command=["distillery", *args.argv],
-        )
-    )
+    result = convert_titan_to_hf(_options(TitanToHFOptions, args, input=args.input, output=args.output))
     print(f"✓ {result.output}: {result.num_tensors} tensors of a {result.layout.describe}, config from "
           f"{result.config_source}")  # fmt: skip
     return 0

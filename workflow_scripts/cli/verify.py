@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DistilleryError
+from ..verify.settings import add_verify_flags, verify_settings_from_args
 from .engine_flags import add_trust_remote_code
 
 
@@ -16,32 +17,11 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, help="write the JSON report here (a .md is written beside it)")
     parser.add_argument("--markdown", type=Path, help="where to write the Markdown report")
     parser.add_argument(
-        "--expect-single-file", action="store_true", help="fail if the weights are split over several files"
-    )
-    parser.add_argument("--probe-prompt", action="append", dest="probe_prompts", help="a prompt for the logits check")
-    parser.add_argument(
         "--plans", action="append", default=[], type=Path, help="a validate-plans JSON report to include (repeatable)"
     )
-    parser.add_argument(
-        "--tolerance",
-        action="append",
-        default=[],
-        metavar="DTYPE=VALUE",
-        help="max relative logit difference for weights stored in DTYPE, e.g. bfloat16=0.04",
-    )
+    add_verify_flags(parser)
     add_trust_remote_code(parser)
     parser.set_defaults(handler=_run_verify)
-
-
-def _parse_tolerances(items: list[str]) -> dict[str, float]:
-    tolerances = {}
-    for item in items:
-        dtype, _, value = item.partition("=")
-        try:
-            tolerances[dtype] = float(value)
-        except ValueError:
-            raise DistilleryError(f"--tolerance {item!r} is not DTYPE=NUMBER", hint="e.g. bfloat16=0.04") from None
-    return tolerances
 
 
 def _run_verify(args: argparse.Namespace) -> int:
@@ -52,15 +32,15 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise DistilleryError("no model given", hint="pass --model-path FOLDER")
     allow_remote_code(model_path, args.trust_remote_code)  # before torch is imported: a refusal is instant
 
-    from ..verify.numerics import DEFAULT_PROBE_PROMPTS
     from ..verify.run import verify_model
 
+    settings = verify_settings_from_args(args)
     report = verify_model(
         model_path,
         reference_path=args.reference,
-        expect_single_file=args.expect_single_file,
-        probe_prompts=args.probe_prompts or DEFAULT_PROBE_PROMPTS,
-        tolerances=_parse_tolerances(args.tolerance),
+        expect_single_file=settings.expect_single_file,
+        probe_prompts=settings.probe_prompts,
+        tolerances=settings.tolerances,
         plan_reports=args.plans,
         trust_remote_code=args.trust_remote_code,
     )

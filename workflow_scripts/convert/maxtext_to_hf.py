@@ -17,33 +17,30 @@ MaxText's tree (scanned layers are stacked on axis 1, MaxText's default `param_s
 Memory stays near one layer's tensor whatever the model's size, and each storage chunk is decoded once: MaxText
 shards scanned arrays along the embedding axis with all layers in every chunk, so a scanned array is decoded
 block by block into a spool file on disk, from which each layer is read back with positioned reads
-(`SpooledArray`); the embedding is decoded block by block straight into the output.
+(`SpooledArray`, in formats/maxtext_arrays.py); the embedding is decoded block by block straight into the output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .. import __version__
 from ..architectures.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
-from ..atomic import atomic_output_dir
-from ..choices import OUTPUT_DTYPES
+from ..choices import ORIGINAL_DTYPE
 from ..errors import DistilleryError
 from ..formats import hf_writer
 from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
-from ..formats.maxtext_arrays import StoredArrays
+from ..formats.maxtext_arrays import StoredArrays, as_torch
 from ..formats.safetensors_file import TensorPieces, TensorSpec
-from ..output_guard import check_output
-from ..progress import progress_bar
-from ..provenance import write_provenance
-from ..sizes import format_size, parse_size
+from .driver import ConversionPlan, ConversionRequest, check_request, run_conversion
 from .model_files import copy_model_files
+from .options import MaxTextToHFOptions
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +57,6 @@ _LAYER_PARAMS = (
     ("post_attention_layernorm.weight", "post_self_attention_layer_norm.scale"),
 )
 _SCANNED_PROBE = "decoder.layers.self_attention.query.kernel"
-
-
-@dataclass
-class MaxTextToHFOptions:
-    orbax_checkpoint: str
-    hf_model_path: Path
-    model_size: str
-    config: Path | None = None
-    tokenizer_path: Path | None = None
-    dtype: str = "bfloat16"
-    rope_type: str | None = None  # None: as MaxText picks it from the model name
-    normalize_embedding_logits: bool = True
-    max_shard_size: str = "5GB"
-    force: bool = False
-    validate_vllm: bool = True
-    command: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -150,7 +131,7 @@ def check_fits_size(checkpoint: MaxTextCheckpoint, math: MaxTextLlamaMath, scann
         )
     wrong = []
     for name, shape in expected.items():
-        actual = checkpoint.shape(name)
+        actual = checkpoint.tensors[name].shape
         if actual != shape:
             wrong.append(f"{name} is {list(actual)}, {math.model_size} expects {list(shape)}")
     if wrong:
@@ -167,18 +148,10 @@ def _deinterleave(kernel: torch.Tensor) -> torch.Tensor:
     return torch.cat([kernel[..., 0::2], kernel[..., 1::2]], dim=-1)
 
 
-def _as_torch(array: np.ndarray) -> torch.Tensor:
-    """A numpy array (bfloat16 ones are ml_dtypes') as a torch tensor of the same dtype, contiguous."""
-    array = np.ascontiguousarray(array)
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
-
-
 def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath, dtype: torch.dtype) -> torch.Tensor:
     """One layer's MaxText array -> the HF weight in `dtype` (transposes and reshapes are exact in any dtype)."""
     size = math.size
-    tensor = _as_torch(layer)
+    tensor = as_torch(layer)
     if mt_name == "self_attention.query.kernel":
         # MaxText's attention does not divide q·k by sqrt(head_dim); its query kernel carries that factor.
         tensor = tensor.float() * float(np.sqrt(size.head_dim))
@@ -235,15 +208,15 @@ def produce_tensor(arrays: StoredArrays, source: tuple, spec: TensorSpec, math: 
     stored, layer, kind = source
     dtype = spec.dtype
     if kind == "copy" and len(spec.shape) == 2:
-        return TensorPieces(_as_torch(block).to(dtype) for block in arrays.blocks(stored, axis=0))
+        return TensorPieces(as_torch(block).to(dtype) for block in arrays.blocks(stored, axis=0))
     if kind == "copy":
-        return _as_torch(arrays.whole(stored)).to(dtype)
+        return as_torch(arrays.whole(stored)).to(dtype)
     if kind == "transpose":
-        return TensorPieces(_as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
+        return TensorPieces(as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
     if kind == "normalized":
         # MaxText divides logits computed through the embedding by sqrt(emb_dim) (normalize_embedding_logits).
         scale = float(1.0 / np.sqrt(math.size.hidden_size))
-        return TensorPieces((_as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
+        return TensorPieces((as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
     layer_array = arrays.whole(stored) if layer is None else arrays.layer(stored, layer)
     return hf_layer_tensor(kind, layer_array, math, dtype)
 
@@ -276,65 +249,62 @@ def _return_freed_buffers_to_the_system() -> None:
 
 
 def convert_maxtext_to_hf(options: MaxTextToHFOptions) -> MaxTextToHFResult:
-    if options.dtype not in OUTPUT_DTYPES:
-        raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
-    inputs = (options.orbax_checkpoint, options.config, options.tokenizer_path)
-    check_output(options.hf_model_path, inputs, options.force)
-    max_shard_bytes = parse_size(options.max_shard_size)
+    # `original` is the precision of MaxText's param-only checkpoints: bfloat16.
+    dtype = "bfloat16" if options.dtype == ORIGINAL_DTYPE else options.dtype
+    request = ConversionRequest(options.hf_model_path, dtype, options.max_shard_size, options.force,
+                                options.validate_vllm, options.command, "maxtext-to-hf",
+                                inputs=(options.orbax_checkpoint, options.config, options.tokenizer_path))  # fmt: skip
+    check_request(request)
+    if not options.model_size:
+        raise DistilleryError("no --model-size", hint="pass the MaxText model name, e.g. llama3.1-8b")
     checkpoint = MaxTextCheckpoint(options.orbax_checkpoint)
     checkpoint.require(PARAM_ONLY)
     math_, scanned = read_math(checkpoint, options)
     check_fits_size(checkpoint, math_, scanned)
-    dtype = getattr(torch, options.dtype)
-    plan = plan_hf_tensors(math_, scanned, dtype)
-    total_bytes = sum(spec.nbytes for spec, _ in plan)
-    log.info("%s: %d tensors (%s) as %s", checkpoint.items, len(plan), format_size(total_bytes), options.dtype)
+    plan = conversion_plan(options, checkpoint, math_, scanned, dtype)
+    files = run_conversion(request, plan)
+    return MaxTextToHFResult(options.hf_model_path, len(plan.tensors), plan.total_bytes, files, math_)
 
-    sources = {spec.name: source for spec, source in plan}
-    with (
-        atomic_output_dir(options.hf_model_path, options.force, inputs) as staging,
-        progress_bar(total=total_bytes, unit="B", unit_scale=True, desc="maxtext-to-hf") as bar,
-    ):
+
+def conversion_plan(options: MaxTextToHFOptions, checkpoint: MaxTextCheckpoint, math_: MaxTextLlamaMath,
+                    scanned: bool, dtype: str) -> ConversionPlan:  # fmt: skip
+    """The HF tensors in the order that decodes each stored array once, the config and the tokenizer."""
+    planned = plan_hf_tensors(math_, scanned, getattr(torch, dtype))
+    sources = {spec.name: source for spec, source in planned}
+
+    @contextlib.contextmanager
+    def reading(staging: Path):
         _return_freed_buffers_to_the_system()
         # Decoded arrays are spooled inside the staging folder: removed with it whatever happens.
-        arrays = StoredArrays(checkpoint, staging, order=spooled_order(plan))
+        arrays = StoredArrays(checkpoint, staging, order=spooled_order(planned))
         try:
-            files = hf_writer.write_weights(
-                staging,
-                [spec for spec, _ in plan],
-                lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_),
-                max_shard_bytes,
-                progress=lambda spec: bar.update(spec.nbytes),
-            )
+            yield lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_)
         finally:
             arrays.close()
-        copied = _copy_tokenizer(options.tokenizer_path, staging)
-        config = hf_config(math_, options.dtype)
+
+    def write_model_files(staging: Path) -> dict:
+        tokenizer = Path(options.tokenizer_path) if options.tokenizer_path else None
+        copied = _copy_tokenizer(tokenizer, staging)
+        config = hf_config(math_, dtype)
         _take_token_ids(config, staging)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        write_provenance(
-            staging,
-            source={
-                "path": options.orbax_checkpoint,
-                "type": "maxtext",
-                "items": checkpoint.items,
-                "kind": checkpoint.kind,
-                "layout": f"{checkpoint.layout}, {'scanned' if scanned else 'unscanned'} layers",
-                "stored_bytes": checkpoint.stored_bytes(),
-                "tokenizer": str(options.tokenizer_path) if options.tokenizer_path else None,
-                "tokenizer_files": copied,
-            },
-            maxtext=math_.to_dict(),
-            conversion={"dtype": options.dtype, "max_shard_size": options.max_shard_size},
-            outputs=[vars(f) for f in files],
-            command=options.command,
-            tool_version=__version__,
-        )
-        if options.validate_vllm:
-            from .consolidate import validate_for_vllm
+        return {"tokenizer": str(tokenizer) if tokenizer else None, "tokenizer_files": copied}
 
-            validate_for_vllm(staging, options.hf_model_path)
-    return MaxTextToHFResult(options.hf_model_path, len(plan), total_bytes, files, math_)
+    return ConversionPlan(
+        tensors=[spec for spec, _ in planned],
+        reading=reading,
+        write_model_files=write_model_files,
+        source={
+            "path": options.orbax_checkpoint,
+            "type": "maxtext",
+            "items": checkpoint.items,
+            "kind": checkpoint.kind,
+            "layout": f"{checkpoint.layout}, {'scanned' if scanned else 'unscanned'} layers",
+            "stored_bytes": checkpoint.stored_bytes(),
+        },
+        conversion={"dtype": dtype, "max_shard_size": options.max_shard_size},
+        provenance={"maxtext": math_.to_dict()},
+    )
 
 
 def _copy_tokenizer(tokenizer_path: Path | None, staging: Path) -> list[str]:

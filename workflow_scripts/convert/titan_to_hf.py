@@ -4,54 +4,34 @@ The config comes from `--config` (an HF config.json), `--flavor` (TorchTitan's m
 `titan_flavors.py`) or a config.json inside the checkpoint folder (as TorchTitan's vLLM guide puts one there).
 Every output tensor is planned from the config's architecture before anything is read, so a missing key, a
 tensor whose shape the config contradicts, or a family mismatch is refused up front; then each tensor is read
-from the checkpoint alone, transformed (`titan_names.py`), cast and written before the next one is read.
+from the checkpoint alone, transformed (`formats/titan_names.py`), cast and written before the next one is read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..architectures.architecture import expected_weights
 from ..architectures.rope import LLAMA3_ROPE_SCALING
-from ..atomic import atomic_output_dir
-from ..choices import OUTPUT_DTYPES
+from ..choices import ORIGINAL_DTYPE
 from ..errors import DistilleryError
-from ..formats import hf_writer
+from ..formats import titan_names as names
 from ..formats.dcp import TitanCheckpoint
 from ..formats.safetensors_file import TensorSpec
-from ..output_guard import check_output
-from ..progress import progress_bar
-from ..provenance import write_provenance
-from ..sizes import parse_size
 from ..vllm_models import ARCHITECTURES, require_registered_architecture
-from . import titan_names as names
+from .driver import ConversionPlan, ConversionRequest, check_request, nothing_to_open, output_dtype, run_conversion
 from .model_files import copy_model_files
+from .options import TitanToHFOptions
 from .titan_flavors import check_family, find_flavor, hf_config_from_args
 
 log = logging.getLogger(__name__)
 
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-
-
-@dataclass
-class TitanToHFOptions:
-    input: Path
-    output: Path
-    config: Path | None = None
-    flavor: str | None = None
-    tokenizer: Path | None = None
-    dtype: str = "float32"
-    keep_original_precision: bool = False
-    max_shard_size: str = "40GB"
-    force: bool = False
-    validate_vllm: bool = True
-    command: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -95,7 +75,7 @@ def resolve_config(options: TitanToHFOptions, layout: names.TitanLayout):
     if options.flavor is not None:
         args = find_flavor(options.flavor, layout.family)
         return hf_config_from_args(args, layout.family), f"flavor {options.flavor}"
-    candidate = options.config
+    candidate = Path(options.config) if options.config is not None else None
     if candidate is None and options.input.is_dir() and (options.input / "config.json").is_file():
         candidate = options.input / "config.json"
     if candidate is None:
@@ -201,7 +181,7 @@ def _size_error(name: str, found, wanted, config_source: str) -> DistilleryError
 
 def _check_tied(checkpoint: TitanCheckpoint, output: str, embedding: str, config_source: str) -> None:
     """A tied model's output matrix must be its embedding; otherwise tying would silently change the model."""
-    if not torch.equal(checkpoint.load(output), checkpoint.load(embedding)):
+    if not torch.equal(checkpoint.tensors[output].load(), checkpoint.tensors[embedding].load()):
         raise DistilleryError(
             f"{config_source} ties the word embeddings, but {output} differs from {embedding}",
             checkpoint.path,
@@ -218,82 +198,73 @@ class _SourceCache:
 
     def tensor(self, planned: PlannedTensor) -> torch.Tensor:
         if planned.piece is None:
-            weights = [(planned.source, self.checkpoint.load(planned.source))]
+            weights = [(planned.source, self.checkpoint.tensors[planned.source].load())]
             return next(names.titan_weights_as_hf_layout(weights, self.family, self.shape))[1]
         if self._fused is None or self._fused[0] != planned.source:
-            weights = [(planned.source, self.checkpoint.load(planned.source))]
+            weights = [(planned.source, self.checkpoint.tensors[planned.source].load())]
             pieces = names.titan_weights_as_hf_layout(weights, self.family, self.shape)
             self._fused = (planned.source, {name.rsplit(".", 2)[-2]: t for name, t in pieces})
         return self._fused[1][planned.piece]
 
 
 def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
-    if options.dtype not in OUTPUT_DTYPES:
-        raise DistilleryError(f"unknown --dtype {options.dtype!r}", hint=f"choose from {', '.join(OUTPUT_DTYPES)}")
-    inputs = (options.input, options.config, options.tokenizer)
-    check_output(options.output, inputs, options.force)
-    max_shard_bytes = parse_size(options.max_shard_size)
+    request = ConversionRequest(options.output, options.dtype, options.max_shard_size, options.force,
+                                options.validate_vllm, options.command, "titan-to-hf",
+                                inputs=(options.input, options.config, options.tokenizer))  # fmt: skip
+    check_request(request)
     checkpoint = TitanCheckpoint(options.input)
     layout = names.detect_layout(checkpoint.tensors, options.input)
     config, config_source = resolve_config(options, layout)
-    plan, dropped = plan_conversion(checkpoint, config, layout, config_source)
-    target_dtype = None if options.keep_original_precision else getattr(torch, options.dtype)
-    specs = []
-    for planned in plan:
-        dtype = checkpoint.tensors[planned.source].dtype
-        if target_dtype is not None and dtype.is_floating_point:
-            dtype = target_dtype
-        specs.append(TensorSpec(planned.hf_name, dtype, planned.shape))
-    by_name = {planned.hf_name: planned for planned in plan}
+    planned, dropped = plan_conversion(checkpoint, config, layout, config_source)
+    log.info("%s: %s, %d tensors, config from %s", options.input, layout.describe, len(planned), config_source)
+    plan = conversion_plan(options, checkpoint, layout, config, planned)
+    plan.source["config"] = config_source
+    plan.conversion["dropped_tensors"] = dropped
+    run_conversion(request, plan)
+    return TitanConversion(options.output, layout, len(planned), config_source, dropped)
+
+
+def conversion_plan(options: TitanToHFOptions, checkpoint: TitanCheckpoint, layout: names.TitanLayout, config,
+                    planned: list[PlannedTensor]) -> ConversionPlan:  # fmt: skip
+    """The planned tensors in their output dtype, read and transformed one at a time."""
+    specs = [
+        TensorSpec(p.hf_name, output_dtype(checkpoint.tensors[p.source].dtype, options.dtype), p.shape) for p in planned
+    ]
+    by_name = {p.hf_name: p for p in planned}
     sources = _SourceCache(checkpoint, layout.family, names.attention_shape(config))
-    log.info("%s: %s, %d tensors, config from %s", options.input, layout.describe, len(plan), config_source)
+    tokenizer = Path(options.tokenizer) if options.tokenizer else None
 
-    with (
-        atomic_output_dir(options.output, options.force, inputs) as staging,
-        progress_bar(total=len(specs), desc="titan-to-hf") as bar,
-    ):
+    def produce(spec: TensorSpec) -> torch.Tensor:
+        return sources.tensor(by_name[spec.name])  # cast by write_weights, which checks the values
 
-        def produce(spec: TensorSpec) -> torch.Tensor:
-            return sources.tensor(by_name[spec.name])  # cast by write_weights, which checks the values
-
-        files = hf_writer.write_weights(
-            staging, specs, produce, max_shard_bytes, "safetensors", progress=lambda spec: bar.update(1)
-        )
-        if target_dtype is None:  # the least precise stored dtype, as verify's dtype check expects
+    def write_model_files(staging: Path) -> dict:
+        if options.dtype == ORIGINAL_DTYPE:  # the least precise stored dtype, as verify's dtype check expects
             floating = {spec.dtype for spec in specs if spec.dtype.is_floating_point}
             config.dtype = str(min(floating, key=lambda d: torch.finfo(d).bits)).removeprefix("torch.")
         else:
             config.dtype = options.dtype
         config.save_pretrained(staging)
-        tokenizer_folder = options.tokenizer or (options.input if options.input.is_dir() else None)
+        tokenizer_folder = tokenizer or (options.input if options.input.is_dir() else None)
         copied = copy_model_files(tokenizer_folder, staging) if tokenizer_folder else []
-        if options.tokenizer is not None and not copied:
-            raise DistilleryError("holds no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
-                                  options.tokenizer)  # fmt: skip
-        write_provenance(
-            staging,
-            source={
-                "path": str(options.input.resolve()),
-                "type": "torchtitan",
-                "layout": checkpoint.layout,
-                "naming": layout.naming,
-                "family": layout.family,
-                "fused_qkv": layout.fused_qkv,
-                "config": config_source,
-                "tokenizer": str(tokenizer_folder) if copied else None,
-            },
-            conversion={
-                "dtype": "original" if target_dtype is None else options.dtype,
-                "rotary_permuted": layout.family == "llama",
-                "dropped_tensors": dropped,
-                "max_shard_size": options.max_shard_size,
-            },
-            outputs=[vars(f) for f in files],
-            command=options.command,
-            tool_version=__version__,
-        )
-        if options.validate_vllm:
-            from .consolidate import validate_for_vllm
+        if tokenizer is not None and not copied:
+            raise DistilleryError("holds no tokenizer files (tokenizer.json, tokenizer_config.json, ...)", tokenizer)
+        return {"tokenizer": str(tokenizer_folder) if copied else None}
 
-            validate_for_vllm(staging, options.output)
-    return TitanConversion(options.output, layout, len(plan), config_source, dropped)
+    return ConversionPlan(
+        tensors=specs,
+        reading=lambda staging: nothing_to_open(produce),
+        write_model_files=write_model_files,
+        source={
+            "path": str(options.input.resolve()),
+            "type": "torchtitan",
+            "layout": checkpoint.layout,
+            "naming": layout.naming,
+            "family": layout.family,
+            "fused_qkv": layout.fused_qkv,
+        },
+        conversion={
+            "dtype": options.dtype,
+            "rotary_permuted": layout.family == "llama",
+            "max_shard_size": options.max_shard_size,
+        },
+    )

@@ -21,26 +21,18 @@ import pathlib
 import pickle
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..errors import DistilleryError, first_line
+from .reader import SourceTensor
 from .torch_bin import load_torch_file
 
 METADATA_FILE = ".metadata"
 # Keys of a TorchTitan training checkpoint that are not model weights.
 _NON_MODEL_PREFIXES = ("optimizer.", "lr_scheduler", "dataloader", "train_state", "rng_state")
-
-
-@dataclass(frozen=True)
-class TitanTensor:
-    """One model tensor of a TorchTitan checkpoint: its name there, dtype and global shape."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -120,7 +112,7 @@ def is_titan_checkpoint(path: Path) -> bool:
 
 
 class TitanCheckpoint:
-    """The model tensors of a TorchTitan checkpoint, by the names TorchTitan gave them; `load` reads one."""
+    """The model tensors of a TorchTitan checkpoint, by the names TorchTitan gave them (`reader.py`'s protocol)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -143,32 +135,40 @@ class TitanCheckpoint:
             raise DistilleryError("does not exist", self.path, "check --input")
         self.tensors = self._model_tensors(all_tensors)
 
-    def _dcp_tensors(self) -> dict[str, TitanTensor]:
+    @property
+    def weight_files(self) -> list[Path]:
+        return sorted(self.path.glob("*.distcp")) if self.layout == "dcp" else [self.path]
+
+    def _tensor(self, name: str, dtype: torch.dtype, shape) -> SourceTensor:
+        return SourceTensor(name, dtype, tuple(shape), self.path, partial(self._load, name))
+
+    def _dcp_tensors(self) -> dict[str, SourceTensor]:
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
         metadata = self._metadata = read_metadata(self.path)
         return {
-            name: TitanTensor(name, entry.properties.dtype, tuple(entry.size))
+            name: self._tensor(name, entry.properties.dtype, entry.size)
             for name, entry in metadata.state_dict_metadata.items()
             if isinstance(entry, TensorStorageMetadata)
         }
 
-    def _torch_save_tensors(self) -> dict[str, TitanTensor]:
+    def _torch_save_tensors(self) -> dict[str, SourceTensor]:
         state = load_torch_file(self.path, "TorchTitan checkpoint", refusal_hint="save only the model's state dict")
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]  # {"model": state_dict, ...} as some training scripts save it
         if not isinstance(state, dict):
             raise DistilleryError(f"holds a {type(state).__name__}, not a state dict", self.path)
         self._state = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
-        return {name: TitanTensor(name, t.dtype, tuple(t.shape)) for name, t in self._state.items()}
+        return {name: self._tensor(name, t.dtype, t.shape) for name, t in self._state.items()}
 
-    def _model_tensors(self, tensors: dict[str, TitanTensor]) -> dict[str, TitanTensor]:
+    def _model_tensors(self, tensors: dict[str, SourceTensor]) -> dict[str, SourceTensor]:
         model = {name: t for name, t in tensors.items() if not name.startswith(_NON_MODEL_PREFIXES)}
         # Older TorchTitan checkpoints nest the model under "model." ("model.tok_embeddings.weight").
         if model and all(name.startswith("model.") for name in model) and "model.embed_tokens.weight" not in model:
             self._prefix = "model."
             model = {
-                name[len("model.") :]: TitanTensor(name[len("model.") :], t.dtype, t.shape) for name, t in model.items()
+                name[len("model.") :]: self._tensor(name[len("model.") :], t.dtype, t.shape)
+                for name, t in model.items()
             }
         if not model:
             raise DistilleryError(
@@ -178,7 +178,7 @@ class TitanCheckpoint:
             )
         return model
 
-    def load(self, name: str) -> torch.Tensor:
+    def _load(self, name: str) -> torch.Tensor:
         """Read one tensor (whole, in its stored dtype) and nothing else."""
         spec = self.tensors[name]
         if self._state is not None:

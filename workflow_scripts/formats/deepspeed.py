@@ -35,7 +35,7 @@ import torch
 from ..errors import DistilleryError, require_folder
 from .deepspeed_pickle import load_deepspeed_file
 from .deepspeed_steps import list_step_folders, step_of
-from .hf_checkpoint import SourceTensor
+from .reader import SourceTensor
 from .safetensors_file import ByteRange, dtype_itemsize
 from .torch_zip import file_offset_finder
 
@@ -141,6 +141,41 @@ def _rank_files(folder: Path, pattern: re.Pattern) -> list[Path]:
 
 def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool = False) -> DeepSpeedCheckpoint:
     folder = location.tag_folder
+    optim_files, optim_states, flat_groups = _read_optimizer_states(folder, trust_pickle)
+    first = optim_states[0]
+    if "zero_stage" not in first:
+        raise DistilleryError("is not a ZeRO optimizer state (no zero_stage)", optim_files[0])
+    zero_stage = int(first["zero_stage"])
+    world_size = _world_size(first["partition_count"])
+    _check_all_ranks(folder, optim_files, world_size)
+    model_files, model_states = _read_model_states(folder, zero_stage, world_size, trust_pickle)
+    optims = dict(zip(optim_files, optim_states, strict=True))
+    _check_one_save(folder, optims, flat_groups, dict(zip(model_files, model_states, strict=True)))
+    state = model_states[0]
+    tensors = _module_tensors(model_states, model_files[0], zero_stage)
+    if zero_stage <= 2:
+        paddings = first.get("param_alignment_paddings")
+        _add_zero2_params(tensors, state["param_shapes"], flat_groups, paddings, world_size, optim_files[0])
+    else:
+        _add_zero3_params(tensors, state["param_shapes"], flat_groups, world_size, optim_files[0])
+    _add_untrained_params(tensors, state, model_files[0])
+    shared = {alias: source for alias, source in (state.get("shared_params") or {}).items() if source in tensors}
+    for alias, source in shared.items():
+        original = tensors[source]
+        tensors[alias] = SourceTensor(alias, original.dtype, original.shape, original.file, original.loader)
+    return DeepSpeedCheckpoint(
+        location=location,
+        zero_stage=zero_stage,
+        world_size=world_size,
+        ds_version=state.get("ds_version"),
+        tensors=tensors,
+        shared=shared,
+        weight_files=[*model_files, *optim_files],
+    )
+
+
+def _read_optimizer_states(folder: Path, trust_pickle: bool):
+    """(optimizer files by rank, their optimizer states, each rank's fp32 partitions)."""
     optim_files = _rank_files(folder, _OPTIM_RANK)
     if not optim_files:
         raise DistilleryError(
@@ -161,11 +196,10 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
             [_Partition(group, path, offset_of(group) if offset_of else None) for group in optim.get(group_key, [])]
         )
         optim_states.append(optim)
-    first = optim_states[0]
-    if "zero_stage" not in first:
-        raise DistilleryError("is not a ZeRO optimizer state (no zero_stage)", optim_files[0])
-    zero_stage = int(first["zero_stage"])
-    world_size = _world_size(first["partition_count"])
+    return optim_files, optim_states, flat_groups
+
+
+def _check_all_ranks(folder: Path, optim_files: list[Path], world_size: int) -> None:
     ranks = {int(_OPTIM_RANK.search(p.name).group(1)) for p in optim_files}
     missing = sorted(set(range(world_size)) - ranks)
     if missing or len(optim_files) != world_size:
@@ -176,6 +210,9 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
             "copy the missing zero_pp_rank_*_optim_states.pt files; a partial checkpoint cannot be rebuilt",
         )
 
+
+def _read_model_states(folder: Path, zero_stage: int, world_size: int, trust_pickle: bool):
+    """(model state files, their contents): one file below ZeRO-3, one per rank with it."""
     if zero_stage <= 2:
         model_files = [folder / "mp_rank_00_model_states.pt"]
     else:
@@ -192,18 +229,18 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
     model_states = [load_deepspeed_file(path, trust_pickle) for path in model_files]
     if "buffer_names" not in model_states[0] or "param_shapes" not in model_states[0]:
         raise DistilleryError("is not a DeepSpeed model state file", model_files[0])
-    optims = dict(zip(optim_files, optim_states, strict=True))
-    _check_one_save(folder, optims, flat_groups, dict(zip(model_files, model_states, strict=True)))
+    return model_files, model_states
 
+
+def _module_tensors(model_states: list[dict], anchor: Path, zero_stage: int) -> dict[str, SourceTensor]:
+    """Buffers and frozen parameters, which the model states hold (the trained ones are in the optimizer's)."""
     tensors: dict[str, SourceTensor] = {}
-    anchor = model_files[0]
     state = model_states[0]
     for name, value in state["module"].items():
         if name in state["buffer_names"]:
             # zero_to_fp32 restores buffers to fp32 where they were saved in half precision.
             buffer = value.float() if value.is_floating_point() else value.clone()
             tensors[name] = SourceTensor(name, buffer.dtype, tuple(buffer.shape), anchor, lambda b=buffer: b)
-
     frozen_shapes = state.get("frozen_param_shapes") or {}
     for name, shape in frozen_shapes.items():
         fragments = [s["frozen_param_fragments"][name] for s in model_states]
@@ -214,32 +251,15 @@ def open_deepspeed_checkpoint(location: CheckpointLocation, trust_pickle: bool =
             anchor,
             lambda f=fragments, s=tuple(shape): _gather_frozen(f, s, zero_stage),
         )
+    return tensors
 
-    if zero_stage <= 2:
-        paddings = first.get("param_alignment_paddings")
-        _add_zero2_params(tensors, state["param_shapes"], flat_groups, paddings, world_size, optim_files[0])
-    else:
-        _add_zero3_params(tensors, state["param_shapes"], flat_groups, world_size, optim_files[0])
 
-    # ZeRO-1 checkpoints record no frozen_param_shapes, so zero_to_fp32 drops frozen parameters; the module
-    # state still holds them (never updated, so exact in the training dtype). ZeRO-3 keeps only placeholders.
+def _add_untrained_params(tensors: dict[str, SourceTensor], state: dict, anchor: Path) -> None:
+    """ZeRO-1 checkpoints record no frozen_param_shapes, so zero_to_fp32 drops frozen parameters; the module
+    state still holds them (never updated, so exact in the training dtype). ZeRO-3 keeps only placeholders."""
     for name, value in state["module"].items():
         if name not in tensors and value.numel() > 0 and name not in (state.get("shared_params") or {}):
             tensors[name] = SourceTensor(name, value.dtype, tuple(value.shape), anchor, lambda v=value: v.clone())
-
-    shared = {alias: source for alias, source in (state.get("shared_params") or {}).items() if source in tensors}
-    for alias, source in shared.items():
-        original = tensors[source]
-        tensors[alias] = SourceTensor(alias, original.dtype, original.shape, original.file, original.loader)
-    return DeepSpeedCheckpoint(
-        location=location,
-        zero_stage=zero_stage,
-        world_size=world_size,
-        ds_version=state.get("ds_version"),
-        tensors=tensors,
-        shared=shared,
-        weight_files=[*model_files, *optim_files],
-    )
 
 
 def _optimizer_step(optim: dict) -> int | None:

@@ -11,32 +11,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import DistilleryError, require_folder
 from . import safetensors_file, torch_bin
+from .reader import SourceTensor
 from .safetensors_file import dtype_itemsize
+
+__all__ = ["HFCheckpoint", "SourceTensor", "open_checkpoint", "weight_layout", "has_hf_weights"]
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-
-
-@dataclass(frozen=True)
-class SourceTensor:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    file: Path
-    loader: Callable[[], torch.Tensor] = field(repr=False, compare=False)
-    # Where the raw bytes lie in files, in order, when they can be copied without loading (else empty).
-    byte_ranges: tuple[safetensors_file.ByteRange, ...] = ()
-
-    def load(self) -> torch.Tensor:
-        return self.loader()
 
 
 class _BinShardCache:

@@ -19,8 +19,6 @@ from . import torch_bin
 from .safetensors_file import ByteRange, ConvertedRange, SafetensorsWriter, TensorPieces, TensorSpec
 from .tensor_values import cast_checked, refuse_non_finite
 
-WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
-
 
 @dataclass(frozen=True)
 class WrittenFile:

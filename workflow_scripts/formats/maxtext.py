@@ -23,13 +23,16 @@ Arrays are read with tensorstore (which reads `gs://` itself), metadata files th
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..errors import DistilleryError
+from .reader import SourceTensor
 
 PARAMS_PREFIX = ("params", "params")
 FULL_STATE = "full_state"
@@ -108,10 +111,6 @@ class OrbaxLeaf:
     @property
     def holds_data(self) -> bool:
         return not self.skip_deserialize and self.value_type not in ("None", "Dict", "List", "Tuple")
-
-    @property
-    def stored_name(self) -> str:
-        return ".".join(self.keys)
 
 
 class OrbaxTree:
@@ -228,11 +227,32 @@ class MaxTextCheckpoint:
             "pass it to distillery maxtext-to-hf --orbax-checkpoint directly",
         )
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.tree.open(self.params[name].keys).shape)
+    @functools.cached_property
+    def tensors(self) -> dict[str, SourceTensor]:
+        """Every parameter with its stored dtype and shape, as `reader.py`'s protocol has them (each array's
+        metadata is read here, once; its data only by `load()`)."""
+        import torch
+
+        tensors = {}
+        for name, param in self.params.items():
+            store = self.tree.open(param.keys)
+            dtype = getattr(torch, store.dtype.numpy_dtype.name)
+            tensors[name] = SourceTensor(name, dtype, tuple(store.shape), Path(self.items), partial(self._load, name))
+        return tensors
+
+    @property
+    def weight_files(self) -> list[Path]:
+        """The files under items/ (a remote checkpoint's are not listed)."""
+        return [] if is_remote(self.items) else sorted(p for p in Path(self.items).rglob("*") if p.is_file())
 
     def read(self, name: str):
+        """The whole array as numpy (bfloat16 as ml_dtypes'), for MaxText's own math in JAX."""
         return self.tree.read(self.params[name].keys)
+
+    def _load(self, name: str):
+        from .maxtext_arrays import as_torch
+
+        return as_torch(self.read(name))
 
     def stored_bytes(self) -> int:
         """Bytes of the files under items/ (compressed array data and metadata): what reading it costs."""

@@ -17,8 +17,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .maxtext import MaxTextCheckpoint
+
+
+def as_torch(array: np.ndarray) -> torch.Tensor:
+    """A numpy array (bfloat16 ones are ml_dtypes') as a torch tensor of the same dtype, contiguous."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
 
 # Stored arrays are decoded in blocks of about this many bytes along their first axis, which MaxText shards
 # them on, so each storage chunk is decoded once.

@@ -24,14 +24,8 @@ from ..formats.dcp import is_titan_checkpoint
 from ..formats.maxtext import looks_like_orbax
 from ..formats.torch_bin import pickle_refusal
 from .report import FAIL, PASS, SKIP, Check
+from .settings import PROBE_PROMPTS, TOLERANCES
 
-DEFAULT_PROBE_PROMPTS = (
-    "The capital of France is",
-    "def fibonacci(n):\n    ",
-    "Question: What is 17 + 25?\nAnswer:",
-)
-# Largest |a - b| / max|reference| accepted, by the dtype the converted weights are stored in.
-DEFAULT_TOLERANCES = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 5e-3}
 # A TorchTitan checkpoint's forward exists only in torchtitan's own model code.
 _NO_TORCHTITAN = (
     "skipped: the reference is a TorchTitan checkpoint and torchtitan is not installed "
@@ -161,11 +155,11 @@ def stored_float_dtype(folder: Path) -> str:
 def check_numerics(
     model_path: Path,
     reference_path: Path,
-    prompts: tuple[str, ...] | list[str] = DEFAULT_PROBE_PROMPTS,
+    prompts: tuple[str, ...] | list[str] = PROBE_PROMPTS,
     tolerances: dict[str, float] | None = None,
     trust_remote_code: bool = False,
 ) -> Check:
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
+    tolerances = {**TOLERANCES, **(tolerances or {})}
     title = "logits match the reference"
     maxtext = looks_like_orbax(reference_path)
     try:
@@ -192,7 +186,7 @@ def check_numerics(
         comparison = compare_logits(model, reference, token_ids)
     except RuntimeError as exc:
         return Check("numerics", FAIL, title, f"the models cannot run the same input ({exc})")
-    tolerance = tolerances.get(dtype, DEFAULT_TOLERANCES["float32"])
+    tolerance = tolerances.get(dtype, TOLERANCES["float32"])
     passed = comparison.max_rel_diff <= tolerance
     detail = (
         f"max abs diff {comparison.max_abs_diff:.3g}, max rel diff {comparison.max_rel_diff:.3g} "

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from ..architectures.remote_code import allow_remote_code
-from .numerics import DEFAULT_PROBE_PROMPTS, check_numerics
+from .numerics import check_numerics
 from .report import FAIL, PASS, SKIP, WARN, Check, Report
+from .settings import PROBE_PROMPTS
 from .static_checks import run_static_checks
 
 
@@ -15,7 +16,7 @@ def verify_model(
     model_path: str | Path,
     reference_path: str | Path | None = None,
     expect_single_file: bool = False,
-    probe_prompts: list[str] | tuple[str, ...] = DEFAULT_PROBE_PROMPTS,
+    probe_prompts: list[str] | tuple[str, ...] = PROBE_PROMPTS,
     tolerances: dict[str, float] | None = None,
     plan_reports: list[Path] | tuple[Path, ...] = (),
     trust_remote_code: bool = False,

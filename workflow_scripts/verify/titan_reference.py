@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..architectures.architecture import load_config
-from ..convert import titan_names
 from ..errors import DistilleryError
+from ..formats import titan_names
 from ..formats.dcp import TitanCheckpoint
 
 # The rotary cache covers the probe prompts; a model's full context (131072 for Llama 3) would only cost memory.
@@ -118,7 +118,7 @@ def _titan_03_state_dict(checkpoint: TitanCheckpoint, config, tied: bool) -> dic
     for name in checkpoint.tensors:
         if titan_names.hf_name(name) is None:
             continue
-        tensor = checkpoint.load(name).float()
+        tensor = checkpoint.tensors[name].load().float()
         if titan_names.FUSED_QKV in name:
             state.update(zip(titan_names.fused_parts(name), titan_names.split_fused_qkv(tensor, shape), strict=True))
             continue

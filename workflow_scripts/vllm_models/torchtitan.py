@@ -1,7 +1,7 @@
 """`TorchTitanQwen3ForCausalLM` and `TorchTitanLlamaForCausalLM`: vLLM's own Qwen3 and Llama with TorchTitan names.
 
 Each class extends vLLM's model and changes only `load_weights`: TorchTitan's tensor transforms (a fused
-`qkv_linear.wqkv` split into q, k, v; Llama's rotary permutation of q and k, see `convert/titan_names.py`) run
+`qkv_linear.wqkv` split into q, k, v; Llama's rotary permutation of q and k, see `formats/titan_names.py`) run
 first, then vLLM's `WeightsMapper` renames with distillery's TorchTitan→HF table, and the parent's loader (which
 stacks q/k/v and gate/up and shards for tensor parallelism) does the rest.
 
@@ -11,7 +11,7 @@ vLLM reaches them as `workflow_scripts.vllm_models.torchtitan:<name>` (see `regi
 
 from __future__ import annotations
 
-from ..convert.titan_names import TITAN_TO_HF_PREFIX, TITAN_TO_HF_SUBSTR, attention_shape, titan_weights_as_hf_layout
+from ..formats.titan_names import TITAN_TO_HF_PREFIX, TITAN_TO_HF_SUBSTR, attention_shape, titan_weights_as_hf_layout
 from . import ARCHITECTURES
 
 _built: dict[str, type] = {}

@@ -20,7 +20,6 @@ are permuted exactly as HF's `convert_llama_weights_to_hf.py` does. Qwen3 in Tor
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -63,7 +62,6 @@ TITAN_TO_HF_SUBSTR: dict[str, str | None] = {
 TITAN_TO_HF_PREFIX: dict[str, str | None] = {titan: hf for titan, hf, _ in _PREFIX_ENTRIES}
 
 FUSED_QKV = ".attention.qkv_linear.wqkv."
-_LAYER = re.compile(r"^layers\.(\d+)\.")
 
 
 def hf_name(titan_name: str) -> str | None:

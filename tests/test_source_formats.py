@@ -1,0 +1,125 @@
+"""The format registry: a model's config entry gives its convert step, flags, sizing and numeric reference."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from workflow_scripts.workflow import formats
+from workflow_scripts.workflow.model_targets import ModelTarget
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "config/schema/config.schema.yaml")
+
+
+def target(name: str, source: dict, **settings) -> ModelTarget:
+    """A model as the workflow plans it, from a config entry the schema has validated (and filled)."""
+    config = {"models": {name: {"source": source, **settings}}}
+    validate(config, SCHEMA)
+    entry = config["models"][name]
+    return ModelTarget(name, source["format"], source["path"], entry)
+
+
+def parsed(command: str, flags: str):
+    """The flags as the command's own parser reads them, next to the paths a rule passes."""
+    from workflow_scripts.cli import build_parser
+
+    paths = {
+        "consolidate": ["--input", "in", "--output", "out"],
+        "titan-to-hf": ["--input", "in", "--output", "out"],
+        "maxtext-to-hf": ["--orbax-checkpoint", "in", "--hf-model-path", "out"],
+    }[command]
+    return build_parser().parse_args([command, *paths, *shlex.split(flags)])
+
+
+def test_dtype_original_reaches_the_converter_as_the_word_original():
+    model = target("m", {"format": "hf", "path": "x"}, dtype="original", weights_format="pytorch_bin")
+    flags = formats.conversion_flags(model)
+    assert flags == "--dtype original --weights-format pytorch_bin"
+    args = parsed("consolidate", flags)
+    assert (args.dtype, args.weights_format) == ("original", "pytorch_bin")
+
+
+def test_consolidate_flags_carry_base_model_and_trust_pickle():
+    model = target("m", {"format": "deepspeed", "path": "run", "trust_pickle": True}, base_model="/base")
+    assert formats.conversion_argv(model) == ["--base-model-name", "/base", "--trust-pickle"]
+
+
+def test_maxtext_flags_pass_the_config_values_over_the_script_defaults():
+    """maxtext-to-hf's own defaults are MaxText's script's (bfloat16, 5GB); the workflow passes the config's."""
+    source = {"format": "maxtext", "path": "ckpt", "model_size": "llama3.1-1b", "tokenizer": "/tok dir"}
+    flags = formats.conversion_flags(target("m", source))
+    args = parsed("maxtext-to-hf", flags)
+    assert (args.model_size, args.dtype, args.max_shard_size, args.tokenizer_path) == (
+        "llama3.1-1b",
+        "float32",
+        "40GB",
+        "/tok dir",
+    )
+
+
+def test_titan_takes_the_base_models_tokenizer_where_the_source_names_none():
+    model = target("m", {"format": "titan", "path": "step-10", "flavor": "qwen3:0.6B"}, base_model="/base")
+    assert formats.conversion_argv(model) == ["--flavor", "qwen3:0.6B", "--tokenizer", "/base"]
+    assert formats.format_of(model).extra_inputs(model) == []
+
+
+def test_each_convert_step_builds_only_its_formats_models():
+    models = {
+        "a": ModelTarget("a", "hf", "x", {}),
+        "b": ModelTarget("b", "maxtext", "y", {}, full_state=True),
+        "c": ModelTarget("c", "maxtext", "z", {}),
+    }
+    assert formats.models_of_rule(models, "hf_merge") == "a"
+    assert formats.models_of_rule(models, "maxtext_to_hf") == "b|c"
+    assert formats.models_of_rule(models, "maxtext_param_only") == "b"
+    assert formats.models_of_rule(models, "titan_to_hf") == "(?!)"
+
+
+def test_a_full_maxtext_state_is_converted_and_verified_from_its_param_only_copy():
+    model = ModelTarget("m", "maxtext", "gs://bucket/ckpt", {}, full_state=True)
+    assert formats.conversion_input(model, "results") == "results/models/m/param_only"
+    assert formats.reference(model, "results") == "results/models/m/param_only"
+    remote_param_only = ModelTarget("m", "maxtext", "gs://bucket/ckpt", {})
+    assert formats.reference(remote_param_only, "results") is None  # MaxText's math reads local arrays only
+
+
+def test_a_deepspeed_checkpoint_without_hf_weights_has_no_reference(tmp_path):
+    (tmp_path / "global_step10").mkdir()
+    assert formats.reference(ModelTarget("m", "deepspeed", str(tmp_path), {}), "results") is None
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert formats.reference(ModelTarget("m", "deepspeed", str(tmp_path), {}), "results") == str(tmp_path)
+
+
+@pytest.mark.parametrize("reference", ["none", "/verified/model"])
+def test_a_models_own_reference_setting_wins(reference):
+    model = ModelTarget("m", "hf", "x", {"verify": {"reference": reference}})
+    assert formats.reference(model, "results") == (None if reference == "none" else reference)
+
+
+def test_per_model_tolerances_are_laid_over_the_global_ones():
+    from workflow_scripts.verify import settings as verify_settings
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["models"]["loose"] = {"source": {"format": "hf", "path": "x"}, "verify": {"tolerances": {"bfloat16": 0.02}}}
+    validate(config, SCHEMA)
+    settings = verify_settings.for_model(config["verify"], config["models"]["loose"]["verify"])
+    assert settings.tolerances == {"float32": 1e-5, "float16": 1e-3, "bfloat16": 0.02}
+    argv = verify_settings.to_argv(settings)
+    from workflow_scripts.cli import build_parser
+
+    args = build_parser().parse_args(["verify", "--model-path", "m", *argv])
+    assert verify_settings.verify_settings_from_args(args) == settings
+
+
+def test_a_source_takes_only_its_formats_keys():
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError):
+        target("m", {"format": "hf", "path": "x", "model_size": "llama3.1-1b"})
+    with pytest.raises(WorkflowError):
+        target("m", {"format": "maxtext", "path": "x"})  # model_size is required
