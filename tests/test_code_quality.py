@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,69 @@ def test_cli_help_lists_every_command_without_importing_their_modules():
 def test_a_command_loads_only_its_own_module():
     result = run(sys.executable, "-c", CLI_MODULES_LOADED, "kd-status", "--help")
     assert result.stdout.splitlines()[0] == "['workflow_scripts.cli.kd', 'workflow_scripts.cli.main']", result.stderr
+
+
+# The layers of workflow_scripts/, bottom up (docs/architecture.md, "The layers"): a package or module imports
+# only from layers below its own; the basics may use each other. Imports inside functions count too.
+LAYERS = (
+    (
+        "basics",
+        {"__init__", "errors", "atomic", "output_guard", "sizes", "choices", "progress", "provenance", "setting"},
+    ),
+    ("formats", {"formats"}),
+    ("model knowledge", {"architectures", "vllm_models"}),
+    ("checks and engines", {"verify", "engines"}),
+    ("stages", {"convert", "plans", "kd", "icm", "serve", "infer"}),
+    ("workflow", {"workflow"}),
+    ("entry points", {"cli"}),
+)
+PACKAGE = REPO / "workflow_scripts"
+
+
+def layer_unit(module: str) -> str:
+    """`workflow_scripts.formats.dcp` -> `formats`; a name imported from the package itself -> `__init__`."""
+    first = module.split(".")[1] if "." in module else "__init__"
+    return first if (PACKAGE / first).is_dir() or (PACKAGE / f"{first}.py").is_file() else "__init__"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The workflow_scripts modules a file imports, relative imports resolved."""
+    import ast
+
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = ".".join(package[: len(package) - node.level + 1])
+            found |= {f"{base}.{node.module}"} if node.module else {f"{base}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workflow_scripts"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("workflow_scripts")}
+    return found
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    rank = {unit: index for index, (_, units) in enumerate(LAYERS) for unit in units}
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        own = layer_unit(".".join(path.relative_to(REPO).with_suffix("").parts))
+        assert own in rank, f"{own} is in no layer: add it to LAYERS and to docs/architecture.md"
+        for module in imported_modules(path):
+            other = layer_unit(module)
+            upward = rank[other] > rank[own] or (rank[other] == rank[own] > 0 and other != own)
+            if upward:
+                wrong.append(f"{path.relative_to(REPO)} imports {module} ({LAYERS[rank[other]][0]})")
+    assert not wrong, wrong
+
+
+def test_planning_the_workflow_imports_no_torch():
+    """The imports of the Snakefile and rules/*.smk (run at every parse) load no torch or transformers."""
+    files = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+    imports = [
+        line for path in files for line in re.findall(r"^from workflow_scripts\S* import .+$", path.read_text(), re.M)
+    ]
+    code = "\n".join(["import sys", *imports, "print([m for m in ('torch', 'transformers') if m in sys.modules])"])
+    result = run(sys.executable, "-c", code)
+    assert imports and result.stdout.strip() == "[]", result.stderr
