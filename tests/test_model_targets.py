@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from workflow_scripts.errors import DistilleryError
-from workflow_scripts.workflow.model_targets import model_targets, names_regex
+from workflow_scripts.workflow.formats import models_of_rule
+from workflow_scripts.workflow.model_targets import model_targets
 
 
 @pytest.fixture
@@ -42,6 +43,6 @@ def test_a_step_the_run_lacks_is_named(run):
 def test_hf_models_pass_through_and_constraints_separate_formats(run):
     plan = model_targets({**deepspeed_model(run, "all"), "merged": {"source": {"format": "hf", "path": "x"}}})
     assert plan["merged"].source == "x"
-    assert names_regex(plan, "hf") == "merged"
-    assert names_regex(plan, "deepspeed") == "ft_step_20|ft_step_100|ft_step_300"
-    assert names_regex({}, "hf") == "(?!)"
+    assert models_of_rule(plan, "hf_merge") == "merged"
+    assert models_of_rule(plan, "deepspeed_consolidate") == "ft_step_20|ft_step_100|ft_step_300"
+    assert models_of_rule({}, "hf_merge") == "(?!)"

@@ -11,7 +11,6 @@ workflow is planned, so a new checkpoint adds exactly one job.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +73,3 @@ def model_targets(models: dict[str, dict]) -> dict[str, ModelTarget]:
                 f"{name}_step_{step}", "deepspeed", str(steps[step]), settings, step
             )
     return plans
-
-
-def names_regex(plans: dict[str, ModelTarget], format: str, full_state: bool | None = None) -> str:
-    """A wildcard constraint matching exactly the models of one format (never empty, so it stays valid)."""
-    names = [re.escape(name) for name, plan in plans.items()
-             if plan.format == format and (full_state is None or plan.full_state == full_state)]  # fmt: skip
-    return "|".join(names) if names else "(?!)"
