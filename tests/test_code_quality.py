@@ -63,3 +63,29 @@ def test_cli_help_lists_every_command_without_importing_their_modules():
 def test_a_command_loads_only_its_own_module():
     result = run(sys.executable, "-c", CLI_MODULES_LOADED, "kd-status", "--help")
     assert result.stdout.splitlines()[0] == "['workflow_scripts.cli.kd', 'workflow_scripts.cli.main']", result.stderr
+
+
+def _long_functions(limit: int) -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted((REPO / "workflow_scripts").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_workflow_scripts_is_over_80_lines():
+    assert _long_functions(80) == []
+
+
+def test_no_module_in_workflow_scripts_is_over_450_lines():
+    long_modules = [
+        f"{path.relative_to(REPO)} ({length} lines)"
+        for path in sorted((REPO / "workflow_scripts").rglob("*.py"))
+        if (length := len(path.read_text().splitlines())) > 450
+    ]
+    assert long_modules == []
