@@ -17,6 +17,7 @@ from ..choices import TINY_ARCHITECTURES as ARCHITECTURES
 from ..choices import TINY_LAYOUTS as LAYOUTS
 from ..formats import hf_writer, torch_bin
 from ..formats.safetensors_file import TensorSpec
+from ..setting import setting
 from ..sizes import parse_size
 from .architecture import expected_weights
 
@@ -40,16 +41,16 @@ _CORPUS_SEEDS = [
 
 @dataclass
 class TinyModelSpec:
-    """Sizes of a tiny model; the defaults build in well under a second."""
+    """Sizes of a tiny model; the defaults build in well under a second. The fields are make-tiny-model's flags."""
 
-    architecture: str = "llama"
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
-    max_position_embeddings: int = 512
+    architecture: str = setting("llama", help="model family", choices=ARCHITECTURES, config=None)
+    hidden_size: int = setting(64, help="hidden size", config=None)
+    intermediate_size: int = setting(128, help="MLP size", config=None)
+    num_hidden_layers: int = setting(2, help="layers", flag="--num-layers", config=None)
+    num_attention_heads: int = setting(4, help="attention heads", flag="--num-heads", config=None)
+    num_key_value_heads: int = setting(2, help="KV heads", flag="--num-kv-heads", config=None)
+    vocab_size: int = setting(512, help="vocabulary size", config=None)
+    max_position_embeddings: int = setting(512, help="context length", config=None)
     tie_word_embeddings: bool | None = None
     extra: dict = field(default_factory=dict)
 
