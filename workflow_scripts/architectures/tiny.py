@@ -8,7 +8,6 @@ is written without ever being held in memory, and the same seed gives the same m
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,9 +16,9 @@ from ..choices import TINY_ARCHITECTURES as ARCHITECTURES
 from ..choices import TINY_LAYOUTS as LAYOUTS
 from ..formats import hf_writer, torch_bin
 from ..formats.safetensors_file import TensorSpec
-from ..setting import setting
 from ..sizes import parse_size
 from .architecture import expected_weights
+from .tiny_spec import TinyModelSpec
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -37,22 +36,6 @@ _CORPUS_SEEDS = [
     "The quick brown fox jumps over the lazy dog, 0123456789 times!",
     "def main():\n    return {'status': 'ok', 'rows': [1, 2, 3]}\n",
 ]
-
-
-@dataclass
-class TinyModelSpec:
-    """Sizes of a tiny model; the defaults build in well under a second. The fields are make-tiny-model's flags."""
-
-    architecture: str = setting("llama", help="model family", choices=ARCHITECTURES, config=None)
-    hidden_size: int = setting(64, help="hidden size", config=None)
-    intermediate_size: int = setting(128, help="MLP size", config=None)
-    num_hidden_layers: int = setting(2, help="layers", flag="--num-layers", config=None)
-    num_attention_heads: int = setting(4, help="attention heads", flag="--num-heads", config=None)
-    num_key_value_heads: int = setting(2, help="KV heads", flag="--num-kv-heads", config=None)
-    vocab_size: int = setting(512, help="vocabulary size", config=None)
-    max_position_embeddings: int = setting(512, help="context length", config=None)
-    tie_word_embeddings: bool | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def train_tokenizer(vocab_size: int = 512):

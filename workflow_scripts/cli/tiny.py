@@ -10,7 +10,7 @@ from ..choices import TINY_LAYOUTS
 
 
 def _add_make_tiny_model(parser: argparse.ArgumentParser) -> None:
-    from ..architectures.tiny import TinyModelSpec  # imports torch: only when this command is chosen
+    from ..architectures.tiny_spec import TinyModelSpec
     from ..setting import add_flags
 
     parser.add_argument("--output", required=True, type=Path)
