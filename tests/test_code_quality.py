@@ -130,3 +130,29 @@ def test_planning_the_workflow_imports_no_torch():
     code = "\n".join(["import sys", *imports, "print([m for m in ('torch', 'transformers') if m in sys.modules])"])
     result = run(sys.executable, "-c", code)
     assert imports and result.stdout.strip() == "[]", result.stderr
+
+
+def _long_functions(limit: int) -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted((REPO / "workflow_scripts").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_workflow_scripts_is_over_80_lines():
+    assert _long_functions(80) == []
+
+
+def test_no_module_in_workflow_scripts_is_over_450_lines():
+    long_modules = [
+        f"{path.relative_to(REPO)} ({length} lines)"
+        for path in sorted((REPO / "workflow_scripts").rglob("*.py"))
+        if (length := len(path.read_text().splitlines())) > 450
+    ]
+    assert long_modules == []

@@ -49,3 +49,24 @@ def test_model_whose_pickle_is_refused_is_one_line(tiny_model, run_cli):
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"{model / 'pytorch_model.bin'}: refused to unpickle the class argparse.Namespace" in result.stderr
     assert "allow-list of torch.load(weights_only=True)" in result.stderr
+
+
+def test_infer_flags_default_to_the_torchtitan_guides_values(run_cli):
+    result = run_cli("infer", "--help")
+    assert result.exit_code == 0
+    help_text = " ".join(result.stdout.split())
+    for flag, default in [("--max-tokens", "100"), ("--temperature", "0.8"), ("--top-p", "0.95"),
+                          ("--tensor-parallel-size", "1"), ("--seed", "0"), ("--engine", "auto")]:  # fmt: skip
+        assert flag in help_text and f"(default: {default})" in help_text.split(flag, 2)[-1].split("--", 1)[0]
+    assert "--trust-remote-code" in help_text and "--prompts-file" in help_text
+
+
+def test_infer_refuses_torchtitan_names_on_the_transformers_engine(tiny_model, run_cli):
+    import json
+
+    model_path = tiny_model("qwen3")
+    config = json.loads((model_path / "config.json").read_text())
+    (model_path / "config.json").write_text(json.dumps({**config, "architectures": ["TorchTitanQwen3ForCausalLM"]}))
+    result = run_cli("infer", "--model-path", model_path, "--engine", "transformers")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "has TorchTitan names (TorchTitanQwen3ForCausalLM), which only the vLLM engine loads" in result.stderr

@@ -1,8 +1,8 @@
-"""`distillery infer`: the inference script of TorchTitan's vLLM guide, with a transformers fallback.
+"""`distillery infer`: the inference script of TorchTitan's vLLM guide, on distillery's engines.
 
-vLLM (in-process `vllm.LLM`) when it is importable, after registering distillery's TorchTitan model classes so a
-TorchTitan-named folder loads too; transformers `generate` otherwise (HF-named folders only). Kept deliberately
-small: the workflow's generation steps use the engine layer, not this.
+vLLM (in-process, through `engines/`) where it can run, after registering distillery's TorchTitan model classes
+so a TorchTitan-named folder loads too; the transformers engine otherwise (HF-named folders only). Flags and
+defaults are the guide's (--max-tokens 100, --temperature 0.8, --top-p 0.95).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .architectures.remote_code import allow_remote_code
-from .errors import DistilleryError, require_folder
-from .formats.torch_bin import pickle_refusal
+from .engines import EngineSettings, GenerationRequest, SamplingSettings, open_engine, resolve_engine_kind
+from .engines.base import derive_seed
+from .errors import DistilleryError, first_line, require_folder
+from .setting import setting
 from .vllm_models import ARCHITECTURES, require_registered_architecture
 
 DEFAULT_PROMPT = "Hello, how are you?"
@@ -23,12 +25,17 @@ DEFAULT_PROMPT = "Hello, how are you?"
 
 @dataclass(frozen=True)
 class InferSettings:
-    max_tokens: int = 100
-    temperature: float = 0.8
-    top_p: float = 0.95
-    tensor_parallel_size: int = 1
-    seed: int = 0
-    trust_remote_code: bool = False  # run the model folder's own code (auto_map)
+    """The guide's flags (`--model-path` and the prompts are the command's own)."""
+
+    max_tokens: int = setting(100, help="most new tokens per prompt")
+    temperature: float = setting(0.8, help="sampling temperature (0 is greedy)")
+    top_p: float = setting(0.95, help="nucleus sampling threshold")
+    tensor_parallel_size: int = setting(1, help="GPUs for tensor parallelism")
+    engine: str = setting(
+        "auto", help="vllm where it can run, else transformers", choices=("auto", "vllm", "transformers")
+    )
+    seed: int = setting(0, help="sampling seed")
+    trust_remote_code: bool = setting(False, help="run the model folder's own code (auto_map); never asked")
 
 
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
@@ -43,47 +50,48 @@ def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
 
 
 def choose_engine(requested: str) -> str:
-    have_vllm = importlib.util.find_spec("vllm") is not None
-    if requested == "vllm" and not have_vllm:
+    if requested == "vllm" and importlib.util.find_spec("vllm") is None:
         raise DistilleryError("vLLM is not installed", hint="pip install vllm, or use --engine transformers")
-    return requested if requested != "auto" else ("vllm" if have_vllm else "transformers")
+    return resolve_engine_kind(requested)
 
 
-def run_inference(
-    model_path: Path, prompts: list[str], settings: InferSettings, engine: str = "auto"
-) -> tuple[str, list[str]]:
+def run_inference(model_path: Path, prompts: list[str], settings: InferSettings) -> tuple[str, list[str]]:
     """(the engine used, one completion per prompt)."""
     require_folder(model_path, "pass the model folder with --model-path")
-    allow_remote_code(model_path, settings.trust_remote_code)
+    allow_remote_code(model_path, settings.trust_remote_code)  # before the tokenizer runs any of the folder's code
     require_registered_architecture(model_path / "config.json")
     if settings.max_tokens < 1 or settings.tensor_parallel_size < 1:
         raise DistilleryError("--max-tokens and --tensor-parallel-size must be at least 1")
-    engine = choose_engine(engine)
-    if engine == "vllm":
-        return engine, _generate_vllm(model_path, prompts, settings)
-    return engine, _generate_transformers(model_path, prompts, settings)
+    kind = choose_engine(settings.engine)
+    if kind == "vllm":
+        from .vllm_models import register
 
-
-def _generate_vllm(model_path: Path, prompts: list[str], settings: InferSettings) -> list[str]:
-    from vllm import LLM, SamplingParams
-
-    from .vllm_models import register
-
-    register()
-    llm = LLM(
-        model=str(model_path),
+        register()
+    else:
+        _refuse_torchtitan_names(model_path)
+    engine_settings = EngineSettings(
+        kind=kind,
+        model_path=str(model_path),
         tensor_parallel_size=settings.tensor_parallel_size,
         seed=settings.seed,
         trust_remote_code=settings.trust_remote_code,
     )
-    params = SamplingParams(max_tokens=settings.max_tokens, temperature=settings.temperature, top_p=settings.top_p)
-    return [output.outputs[0].text for output in llm.generate(prompts, params)]
+    sampling = SamplingSettings(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
+    tokenizer = _load_tokenizer(model_path, settings.trust_remote_code)
+    requests = [
+        GenerationRequest(str(index), tokenizer(prompt)["input_ids"], derive_seed(settings.seed, index))
+        for index, prompt in enumerate(prompts)
+    ]
+    engine = _open(engine_settings)
+    try:
+        results = {result.request_id: result for result in engine.generate(requests, sampling)}
+    finally:
+        engine.close()
+    return kind, [results[request.request_id].completions[0].text for request in requests]
 
 
-def _generate_transformers(model_path: Path, prompts: list[str], settings: InferSettings) -> list[str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _refuse_torchtitan_names(model_path: Path) -> None:
+    """TorchTitan-named folders load through distillery's vLLM model classes only."""
     architectures = json.loads((model_path / "config.json").read_text()).get("architectures") or []
     if any(a in ARCHITECTURES for a in architectures):
         raise DistilleryError(
@@ -91,27 +99,24 @@ def _generate_transformers(model_path: Path, prompts: list[str], settings: Infer
             model_path,
             "run on a machine with vLLM, or convert it first with `distillery titan-to-hf`",
         )
+
+
+def _load_tokenizer(model_path: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
     try:
-        trust = settings.trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust)
-        model.eval()
-    except pickle.UnpicklingError as exc:
-        raise pickle_refusal(exc, model_path) from None
+        return AutoTokenizer.from_pretrained(model_path, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise DistilleryError(f"transformers cannot load it ({exc})", model_path) from None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    torch.manual_seed(settings.seed)
-    sampling = {"do_sample": False}
-    if settings.temperature > 0:
-        sampling = {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
-    completions = []
-    for prompt in prompts:
-        inputs = tokenizer(prompt, return_tensors="pt").to(device)
-        with torch.no_grad():
-            output = model.generate(
-                **inputs, max_new_tokens=settings.max_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-            )
-        completions.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-    return completions
+        raise DistilleryError(f"transformers cannot load its tokenizer ({first_line(exc)})", model_path) from None
+
+
+def _open(settings: EngineSettings):
+    """The engine, with a refused pickle or an unloadable model worded in one line."""
+    from .formats.torch_bin import pickle_refusal  # imports torch: not for `distillery infer --help`
+
+    try:
+        return open_engine(settings)
+    except pickle.UnpicklingError as exc:
+        raise pickle_refusal(exc, Path(settings.model_path)) from None
+    except ValueError as exc:
+        raise DistilleryError(f"{settings.kind} cannot load it ({first_line(exc)})", settings.model_path) from None

@@ -158,94 +158,108 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout_s: float) ->
 
 
 @dataclass
-class Check:
+class ServerCheck:
     name: str
     passed: bool | None  # None: could not be decided
     detail: str
 
 
-def check_server(base_url: str | None, api_key: str | None = None, model: str | None = None) -> list[Check]:
+def check_server(base_url: str | None, api_key: str | None = None, model: str | None = None) -> list[ServerCheck]:
     """Answers, logprobs present, prefix caching on; each failure worded with what to do."""
-    from .engines.openai_engine import parse_prefix_cache_metrics, resolve_base_url, server_root
-    from .engines.openai_http import (
-        completion_choices,
-        connection_diagnostic,
-        decode_json,
-        http_error_message,
-        http_module,
-    )
+    from .engines.openai_engine import resolve_base_url
+    from .engines.openai_http import http_module
 
     http = http_module()
     url = resolve_base_url(base_url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    checks: list[Check] = []
     with http.Client(headers=headers, timeout=60) as client:
-
-        def call(method: str, path: str, body: dict | None = None):
-            target = path if path.startswith("http") else f"{url}{path}"
-            try:
-                response = client.request(method, target, json=body)
-            except http.TransportError as exc:
-                raise DistilleryError(connection_diagnostic(target, exc)) from None
-            if response.status_code >= 400:
-                raise DistilleryError(http_error_message(target, response))
-            return response
-
-        try:
-            listing = call("GET", "/models").json()
-            names = [entry["id"] for entry in listing.get("data", [])]
-        except (DistilleryError, ValueError, KeyError, AttributeError) as exc:
-            detail = str(exc) if isinstance(exc, DistilleryError) else f"{url}/models is not an OpenAI model list"
-            return [Check("server answers", False, detail)]
-        if not names:
-            return [Check("server answers", False, f"{url}/models lists no model")]
-        model = model or names[0]
-        if model not in names:
-            checks.append(Check("server answers", False, f"model {model!r} is not served; it serves {names}"))
+        call = _server_caller(http, client, url)
+        checks, model = _check_models(call, url, model)
+        if model is None:
             return checks
-        checks.append(Check("server answers", True, f"{url} serves {', '.join(names)}"))
-
-        body = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "logprobs": MAX_LOGPROBS, "temperature": 0}
-        try:
-            choices = completion_choices(f"{url}/completions", decode_json(url, call("POST", "/completions", body)))
-            top = (choices[0].get("logprobs") or {}).get("top_logprobs") or [] if choices else []
-            count = len(top[-1]) if top and top[-1] else 0
-            # A server whose --max-logprobs is below MAX_LOGPROBS refuses the request (400, handled below). An answer
-            # may still list fewer entries: top_logprobs is keyed by token text, and tokens that decode to the same
-            # text (partial UTF-8 bytes, say) share one entry.
-            detail = f"top {count} next-token logprobs"
-            if 0 < count < MAX_LOGPROBS:
-                detail += f" (of {MAX_LOGPROBS} asked; tokens with the same text share an entry)"
-            checks.append(Check("logprobs present", count > 0, detail if count else "the answer has no logprobs"))
-            call("POST", "/completions", body)  # the same prompt again: its blocks must now come from the cache
-        except DistilleryError as exc:
-            checks.append(Check("logprobs present", False, str(exc)))
-            return checks
-
-        try:
-            metrics = call("GET", f"{server_root(url)}/metrics").text
-        except DistilleryError as exc:
-            checks.append(Check("prefix caching on", None, f"no /metrics ({exc}); cannot tell (an external API?)"))
-            return checks
-        flag = [line for line in metrics.splitlines() if line.startswith("vllm:cache_config_info")]
-        counters = parse_prefix_cache_metrics(metrics)
-        rate = (
-            f"{counters['hits'] / counters['queries']:.1%} of prompt tokens hit so far"
-            if counters and counters["queries"]
-            else ""
-        )
-        if flag and 'enable_prefix_caching="False"' in flag[0]:
-            checks.append(
-                Check("prefix caching on", False, "vLLM runs without prefix caching: add --enable-prefix-caching")
-            )
-        elif counters and counters["hits"] > 0:
-            checks.append(Check("prefix caching on", True, rate))
-        elif counters:
-            advice = "a repeated prompt did not hit the prefix cache: start vLLM with --enable-prefix-caching"
-            checks.append(Check("prefix caching on", False, advice))
-        else:
-            checks.append(Check("prefix caching on", None, "the server's /metrics has no prefix-cache counters"))
+        logprobs, answered = _check_logprobs(call, url, model)
+        checks.append(logprobs)
+        if answered:
+            checks.append(_check_prefix_caching(call, url))
     return checks
+
+
+def _server_caller(http, client, url: str):
+    """A request function that turns transport failures and HTTP errors into one-line DistilleryErrors."""
+    from .engines.openai_http import connection_diagnostic, http_error_message
+
+    def call(method: str, path: str, body: dict | None = None):
+        target = path if path.startswith("http") else f"{url}{path}"
+        try:
+            response = client.request(method, target, json=body)
+        except http.TransportError as exc:
+            raise DistilleryError(connection_diagnostic(target, exc)) from None
+        if response.status_code >= 400:
+            raise DistilleryError(http_error_message(target, response))
+        return response
+
+    return call
+
+
+def _check_models(call, url: str, model: str | None) -> tuple[list[ServerCheck], str | None]:
+    """The server lists models, and the one asked for (or its first) among them; None: stop checking."""
+    try:
+        listing = call("GET", "/models").json()
+        names = [entry["id"] for entry in listing.get("data", [])]
+    except (DistilleryError, ValueError, KeyError, AttributeError) as exc:
+        detail = str(exc) if isinstance(exc, DistilleryError) else f"{url}/models is not an OpenAI model list"
+        return [ServerCheck("server answers", False, detail)], None
+    if not names:
+        return [ServerCheck("server answers", False, f"{url}/models lists no model")], None
+    model = model or names[0]
+    if model not in names:
+        return [ServerCheck("server answers", False, f"model {model!r} is not served; it serves {names}")], None
+    return [ServerCheck("server answers", True, f"{url} serves {', '.join(names)}")], model
+
+
+def _check_logprobs(call, url: str, model: str) -> tuple[ServerCheck, bool]:
+    """A completion carries next-token logprobs; asked twice, so the second is served from the prefix cache.
+    The flag says whether the server answered (False: the prefix-cache check has nothing to look at)."""
+    from .engines.openai_http import completion_choices, decode_json
+
+    body = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": 1, "logprobs": MAX_LOGPROBS, "temperature": 0}
+    try:
+        choices = completion_choices(f"{url}/completions", decode_json(url, call("POST", "/completions", body)))
+        top = (choices[0].get("logprobs") or {}).get("top_logprobs") or [] if choices else []
+        count = len(top[-1]) if top and top[-1] else 0
+        # A server whose --max-logprobs is below MAX_LOGPROBS refuses the request (400, handled below). An answer
+        # may still list fewer entries: top_logprobs is keyed by token text, and tokens that decode to the same
+        # text (partial UTF-8 bytes, say) share one entry.
+        detail = f"top {count} next-token logprobs"
+        if 0 < count < MAX_LOGPROBS:
+            detail += f" (of {MAX_LOGPROBS} asked; tokens with the same text share an entry)"
+        check = ServerCheck("logprobs present", count > 0, detail if count else "the answer has no logprobs")
+        call("POST", "/completions", body)  # the same prompt again: its blocks must now come from the cache
+    except DistilleryError as exc:
+        return ServerCheck("logprobs present", False, str(exc)), False
+    return check, True
+
+
+def _check_prefix_caching(call, url: str) -> ServerCheck:
+    """vLLM's /metrics says prefix caching is on and the repeated probe hit it."""
+    from .engines.openai_engine import parse_prefix_cache_metrics, server_root
+
+    try:
+        metrics = call("GET", f"{server_root(url)}/metrics").text
+    except DistilleryError as exc:
+        return ServerCheck("prefix caching on", None, f"no /metrics ({exc}); cannot tell (an external API?)")
+    flag = [line for line in metrics.splitlines() if line.startswith("vllm:cache_config_info")]
+    counters = parse_prefix_cache_metrics(metrics)
+    if flag and 'enable_prefix_caching="False"' in flag[0]:
+        return ServerCheck("prefix caching on", False, "vLLM runs without prefix caching: add --enable-prefix-caching")
+    if counters and counters["hits"] > 0:
+        hits, queries = counters["hits"], counters["queries"]
+        rate = f"{hits / queries:.1%} of prompt tokens hit so far" if queries else ""
+        return ServerCheck("prefix caching on", True, rate)
+    if counters:
+        advice = "a repeated prompt did not hit the prefix cache: start vLLM with --enable-prefix-caching"
+        return ServerCheck("prefix caching on", False, advice)
+    return ServerCheck("prefix caching on", None, "the server's /metrics has no prefix-cache counters")
 
 
 def api_key_from_environment(name: str | None) -> str | None:

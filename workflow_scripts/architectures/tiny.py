@@ -8,7 +8,6 @@ is written without ever being held in memory, and the same seed gives the same m
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from ..formats import hf_writer, torch_bin
 from ..formats.safetensors_file import TensorSpec
 from ..sizes import parse_size
 from .architecture import expected_weights
+from .tiny_spec import TinyModelSpec
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -36,22 +36,6 @@ _CORPUS_SEEDS = [
     "The quick brown fox jumps over the lazy dog, 0123456789 times!",
     "def main():\n    return {'status': 'ok', 'rows': [1, 2, 3]}\n",
 ]
-
-
-@dataclass
-class TinyModelSpec:
-    """Sizes of a tiny model; the defaults build in well under a second."""
-
-    architecture: str = "llama"
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vocab_size: int = 512
-    max_position_embeddings: int = 512
-    tie_word_embeddings: bool | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def train_tokenizer(vocab_size: int = 512):

@@ -6,23 +6,19 @@ import argparse
 from pathlib import Path
 
 from .. import __version__
-from ..choices import TINY_ARCHITECTURES, TINY_LAYOUTS
+from ..choices import TINY_LAYOUTS
 
 
 def _add_make_tiny_model(parser: argparse.ArgumentParser) -> None:
+    from ..architectures.tiny_spec import TinyModelSpec
+    from ..setting import add_flags
+
     parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--architecture", default="llama", choices=TINY_ARCHITECTURES)
     parser.add_argument("--layout", default="safetensors", choices=TINY_LAYOUTS)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-shard-size", default="40KB", help="shard size for the sharded layouts")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--intermediate-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--num-heads", type=int, default=4)
-    parser.add_argument("--num-kv-heads", type=int, default=2)
-    parser.add_argument("--vocab-size", type=int, default=512)
-    parser.add_argument("--max-position-embeddings", type=int, default=512, help="context length (512)")
+    add_flags(parser, TinyModelSpec)
     parser.add_argument("--force", action="store_true")
     parser.set_defaults(handler=_run_make_tiny_model)
 
@@ -31,21 +27,13 @@ def _run_make_tiny_model(args: argparse.Namespace) -> int:
     from ..architectures.tiny import TinyModelSpec, build_tiny_model
     from ..atomic import atomic_output_dir
     from ..provenance import write_provenance
+    from ..setting import from_args
 
-    spec = TinyModelSpec(
-        architecture=args.architecture,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads,
-        num_key_value_heads=args.num_kv_heads,
-        vocab_size=args.vocab_size,
-        max_position_embeddings=args.max_position_embeddings,
-    )
+    spec = from_args(TinyModelSpec, args)
     with atomic_output_dir(args.output, force=args.force) as staging:
         build_tiny_model(staging, spec, args.layout, args.seed, args.dtype, args.max_shard_size)
         write_provenance(staging, command=["distillery", *args.argv], tool_version=__version__)
-    print(f"✓ {args.output}: tiny {args.architecture} ({args.layout}, {args.dtype})")
+    print(f"✓ {args.output}: tiny {spec.architecture} ({args.layout}, {args.dtype})")
     return 0
 
 

@@ -81,42 +81,42 @@ def check_tp_plan(model: nn.Module, tp_plan: dict[str, str]) -> list[Check]:
     if not tp_plan:
         return [Check("tp_plan", WARN, "tensor-parallel plan", "the model declares none (vLLM needs a native "
                       "implementation to split it)")]  # fmt: skip
-    checks: list[Check] = []
-    styles = valid_styles()
-    matched: dict[str, list[str]] = {}
-    unmatched, bad_styles = [], []
-    for pattern, style in tp_plan.items():
-        regex = pattern_regex(pattern)
-        matched[pattern] = [name for name in names if regex.match(name)]
-        if not matched[pattern]:
-            hint = _nearest(pattern, names)
-            unmatched.append(f"{pattern} (nearest: {', '.join(hint) or 'none'})")
-        if style not in styles:
-            bad_styles.append(f"{pattern}: {style!r}")
+    matched = {pattern: [name for name in names if pattern_regex(pattern).match(name)] for pattern in tp_plan}
+    style_of = {name: tp_plan[pattern] for pattern, found in matched.items() for name in found}
+    return [
+        _check_tp_patterns(tp_plan, matched, names),
+        _check_tp_styles(tp_plan),
+        _check_tp_coverage(model, modules, style_of),
+        _check_tp_pairing(style_of),
+    ]
+
+
+def _check_tp_patterns(tp_plan: dict[str, str], matched: dict[str, list[str]], names: list[str]) -> Check:
+    unmatched = [f"{pattern} (nearest: {', '.join(_nearest(pattern, names)) or 'none'})"
+                 for pattern, found in matched.items() if not found]  # fmt: skip
     summary = {pattern: {"style": tp_plan[pattern], "matched": len(found), "examples": found[:3]}
                for pattern, found in matched.items()}  # fmt: skip
-    checks.append(
-        Check(
-            "tp_patterns",
-            FAIL if unmatched else PASS,
-            "every TP pattern matches a module",
-            f"match nothing: {'; '.join(unmatched)}" if unmatched else f"{len(tp_plan)} patterns matched",
-            {"patterns": summary},
-        )
-    )
-    checks.append(
-        Check(
-            "tp_styles",
-            FAIL if bad_styles else PASS,
-            "TP styles are ones transformers defines",
-            f"unknown: {', '.join(bad_styles)}" if bad_styles else "",
-        )
+    return Check(
+        "tp_patterns",
+        FAIL if unmatched else PASS,
+        "every TP pattern matches a module",
+        f"match nothing: {'; '.join(unmatched)}" if unmatched else f"{len(tp_plan)} patterns matched",
+        {"patterns": summary},
     )
 
-    style_of = {}
-    for pattern, found in matched.items():
-        for name in found:
-            style_of[name] = tp_plan[pattern]
+
+def _check_tp_styles(tp_plan: dict[str, str]) -> Check:
+    styles = valid_styles()
+    bad_styles = [f"{pattern}: {style!r}" for pattern, style in tp_plan.items() if style not in styles]
+    return Check(
+        "tp_styles",
+        FAIL if bad_styles else PASS,
+        "TP styles are ones transformers defines",
+        f"unknown: {', '.join(bad_styles)}" if bad_styles else "",
+    )
+
+
+def _check_tp_coverage(model: nn.Module, modules: dict[str, nn.Module], style_of: dict[str, str]) -> Check:
     layer_stack = _repeated_block_prefixes(model)
     uncovered = sorted(
         name
@@ -126,16 +126,16 @@ def check_tp_plan(model: nn.Module, tp_plan: dict[str, str]) -> list[Check]:
         and name not in style_of
         and not any(name.startswith(covered + ".") for covered in style_of)
     )
-    checks.append(
-        Check(
-            "tp_coverage",
-            FAIL if uncovered else PASS,
-            "every Linear in the layers is split",
-            f"not in the plan (each GPU would hold it whole): {', '.join(_generalise(uncovered))}" if uncovered else "",
-            {"uncovered": uncovered},
-        )
+    return Check(
+        "tp_coverage",
+        FAIL if uncovered else PASS,
+        "every Linear in the layers is split",
+        f"not in the plan (each GPU would hold it whole): {', '.join(_generalise(uncovered))}" if uncovered else "",
+        {"uncovered": uncovered},
     )
 
+
+def _check_tp_pairing(style_of: dict[str, str]) -> Check:
     by_block: dict[str, set[str]] = defaultdict(set)
     for name, style in style_of.items():
         parent = name.rsplit(".", 1)[0] if "." in name else ""
@@ -147,15 +147,12 @@ def check_tp_plan(model: nn.Module, tp_plan: dict[str, str]) -> list[Check]:
             unpaired.append(f"{block}: a column split ({', '.join(sorted(opens))}) is never closed by a row split")
         if closes and not opens:
             unpaired.append(f"{block}: a row split ({', '.join(sorted(closes))}) has no column split feeding it")
-    checks.append(
-        Check(
-            "tp_pairing",
-            FAIL if unpaired else PASS,
-            "column splits feed row splits within each block",
-            "; ".join(_generalise(unpaired)) if unpaired else "",
-        )
+    return Check(
+        "tp_pairing",
+        FAIL if unpaired else PASS,
+        "column splits feed row splits within each block",
+        "; ".join(_generalise(unpaired)) if unpaired else "",
     )
-    return checks
 
 
 def _generalise(items: list[str], limit: int = 5) -> list[str]:
