@@ -99,10 +99,32 @@ def test_kd_chunks_share_allocations_capped_at_a_node(monkeypatch, env, chunks, 
 SLURM_VARIABLES = re.findall(r"^#   (DISTILLERY_SLURM_\w+)", PROFILE.read_text(), re.M)
 
 
-@pytest.mark.integration
+def evaluated_profile(monkeypatch, **variables) -> dict:
+    """profiles/slurm/config.yaml as Snakemake reads it (yte), with only these DISTILLERY_SLURM_* variables set."""
+    import yte
+
+    for name in [name for name in os.environ if name.startswith("DISTILLERY_SLURM_")]:
+        monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with PROFILE.open() as profile:
+        return yte.process_yaml(profile, require_use_yte=True)
+
+
 @pytest.mark.parametrize("variable", [None, *SLURM_VARIABLES])
-def test_the_profile_plans_with_no_variable_or_any_one(variable, tmp_path_factory):
-    """Unset variables mean the cluster's defaults: `snakemake -n --profile profiles/slurm` plans with any subset."""
+def test_the_profile_has_no_empty_option_with_no_variable_or_any_one(variable, monkeypatch):
+    """Unset variables mean the cluster's defaults. An option the profile leaves empty (`set-resources: []`, the
+    bug) is one Snakemake's command line refuses, so none may be empty whatever subset is set."""
+    value = "4" if variable and variable.endswith(("_PER_NODE", "_PER_JOB")) else "value"
+    profile = evaluated_profile(monkeypatch, **({variable: value} if variable else {}))
+    empty = [option for option, setting in profile.items() if isinstance(setting, (list, dict, str)) and not setting]
+    assert not empty, f"empty options with {variable or 'no variable'}: {empty}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("variables", ["none", "all"])
+def test_the_profile_plans_with_no_variable_or_all(variables, tmp_path_factory):
+    """`snakemake -n --profile profiles/slurm` itself, with none of the variables and with every one."""
     import yaml
     from helpers.snakemake_runs import planned_jobs, repository_copy, snakemake_in
 
@@ -110,8 +132,8 @@ def test_the_profile_plans_with_no_variable_or_any_one(variable, tmp_path_factor
     config = {"tiny_models": {"src": {}}, "models": {"m": {"source": {"format": "hf", "path": "work/sources/src"}}}}
     (repository / "my.yaml").write_text(yaml.safe_dump(config))
     env = {name: value for name, value in os.environ.items() if not name.startswith("DISTILLERY_SLURM_")}
-    if variable:
-        env[variable] = "4" if variable.endswith(("_PER_NODE", "_PER_JOB")) else "value"
+    if variables == "all":
+        env.update({name: "4" if name.endswith(("_PER_NODE", "_PER_JOB")) else "value" for name in SLURM_VARIABLES})
     result = snakemake_in(repository, "-n", "--profile", "profiles/slurm", "--configfile", "my.yaml", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert [rule for rule, _ in planned_jobs(result)] == ["build_tiny_model", "hf_merge", "verify_model"]
