@@ -117,8 +117,15 @@ def test_the_profile_has_no_empty_option_with_no_variable_or_any_one(variable, m
     bug) is one Snakemake's command line refuses, so none may be empty whatever subset is set."""
     value = "4" if variable and variable.endswith(("_PER_NODE", "_PER_JOB")) else "value"
     profile = evaluated_profile(monkeypatch, **({variable: value} if variable else {}))
-    empty = [option for option, setting in profile.items() if isinstance(setting, (list, dict, str)) and not setting]
-    assert not empty, f"empty options with {variable or 'no variable'}: {empty}"
+    assert not empty_settings(profile), f"empty settings with {variable or 'no variable'}: {empty_settings(profile)}"
+
+
+def empty_settings(node, where: str = "") -> list[str]:
+    """The options (and an option's entries, e.g. a rule of set-resources) that hold nothing."""
+    if isinstance(node, (list, dict, str)) and not node:
+        return [where]
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    return [path for key, child in children for path in empty_settings(child, f"{where}/{key}")]
 
 
 @pytest.mark.integration
