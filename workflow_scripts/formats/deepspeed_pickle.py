@@ -8,6 +8,7 @@ stand-in that only records the state it is given. Any other class is refused wit
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from .torch_bin import load_torch_file
@@ -28,12 +29,25 @@ def _zero_stage(value) -> int:
     return int(value)
 
 
+# ZeroStageEnum's members by name: some Python versions (Debian 12's 3.11.2 among them) pickle an enum member as
+# getattr(EnumClass, "name") rather than EnumClass(value).
+_ZERO_STAGES = {"disabled": 0, "optimizer_states": 1, "gradients": 2, "weights": 3, "max_stage": 3}
+
+
+def _enum_member(owner, name: str) -> int:
+    """`getattr` as such a pickle uses it, for the allow-listed enum's members only: never a general getattr."""
+    if owner is _zero_stage and name in _ZERO_STAGES:
+        return _ZERO_STAGES[name]
+    raise pickle.UnpicklingError(f"getattr({getattr(owner, '__name__', owner)}, {name!r})")
+
+
 # The DeepSpeed globals its ZeRO checkpoints need, by the name the pickle refers to them with.
 ALLOWED_GLOBALS: dict[str, object] = {
     "deepspeed.runtime.zero.config.ZeroStageEnum": _zero_stage,
     "deepspeed.runtime.fp16.loss_scaler.LossScaler": InertObject,
     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler": InertObject,
     "deepspeed.utils.tensor_fragment.fragment_address": InertObject,
+    "builtins.getattr": _enum_member,
 }
 
 
