@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
+from . import facts_cache
 from .rope import LLAMA3_ROPE_SCALING
 
 ROPE_TYPES = ("default", "llama3.1")
@@ -142,30 +143,38 @@ class MaxTextLlamaMath:
 
 
 def hf_config(math: MaxTextLlamaMath, dtype: str) -> dict:
-    """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights."""
-    from transformers import LlamaConfig
-
+    """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights; from the facts cache
+    (facts_cache.py) where the same math and dtype were converted before, since LlamaConfig imports transformers."""
     size = math.size
     tie = math.tied_embeddings and not math.normalize_embedding_logits
-    config = LlamaConfig(
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_hidden_layers,
-        num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_key_value_heads,
-        head_dim=size.head_dim,
-        vocab_size=size.vocab_size,
-        rms_norm_eps=size.rms_norm_eps,
-        max_position_embeddings=size.max_position_embeddings,
-        rope_theta=size.rope_theta,
-        rope_scaling=dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
-        hidden_act="silu",
-        attention_bias=False,
-        mlp_bias=False,
-        tie_word_embeddings=tie,
-        bos_token_id=size.bos_token_id,
-        eos_token_id=size.eos_token_id,
-    )
+    arguments = {
+        "hidden_size": size.hidden_size,
+        "intermediate_size": size.intermediate_size,
+        "num_hidden_layers": size.num_hidden_layers,
+        "num_attention_heads": size.num_attention_heads,
+        "num_key_value_heads": size.num_key_value_heads,
+        "head_dim": size.head_dim,
+        "vocab_size": size.vocab_size,
+        "rms_norm_eps": size.rms_norm_eps,
+        "max_position_embeddings": size.max_position_embeddings,
+        "rope_theta": size.rope_theta,
+        "rope_scaling": dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tie,
+        "bos_token_id": size.bos_token_id,
+        "eos_token_id": size.eos_token_id,
+    }
+    entry = facts_cache.entry_path("maxtext-hf-config", json.dumps({"arguments": arguments, "dtype": dtype}))
+    stored = facts_cache.read_entry(entry)
+    if stored is not None:
+        return stored
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**arguments)
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = dtype
-    return config.to_dict()
+    values = config.to_dict()
+    facts_cache.write_entry(entry, values)
+    return values
