@@ -31,6 +31,7 @@ with one_line_errors():
     include: "rules/common.smk"
     include: "rules/sources.smk"
     include: "rules/convert.smk"
+    include: "rules/layouts.smk"
     include: "rules/verify.smk"
     include: "rules/generate.smk"
     include: "rules/icm.smk"
@@ -46,6 +47,11 @@ rule all:
 rule models:
     input:
         [hf_model_dir(model) for model in MODELS],
+
+
+rule layouts:
+    input:
+        LAYOUTS.outputs(),
 
 
 rule verification:

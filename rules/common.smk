@@ -5,12 +5,18 @@ from pathlib import Path
 from workflow_scripts.verify import settings as verify_settings
 from workflow_scripts.workflow import formats
 from workflow_scripts.workflow import resources as sizing
+from workflow_scripts.workflow.layouts import LayoutPlan
 from workflow_scripts.workflow.model_targets import model_targets
 
 RESULTS = config["results"]
 WORK = config["work"]
 VERIFY = config["verify"]
-MODELS = model_targets(config["models"])
+# Models reading a layout the workflow writes (rules/layouts.smk) are planned before it exists, and left out
+# where the layout is not made (its packages are not installed).
+LAYOUTS = LayoutPlan.from_config(config)
+MODELS = LAYOUTS.readable_models(
+    model_targets(config["models"], built=LAYOUTS.built_sources())
+)
 
 
 wildcard_constraints:
@@ -167,6 +173,7 @@ def all_outputs():
         ]
         + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
         + [icm_labels(job) for job in ICM_JOBS]
+        + LAYOUTS.outputs()
     )
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from workflow_scripts.icm.algorithm import ICMSettings
 from workflow_scripts.kd.settings import KdJob
+from workflow_scripts.layouts.options import LayOutOptions
 from workflow_scripts.setting import config_defaults
 from workflow_scripts.workflow.icm_jobs import JOB_DEFAULTS
 
@@ -34,6 +35,8 @@ def schema_keys(node: dict, prefix: str = "") -> dict:
 # section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources)
 SECTIONS = {
     "kd": (SCHEMA["properties"]["kd"]["additionalProperties"], KdJob, {"model", "gpus"}),
+    # `make` is the list of layouts, the lay_out rule's wildcard
+    "layouts": (SCHEMA["properties"]["layouts"]["additionalProperties"], LayOutOptions, {"make"}),
     "icm.jobs": (
         SCHEMA["properties"]["icm"]["properties"]["jobs"]["additionalProperties"],
         ICMSettings,

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert",
         "convert a TorchTitan Llama 3 or Qwen3 checkpoint (DCP folder or .pt) into an HF model folder",
     ),
+    "lay-out": ("layouts", "write an HF model folder as a training checkpoint (.bin shards, TorchTitan, ZeRO, ...)"),
     "infer": ("infer", "generate completions of prompts with a model folder (vLLM where installed, else transformers)"),
 }
 

@@ -95,7 +95,9 @@ class MaxTextToHFOptions:
         help="MaxText's rope_type where its config set one (default: from the model name)",
     )
     normalize_embedding_logits: bool = setting(
-        True, config=None, help="for tied embeddings: MaxText ran with normalize_embedding_logits"
+        True,
+        config="source.normalize_embedding_logits",
+        help="for tied embeddings: MaxText ran with normalize_embedding_logits",
     )
     max_shard_size: str = max_shard_size_setting("5GB")
     force: bool = force_setting()

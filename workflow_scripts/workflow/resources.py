@@ -114,3 +114,18 @@ def deepspeed_mem_mb(checkpoint: str | Path) -> int:
         largest = 1024  # the job itself reports what is wrong with the checkpoint
     # The fp32 parameter gathered from the ranks, its converted copy, and the interpreter.
     return 2048 + 3 * largest
+
+
+def lay_out_mem_mb(hf_folder: str | Path, layout: str, max_shard_size: str) -> int:
+    """One source tensor and its transformed copy; a .bin shard is pickled whole, so hf-bin-sharded holds one
+    shard besides. ZeRO partitions are filled in memory-mapped spool files: page cache, not the job's memory."""
+    from ..sizes import parse_size
+
+    held = 2 * largest_tensor_mb(hf_folder)
+    if layout == "hf-bin-sharded":
+        held += parse_size(max_shard_size) // _MB
+    return (3072 if layout == "maxtext" else 1536) + held
+
+
+def lay_out_runtime_min(hf_folder: str | Path) -> int:
+    return merge_runtime_min(hf_folder)
