@@ -79,8 +79,8 @@ def lay_out(options: LayOutOptions) -> LayOutResult:
         progress_bar(total=source.total_bytes, unit="B", unit_scale=True, desc=f"lay-out {layout.name}") as bar,
     ):
         details = layout.write(source, staging, options, lambda spec: bar.update(spec.nbytes))
-        copied = [path.name for path in source.model_files()]
-        for path in source.model_files():
+        model_files = source.model_files()
+        for path in model_files:
             shutil.copy2(path, staging / path.name)
         write_provenance(
             staging,
@@ -92,7 +92,7 @@ def lay_out(options: LayOutOptions) -> LayOutResult:
                 "tensors": len(source.specs),
                 "tied": source.tied,
             },
-            layout={"name": layout.name, **details, "model_files": copied},
+            layout={"name": layout.name, **details, "model_files": [path.name for path in model_files]},
             command=options.command,
             tool_version=__version__,
         )
