@@ -75,8 +75,7 @@ def conversion_input(wildcards):
 
 def conversion_extra_inputs(wildcards):
     """Files a conversion reads besides the checkpoint (a TorchTitan config and tokenizer)."""
-    target = MODELS[wildcards.model]
-    return formats.format_of(target).extra_inputs(target)
+    return formats.extra_inputs(MODELS[wildcards.model])
 
 
 def conversion_flags(wildcards):

@@ -53,6 +53,17 @@ def test_every_rule_has_an_entry(monkeypatch):
     assert declared | future <= set(set_resources(profile))
 
 
+def test_a_new_formats_rules_are_placed_from_its_registry_entry_alone(monkeypatch):
+    """The profile names no conversion rule: each format's entry says what its jobs need (`runs_on`)."""
+    from workflow_scripts.convert import registry
+
+    new = registry.SourceFormat("megatron", "megatron_to_hf", registry.CONSOLIDATE, prepare_rule="megatron_merge_tp")
+    monkeypatch.setitem(registry.FORMATS, "megatron", new)
+    rules = set_resources(read_profile(monkeypatch, PARTITION="cpu", HIGHMEM_PARTITION="bigmem", TPU_PARTITION="tpu"))
+    assert rules["megatron_to_hf"] == rules["megatron_merge_tp"] == rules["hf_merge"] == {"slurm_partition": "bigmem"}
+    assert rules["maxtext_to_hf"] == {"slurm_partition": "tpu"}  # runs_on="tpu"
+
+
 def test_nothing_names_a_cluster_when_the_environment_does_not(monkeypatch):
     profile = read_profile(monkeypatch)
     # No partition, no account: the plugin takes the cluster's default partition and guesses the account.

@@ -114,7 +114,7 @@ def model_schema() -> dict:
 
 def test_model_schema_defaults_equal_the_conversion_options_defaults():
     """consolidate's and titan-to-hf's options read a model entry; where the schema has a default, it is theirs."""
-    from workflow_scripts.convert.options import ConsolidateOptions, TitanToHFOptions
+    from workflow_scripts.convert.registry import ConsolidateOptions, TitanToHFOptions
 
     for options in (ConsolidateOptions, TitanToHFOptions):
         for key, default in config_defaults(options).items():

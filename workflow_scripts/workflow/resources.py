@@ -7,6 +7,8 @@ headers are read, so sizing a 400 GB checkpoint costs milliseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistilleryError
@@ -114,3 +116,19 @@ def deepspeed_mem_mb(checkpoint: str | Path) -> int:
         largest = 1024  # the job itself reports what is wrong with the checkpoint
     # The fp32 parameter gathered from the ranks, its converted copy, and the interpreter.
     return 2048 + 3 * largest
+
+
+@dataclass(frozen=True)
+class Sizing:
+    mem_mb: Callable[[str], int]
+    runtime_min: Callable[[str], int]
+
+
+# A conversion's memory and time by the name its format's entry gives (`sizing` in convert/registry.py), each
+# from the checkpoint the job reads. A format without a sharper estimate takes `merge`.
+CONVERSION_SIZING = {
+    "merge": Sizing(merge_mem_mb, merge_runtime_min),
+    "deepspeed": Sizing(deepspeed_mem_mb, merge_runtime_min),
+    "maxtext": Sizing(maxtext_to_hf_mem_mb, maxtext_runtime_min),
+    "titan": Sizing(titan_mem_mb, merge_runtime_min),
+}
