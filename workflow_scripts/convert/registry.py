@@ -147,6 +147,21 @@ class MaxTextToHFOptions:
     command: list[str] = field(default_factory=list)
 
 
+@dataclass
+class GGUFToHFOptions:
+    """Convert a llama.cpp GGUF file (or a folder holding one) of a Llama-architecture model into a plain
+    vLLM-ready HF folder: each tensor dequantized as it is written, config from the file's metadata, tokenizer
+    and chat template from its vocabulary, provenance."""
+
+    input: Path | None = path_setting("a .gguf file, or a folder holding exactly one")
+    output: Path | None = path_setting("output folder")
+    dtype: str = dtype_setting("float32")
+    max_shard_size: str = max_shard_size_setting("40GB")
+    force: bool = force_setting()
+    validate_vllm: bool = validate_vllm_setting()
+    command: list[str] = field(default_factory=list)
+
+
 # --- the registry ---------------------------------------------------------------------------------------------------
 
 
@@ -272,6 +287,20 @@ FORMATS = {
             Lazy("formats.dcp", "is_titan_checkpoint"), Lazy("verify.titan_reference", "load_titan_reference")
         ),  # fmt: skip
         extra_inputs=_titan_extra_inputs,
+    ),
+    "gguf": SourceFormat(
+        "gguf",
+        "gguf_to_hf",
+        Converter(
+            "gguf-to-hf",
+            "convert a llama.cpp GGUF file (any quantization) of a Llama model into an HF model folder",
+            GGUFToHFOptions,
+            Lazy("convert.gguf_to_hf", "convert_gguf_to_hf"),
+        ),
+        sizing="gguf",
+        numeric_reference=NumericReference(
+            Lazy("formats.gguf", "is_gguf_source"), Lazy("convert.gguf_to_hf", "load_gguf_reference")
+        ),
     ),
 }
 

@@ -118,6 +118,24 @@ def deepspeed_mem_mb(checkpoint: str | Path) -> int:
     return 2048 + 3 * largest
 
 
+def gguf_mem_mb(checkpoint: str | Path) -> int:
+    """One tensor dequantized to float32, its cast copy and the decoder's temporaries, and the interpreter."""
+    from ..formats.gguf import GGUFCheckpoint
+
+    try:
+        largest = max(math.prod(t.shape) * 4 for t in GGUFCheckpoint(checkpoint).tensors.values()) // _MB
+    except (DistilleryError, ValueError):
+        largest = 1024  # the job itself reports what is wrong with the file
+    return 2048 + 4 * largest
+
+
+def gguf_runtime_min(checkpoint: str | Path) -> int:
+    # Dequantized, the weights are up to 8 times the file (4-bit blocks to float32), written at 100 MB/s.
+    path = Path(checkpoint)
+    file_mb = path.stat().st_size // _MB if path.is_file() else stored_mb(path)
+    return 10 + file_mb * 8 // (100 * 60)
+
+
 @dataclass(frozen=True)
 class Sizing:
     mem_mb: Callable[[str], int]
@@ -131,4 +149,5 @@ CONVERSION_SIZING = {
     "deepspeed": Sizing(deepspeed_mem_mb, merge_runtime_min),
     "maxtext": Sizing(maxtext_to_hf_mem_mb, maxtext_runtime_min),
     "titan": Sizing(titan_mem_mb, merge_runtime_min),
+    "gguf": Sizing(gguf_mem_mb, gguf_runtime_min),
 }
