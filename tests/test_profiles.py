@@ -34,13 +34,17 @@ def set_resources(profile: dict) -> dict[str, dict[str, str]]:
 
 
 def test_every_rule_has_an_entry(monkeypatch):
-    """Rules made with `use rule ... as NAME` too."""
+    """Rules made with `use rule ... as NAME` too; a local rule (`localrule: True`) runs where Snakemake does."""
     profile = read_profile(monkeypatch, PARTITION="cpu")
+    rules = "".join(path.read_text() for path in (REPO / "rules").glob("*.smk"))
+    blocks = re.split(r"^(?=rule |checkpoint |use rule )", rules, flags=re.M)
     declared = {
-        m
-        for p in (REPO / "rules").glob("*.smk")
-        for m in re.findall(r"^(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", p.read_text(), re.M)
+        match.group(1)
+        for block in blocks
+        if (match := re.match(r"(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", block))
+        and "localrule: True" not in block
     }
+    assert "hf_merge" in declared and "fetch_wheel" not in declared
     future = {
         "maxtext_param_only",
         "maxtext_to_hf",
@@ -51,6 +55,17 @@ def test_every_rule_has_an_entry(monkeypatch):
         "icm_labels",
     }
     assert declared | future <= set(set_resources(profile))
+
+
+def test_a_new_formats_rules_are_placed_from_its_registry_entry_alone(monkeypatch):
+    """The profile names no conversion rule: each format's entry says what its jobs need (`runs_on`)."""
+    from workflow_scripts.convert import registry
+
+    new = registry.SourceFormat("megatron", "megatron_to_hf", registry.CONSOLIDATE, prepare_rule="megatron_merge_tp")
+    monkeypatch.setitem(registry.FORMATS, "megatron", new)
+    rules = set_resources(read_profile(monkeypatch, PARTITION="cpu", HIGHMEM_PARTITION="bigmem", TPU_PARTITION="tpu"))
+    assert rules["megatron_to_hf"] == rules["megatron_merge_tp"] == rules["hf_merge"] == {"slurm_partition": "bigmem"}
+    assert rules["maxtext_to_hf"] == {"slurm_partition": "tpu"}  # runs_on="tpu"
 
 
 def test_nothing_names_a_cluster_when_the_environment_does_not(monkeypatch):

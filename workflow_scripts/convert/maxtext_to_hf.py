@@ -48,7 +48,7 @@ from ..formats.maxtext_arrays import StoredArrays, as_torch
 from ..formats.safetensors_file import TensorPieces, TensorSpec
 from .driver import ConversionPlan, ConversionRequest, check_request, run_conversion
 from .model_files import copy_model_files
-from .options import MaxTextToHFOptions
+from .registry import MaxTextToHFOptions
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ class MaxTextToHFResult:
     total_bytes: int
     files: list[hf_writer.WrittenFile]
     math: MaxTextLlamaMath
+
+    def summary(self) -> str:
+        files = ", ".join(f.name for f in self.files)
+        return (f"✓ {self.output}: {self.num_tensors} tensors of {self.math.model_size} "
+                f"(rope {self.math.rope_type}) into {files}")  # fmt: skip
 
 
 def expected_maxtext_shapes(math: MaxTextLlamaMath, scanned: bool) -> dict[str, tuple[int, ...]]:
