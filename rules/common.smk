@@ -167,6 +167,7 @@ def all_outputs():
         ]
         + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
         + [icm_labels(job) for job in ICM_JOBS]
+        + report_figures()
     )
 
 

@@ -48,6 +48,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert",
         "convert a TorchTitan Llama 3 or Qwen3 checkpoint (DCP folder or .pt) into an HF model folder",
     ),
+    "report-model": ("report", "a model's verification and parallel plans as HTML, for snakemake --report"),
+    "report-kd": ("report", "a KD job's summary, tokens/s per chunk and sample completions, for snakemake --report"),
+    "report-icm": (
+        "report",
+        "an ICM job's accuracy, label balance and objective per iteration, for snakemake --report",
+    ),
     "infer": ("infer", "generate completions of prompts with a model folder (vLLM where installed, else transformers)"),
 }
 
