@@ -280,5 +280,5 @@ def test_trust_remote_code_in_the_config_reaches_the_jobs_that_load_the_model(tm
     jobs = {"kd": {"j": {"model": "m", "dataset": {"path": "d"}, "engine": {"trust_remote_code": True}}}}
     validate(jobs, str(REPO / "config/schema/config.schema.yaml"))
     assert "--trust-remote-code" in wire_kd_jobs(jobs["kd"], {}, {})["j"].flags
-    assert "--trust-remote-code" in icm_jobs.icm_flags({**icm_jobs.JOB_DEFAULTS, "data": {}, "engine": "vllm",
-                                                        "trust_remote_code": True})  # fmt: skip
+    icm = {"model": "m", "data": {"path": "d"}, "engine": "vllm", "trust_remote_code": True}
+    assert "--trust-remote-code" in icm_jobs.icm_flags(icm)

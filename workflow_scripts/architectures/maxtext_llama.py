@@ -145,26 +145,14 @@ def hf_config(math: MaxTextLlamaMath, dtype: str) -> dict:
     """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights."""
     from transformers import LlamaConfig
 
-    size = math.size
     tie = math.tied_embeddings and not math.normalize_embedding_logits
     config = LlamaConfig(
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_hidden_layers,
-        num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_key_value_heads,
-        head_dim=size.head_dim,
-        vocab_size=size.vocab_size,
-        rms_norm_eps=size.rms_norm_eps,
-        max_position_embeddings=size.max_position_embeddings,
-        rope_theta=size.rope_theta,
+        **asdict(math.size),  # LlamaSize's fields are LlamaConfig's keywords
         rope_scaling=dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
         hidden_act="silu",
         attention_bias=False,
         mlp_bias=False,
         tie_word_embeddings=tie,
-        bos_token_id=size.bos_token_id,
-        eos_token_id=size.eos_token_id,
     )
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = dtype
