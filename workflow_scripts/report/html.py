@@ -52,9 +52,9 @@ def status(value: str) -> Cell:
 
 
 def table(headers: Sequence[str] | None, rows: Iterable[Sequence[object]]) -> str:
-    head = (
-        "<thead><tr>" + "".join(f"<th>{escape(header)}</th>" for header in headers) + "</tr></thead>" if headers else ""
-    )
+    """A table of `rows`, each cell a Cell or a value shown as text; no header row when `headers` is None."""
+    head = "".join(f"<th>{escape(header)}</th>" for header in headers or ())
+    head = f"<thead><tr>{head}</tr></thead>" if head else ""
     body = "".join(
         "<tr>" + "".join((cell if isinstance(cell, Cell) else Cell(cell)).render() for cell in row) + "</tr>"
         for row in rows

@@ -25,7 +25,7 @@ def verdict(report: dict) -> str:
 
 
 def plan_label(plan: dict) -> str:
-    """ "T=2, P=1", as verify's TP/PP lines name a plan (`parallel_check` in verify/run.py)."""
+    """The plan's sizes ("T=2, P=1"), as verify's TP/PP lines name them (`parallel_check` in verify/run.py)."""
     return str(plan.get("model_path", "?")).rsplit(" at ", 1)[-1]
 
 
@@ -72,10 +72,12 @@ def plans_page(model: str, plans: list[dict]) -> str:
 
 
 def write_figures(verification: Path, plans: list[Path], verification_html: Path, plans_html: Path) -> None:
-    outputs = {Path(verification_html): "", Path(plans_html): ""}
-    for output in outputs:
+    for output in (verification_html, plans_html):
         check_apart_from_inputs(output, [verification, *plans])
-    report = read_json(verification)
-    outputs[Path(verification_html)] = verification_page(report)
-    outputs[Path(plans_html)] = plans_page(str(report.get("model_path")), [read_json(plan) for plan in plans])
-    atomic_write_texts(outputs)
+    report, plan_reports = read_json(verification), [read_json(plan) for plan in plans]
+    atomic_write_texts(
+        {
+            Path(verification_html): verification_page(report),
+            Path(plans_html): plans_page(str(report.get("model_path")), plan_reports),
+        }
+    )
