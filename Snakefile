@@ -25,6 +25,9 @@ if not workflow.overwrite_configfiles:
 validate(config, "config/schema/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 # A user's mistake found while planning (a missing model, an unset variable) is one line, without a traceback.
 with one_line_errors():
 
@@ -35,6 +38,7 @@ with one_line_errors():
     include: "rules/verify.smk"
     include: "rules/generate.smk"
     include: "rules/icm.smk"
+    include: "rules/report.smk"
 
 
 rule all:

@@ -183,6 +183,7 @@ def all_outputs():
         + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
         + [icm_labels(job) for job in ICM_JOBS]
         + LAYOUTS.outputs()
+        + report_figures()
     )
 
 

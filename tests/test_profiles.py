@@ -34,17 +34,16 @@ def set_resources(profile: dict) -> dict[str, dict[str, str]]:
 
 
 def test_every_rule_has_an_entry(monkeypatch):
-    """Rules made with `use rule ... as NAME` too; a local rule (`localrule: True`) runs where Snakemake does."""
+    """Rules made with `use rule ... as NAME` too; a `localrule: True` runs where Snakemake does, on no partition."""
     profile = read_profile(monkeypatch, PARTITION="cpu")
-    rules = "".join(path.read_text() for path in (REPO / "rules").glob("*.smk"))
-    blocks = re.split(r"^(?=rule |checkpoint |use rule )", rules, flags=re.M)
+    blocks = [block for p in (REPO / "rules").glob("*.smk") for block in re.split(r"\n(?=\S)", p.read_text())]
     declared = {
-        match.group(1)
+        m.group(1)
         for block in blocks
-        if (match := re.match(r"(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", block))
+        if (m := re.match(r"(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", block))
         and "localrule: True" not in block
     }
-    assert "hf_merge" in declared and "fetch_wheel" not in declared
+    assert {"hf_merge", "kd_chunk", "kd_dataset_parquet"} <= declared and "fetch_wheel" not in declared
     future = {
         "maxtext_param_only",
         "maxtext_to_hf",
@@ -158,4 +157,9 @@ def test_the_profile_plans_with_no_variable_or_all(variables, tmp_path_factory):
         env.update({name: "4" if name.endswith(("_PER_NODE", "_PER_JOB")) else "value" for name in SLURM_VARIABLES})
     result = snakemake_in(repository, "-n", "--profile", "profiles/slurm", "--configfile", "my.yaml", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [rule for rule, _ in planned_jobs(result)] == ["build_tiny_model", "hf_merge", "verify_model"]
+    assert [rule for rule, _ in planned_jobs(result)] == [
+        "build_tiny_model",
+        "hf_merge",
+        "report_model",
+        "verify_model",
+    ]

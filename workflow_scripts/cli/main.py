@@ -47,6 +47,11 @@ _HELP_LINES: dict[str, dict[str, str]] = {
         "serve": "start `vllm serve` from a size preset (8B, 70B, 405B), prefix caching always on",
         "check-server": "check an OpenAI-compatible server: it answers, returns logprobs, has prefix caching on",
     },
+    "report": {
+        "report-model": "a model's verification and parallel plans as HTML, for snakemake --report",
+        "report-kd": "a KD job's summary, tokens/s per chunk and sample completions, for snakemake --report",
+        "report-icm": "an ICM job's accuracy, label balance and objective per iteration, for snakemake --report",
+    },
     "layouts": {"lay-out": "write an HF model folder as a training checkpoint (.bin shards, TorchTitan, ZeRO, ...)"},
     "infer": {"infer": "generate completions of prompts with a model folder (vLLM where installed, else transformers)"},
 }
