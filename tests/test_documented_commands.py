@@ -41,7 +41,7 @@ def repository(tmp_path_factory) -> Path:
     return folder
 
 
-TARGET_RULES = {"all", "models", "verification", "kd", "icm"}
+TARGET_RULES = {"all", "models", "verification", "layouts", "kd", "icm"}
 
 
 def parsed(command: str):

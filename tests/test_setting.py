@@ -195,3 +195,29 @@ def test_a_nested_setting_left_out_is_no_flag_of_the_parent_and_keeps_its_defaul
 
 def test_a_choice_in_other_letters_is_that_choice():
     assert from_args(Job, parse("--engine", "VLLM")).engine.kind == "vllm"
+
+
+@dataclass(frozen=True)
+class Conversion:
+    output: str | None = setting(None, help="output folder", config=None, required=True)
+    dtype: str = setting("float32", help="precision", switches={"--keep-original-precision": "original"})
+
+
+def parse_conversion(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_flags(parser, Conversion)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("order", [("--dtype", "bfloat16", "--keep-original-precision"),
+                                   ("--keep-original-precision", "--dtype", "bfloat16")])  # fmt: skip
+def test_a_switch_sets_its_value_whatever_the_settings_own_flag_says(order):
+    assert from_args(Conversion, parse_conversion("--output", "out", *order)).dtype == "original"
+    assert to_argv(Conversion("out", "original")) == ["--output", "out", "--dtype", "original"]  # never the switch
+
+
+def test_a_required_setting_is_a_flag_the_command_must_be_given(capsys):
+    with pytest.raises(SystemExit):
+        parse_conversion("--dtype", "bfloat16")
+    assert "the following arguments are required: --output" in capsys.readouterr().err
+    assert from_config(Conversion, {"output": "ignored", "dtype": "float16"}) == Conversion(None, "float16")

@@ -12,6 +12,7 @@ import yaml
 
 from workflow_scripts.icm.job import ICMJob
 from workflow_scripts.kd.settings import KdJob
+from workflow_scripts.layouts.options import LayOutOptions
 from workflow_scripts.setting import config_defaults
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/schema/config.schema.yaml").read_text())
@@ -33,6 +34,8 @@ def schema_keys(node: dict, prefix: str = "") -> dict:
 # section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources, the server job)
 SECTIONS = {
     "kd": (SCHEMA["properties"]["kd"]["additionalProperties"], KdJob, {"model", "gpus"}),
+    # `make` is the list of layouts, the lay_out rule's wildcard
+    "layouts": (SCHEMA["properties"]["layouts"]["additionalProperties"], LayOutOptions, {"make"}),
     "icm.jobs": (
         SCHEMA["properties"]["icm"]["properties"]["jobs"]["additionalProperties"],
         ICMJob,
@@ -75,13 +78,20 @@ def model_schema() -> dict:
 
 def test_model_schema_defaults_equal_the_conversion_options_defaults():
     """consolidate's and titan-to-hf's options read a model entry; where the schema has a default, it is theirs."""
-    from workflow_scripts.convert.options import ConsolidateOptions, TitanToHFOptions
+    from workflow_scripts.convert.registry import ConsolidateOptions, TitanToHFOptions
 
     for options in (ConsolidateOptions, TitanToHFOptions):
         for key, default in config_defaults(options).items():
             if key.startswith("source."):
                 continue  # source keys have no schema defaults (see the schema's note on oneOf)
             assert schema_default(model_schema(), key) == default, (options.__name__, key)
+
+
+def test_a_wheels_schema_keys_are_the_settings_fetch_wheel_reads():
+    from workflow_scripts.fetch_wheel import WheelSource
+
+    wheel = SCHEMA["properties"]["wheels"]["additionalProperties"]
+    assert set(wheel["properties"]) == set(wheel["required"]) == set(config_defaults(WheelSource))
 
 
 def test_verify_schema_defaults_equal_the_verify_settings_defaults():

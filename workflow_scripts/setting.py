@@ -48,6 +48,9 @@ class Setting:
     metavar: str | None = None
     secret: bool = False  # never written to records (an API key)
     vllm: str | None = None  # the keyword of vLLM's engine arguments it is, if any
+    required: bool = False  # a command's flag that must be given (a path the rule passes itself)
+    # Flags that set the field to a fixed value, whatever its own flag says (`--keep-original-precision`).
+    switches: tuple[tuple[str, Any], ...] = ()
 
 
 def setting(
@@ -62,17 +65,17 @@ def setting(
     metavar: str | None = None,
     secret: bool = False,
     vllm: str | bool = False,
+    required: bool = False,
+    switches: Mapping[str, Any] | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field that is a setting. `flag=None`: no CLI flag; `config=None`: not in the config;
-    `vllm=True` (or vLLM's name for it): an engine argument of vLLM's too."""
+    `vllm=True` (or vLLM's name for it): an engine argument of vLLM's too; `switches`: more flags, each setting
+    the field to its value (`{"--pytorch-bin": "pytorch_bin"}`)."""
     choices = tuple(choices) if choices else None
-    meta = {
-        "flag": flag,
-        "config": config,
-        "vllm": vllm,
-        "setting": Setting(help, None, tuple(aliases), env, None, choices, metavar, secret),
-    }
+    spec = Setting(help, None, tuple(aliases), env, None, choices, metavar, secret,
+                   required=required, switches=tuple((switches or {}).items()))  # fmt: skip
+    meta = {"flag": flag, "config": config, "vllm": vllm, "setting": spec}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"distillery": meta})
 
 
@@ -107,6 +110,9 @@ class _Field:
     @property
     def dest(self) -> str:
         return self.setting.flag.lstrip("-").replace("-", "_")
+
+    def switch_dest(self, switch: str) -> str:
+        return f"{self.dest}__{switch.lstrip('-').replace('-', '_')}"
 
 
 def _kind(annotation: Any) -> tuple[type, bool]:
@@ -229,6 +235,8 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: tuple[str,
             continue
         names = [spec.flag, *spec.aliases]
         options: dict[str, Any] = {"dest": field.dest, "default": _UNSET, "help": _help(field)}
+        if spec.required:
+            options["required"] = True
         if field.kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif field.kind is tuple:
@@ -237,6 +245,9 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, skip: tuple[str,
         else:
             options.update(metavar=spec.metavar, choices=spec.choices, type=_argparse_type(field))
         parser.add_argument(*names, **options)
+        for switch, value in [(switch, value) for switch, value in spec.switches if switch not in existing]:
+            parser.add_argument(switch, dest=field.switch_dest(switch), action="store_true",
+                                help=f"{spec.flag} {value}, whatever {spec.flag} says")  # fmt: skip
 
 
 def _argparse_type(field: _Field):
@@ -268,6 +279,9 @@ def _arg_value(field: _Field, args: argparse.Namespace, environ: Mapping[str, st
 
 def _given(field: _Field, args: argparse.Namespace, environ: Mapping[str, str] | None) -> Any:
     spec = field.setting
+    switched = [value for switch, value in spec.switches if getattr(args, field.switch_dest(switch), False)]
+    if switched:
+        return switched[0]
     value = getattr(args, field.dest, _UNSET) if spec.flag else _UNSET
     if field.kind is tuple and value is None:
         value = _UNSET

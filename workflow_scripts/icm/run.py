@@ -3,7 +3,8 @@
 labels.jsonl: one line per claim of the batch, in batch order: {"uid", "row" (line in the input file, from 0),
 "consistency_id", "consistency_key", "label" (1 true, 0 false, null if never labeled), "score" (the model's
 log-odds of "True" given the other labels), "gold" (where the data has it), "prompt"}.
-report.json: accuracy against gold labels, label balance, iterations, proposals and acceptance rate,
+report.json: accuracy against gold labels, label balance, iterations, proposals and acceptance rate, the
+objective U after each iteration,
 consistency violations left, seconds / tokens / engine calls per iteration, the prefix-cache hit rate (from
 vLLM's metrics where the engine exposes them), the settings and versions.
 """
@@ -103,6 +104,7 @@ def summarize(batch: list[Example], state: SearchState, settings: ICMSettings) -
         "gold_labels_compared": len(with_gold),
         "consistency_violations_left": state.current.inconsistent if state.current else None,
         "score_U": state.current.energy if state.current else None,
+        "objective_by_iteration": [item.objective for item in history],
         "mutual_predictability": state.current.predictability if state.current else None,
         "seconds_per_iteration": {
             "mean": round(statistics.fmean(seconds), 4) if seconds else None,
