@@ -173,13 +173,20 @@ def produce_tensor(
     if kind == "copy":
         return as_torch(arrays.whole(stored)).to(dtype)
     if kind == "transpose":
-        return TensorPieces(as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
+        # Each block is transposed into one buffer reused for all of them (a fresh 32 MB tensor per block: page faults).
+        return TensorPieces(_transposed(as_torch(block), dtype, buffers) for block in arrays.blocks(stored, axis=1))
     if kind == "normalized":
         # MaxText divides logits computed through the embedding by sqrt(emb_dim) (normalize_embedding_logits).
         scale = float(1.0 / np.sqrt(math.size.hidden_size))
         return TensorPieces((as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
     layer_array = arrays.whole(stored) if layer is None else arrays.layer(stored, layer)
     return hf_layer_tensor(kind, layer_array, math, dtype, buffers)
+
+
+def _transposed(block: torch.Tensor, dtype: torch.dtype, buffers: LayerBuffers) -> torch.Tensor:
+    out = buffers(tuple(reversed(block.shape)), dtype)
+    out.copy_(block.T)
+    return out
 
 
 def read_math(checkpoint: MaxTextCheckpoint, options: MaxTextToHFOptions) -> tuple[MaxTextLlamaMath, bool]:
