@@ -214,7 +214,8 @@ def main() -> None:
     ours_rate, cat_rate, decode_rate = (param_only_bytes / row["best_wall_s"] / 1e6 for row in (ours, anchor, decode))
     print(f"\nHF output identical to the model the checkpoint was made from: {identical}; maxtext-to-hf reads at "
           f"{ours_rate:.0f} MB/s against {cat_rate:.0f} MB/s for cat and {decode_rate:.0f} MB/s for decoding: "
-          f"{ratio:.2f}x the decoding's time, peak RSS {ours['peak_rss_share_of_model']:.1%} of the checkpoint")  # fmt: skip
+          f"{ratio:.2f}x the decoding's time, peak RSS {ours['peak_rss_share_of_model']:.1%} of the checkpoint"
+          )  # fmt: skip
     for goal, met in goals.items():
         print(f"goal {goal}: {'met' if met else 'NOT met'}")
 
