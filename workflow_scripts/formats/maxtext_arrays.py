@@ -11,6 +11,7 @@ conversion's order is decoded and spooled by a worker thread.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import threading
 from collections.abc import Sequence
@@ -149,14 +150,22 @@ class SpooledArray:
             self._buffer = np.empty(shape, dtype=self.dtype)
         return self._buffer
 
+    def _mapped(self, descriptor: int, offset: int, nbytes: int) -> np.ndarray:
+        """Bytes [offset, offset + nbytes) of the spool file, mapped copy-on-write (never written: the arrays
+        handed out are writable, as torch wants them); the mapping goes once nothing uses the bytes any more."""
+        base = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapping = mmap.mmap(descriptor, offset - base + nbytes, access=mmap.ACCESS_COPY, offset=base)
+        return np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=offset - base)
+
     def read_axis1(self, start: int, stop: int) -> np.ndarray:
-        """`array[:, start:stop]`, in a buffer that the next read from this spool overwrites."""
+        """`array[:, start:stop]`, valid until the next read from this spool."""
         with open(self.path, "rb", buffering=0) as handle:
             if self.layer_major:
-                # Stored as [layer, rows, ...]: one read per layer, then back to [rows, layer, ...].
-                part = self._reused((stop - start, self.shape[0], *self.shape[2:]))
-                _read_at(handle.fileno(), part.view(np.uint8).reshape(-1), start * self.shape[0] * self._inner)
-                return np.moveaxis(part, 0, 1)
+                # Stored as [layer, rows, ...]: the layers are mapped from the page cache (the caller's copy reads
+                # them there, with no copy into a buffer first), then seen as [rows, layer, ...].
+                nbytes = (stop - start) * self.shape[0] * self._inner
+                raw = self._mapped(handle.fileno(), start * self.shape[0] * self._inner, nbytes)
+                return np.moveaxis(raw.view(self.dtype).reshape(stop - start, self.shape[0], *self.shape[2:]), 0, 1)
             out = self._reused((self.shape[0], stop - start, *self.shape[2:]))
             raw = out.view(np.uint8).reshape(self.shape[0], -1)
             for row in range(self.shape[0]):
