@@ -3,9 +3,10 @@
 MaxText shards scanned arrays (`decoder.layers.*`, layers stacked on axis 1) along the embedding axis with all
 layers in every chunk (orbax's zarr3 `sharding_indexed` codec, one zstd chunk per shard), so a layer cannot be
 decoded without decoding the whole array, and the whole array does not fit the memory budget. A large array is
-therefore decoded block by block into a spool file on disk, layer-major, from which each layer is one read; small
-arrays are held in memory. While one array's layers are transposed and written, the next array in the
-conversion's order is decoded and spooled by a worker thread.
+therefore decoded block by block into a spool file on disk, layer-major, from which each layer is mapped back;
+small arrays are held in memory. While one array's layers are transposed and written, the next array in the
+conversion's order is decoded and spooled by a worker thread; the two spool files take turns, each overwritten by
+later arrays (pages already in the page cache are much cheaper to fill than new ones).
 """
 
 from __future__ import annotations
