@@ -6,8 +6,9 @@ N parquet rows. Both sides use the same prompts (the same prefix cut), the same 
 seeds, and the same engine arguments; each runs in its own process and pays its own engine start.
 
 - bare: `vllm.LLM(...)` + one `LLM.generate` over all prompts (the anchor);
-- workflow: `snakemake` on a config with one kd job (kd_teacher, kd_manifest, kd_chunk, kd_dataset), or, where
-  Snakemake is not installed, `distillery generate` (the same chunk code), as recorded in the result.
+- workflow: `snakemake` on a config with one kd job (kd_teacher, kd_manifest, kd_engine serving kd_chunk,
+  kd_dataset), or, where Snakemake is not installed, `distillery generate` (the same chunk code with an engine
+  of its own), as recorded in the result. A `distillery` command is provided where the package is not installed.
 
 Reported: output tokens per second end to end (engine start included) for each, and the ratio (goal >= 95%).
 
@@ -94,21 +95,39 @@ def engine_arguments(args) -> dict:
     )
 
 
-def bare_run(args_json: str) -> dict:
-    """The anchor, in its own process: LLM() + one generate over all prompts, with per-row seeds."""
+def prompt_token_ids(model: str, dataset: str, max_prompt_tokens: int) -> list[list[int]]:
+    """Each row's prompt as the workflow's prefix mode cuts it."""
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = pq.read_table(dataset).column("text").to_pylist()
+    return [tokenizer(text, add_special_tokens=True)["input_ids"][:max_prompt_tokens] for text in texts]
+
+
+def snakemake_environment(work: Path) -> dict[str, str]:
+    """The environment the workflow's jobs need here: the package importable, and a `distillery` command where
+    the package is not installed (a GPU machine with only vLLM and Snakemake)."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if shutil.which("distillery") is None:
+        shim = work / "bin" / "distillery"
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m workflow_scripts.cli "$@"\n')
+        shim.chmod(0o755)
+        env["PATH"] = f"{shim.parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def bare_run(args_json: str) -> dict:
+    """The anchor, in its own process: LLM() + one generate over all prompts, with per-row seeds."""
     from vllm import LLM, SamplingParams
 
     from workflow_scripts.engines.base import derive_seed
 
     args = argparse.Namespace(**json.loads(args_json))
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    texts = pq.read_table(args.dataset).column("text").to_pylist()
     prompts, params = [], []
-    for index, text in enumerate(texts):
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"][: args.max_prompt_tokens]
+    for index, ids in enumerate(prompt_token_ids(args.model, args.dataset, args.max_prompt_tokens)):
         prompts.append({"prompt_token_ids": ids})
         seed = derive_seed(args.seed, f"{Path(args.dataset).stem}:{index}")
         params.append(SamplingParams(n=1, temperature=0.8, top_p=0.95, max_tokens=args.max_tokens, seed=seed))
@@ -166,9 +185,8 @@ def workflow_run(args, work: Path) -> dict:
                    "--temperature", "0.8", "--top-p", "0.95", "--max-tokens", str(args.max_tokens),
                    "--seed", str(args.seed)] + (["--enforce-eager"] if args.enforce_eager else [])  # fmt: skip
         summary_path = work / "out/bench/summary.json"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=work, env=snakemake_environment(work), capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{runner} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -180,6 +198,7 @@ def workflow_run(args, work: Path) -> dict:
         "output_tokens": summary["completion_tokens"],
         "rows": summary["generated_rows"],
         "skipped_rows": summary["skipped_rows"],
+        "engine_starts": summary.get("engine_starts"),
         "engine_start_seconds": summary["engine_start_seconds"],
         "generate_seconds": summary["generate_seconds"],
         "summary_versions": summary["versions"],

@@ -7,9 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from snakemake.io import ancient, is_flagged, local
+from snakemake.io import ancient, is_flagged, local, service
 from snakemake.utils import validate
 
+from workflow_scripts.errors import DistilleryError
 from workflow_scripts.kd.manifest import load_manifest
 from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
 from workflow_scripts.workflow.kd_wiring import KdWiring
@@ -55,7 +56,12 @@ def by_job(wildcards_function):
 def test_without_storage_a_chunk_job_reads_manifest_model_and_dataset_by_path(tmp_path):
     kd = wiring(tmp_path, web={})
     results = tmp_path / "results"
-    assert kd.chunk_inputs(ancient, model=None, data=None) == {"teacher": f"{results}/kd/{{job}}/teacher.json"}
+    assert kd.chunk_inputs(ancient, model=None, data=None, engine="the rule's engine function") == {
+        "teacher": f"{results}/kd/{{job}}/teacher.json",
+        "engine": "the rule's engine function",
+    }
+    own_engines = wiring(tmp_path, web={"engine_server": False})
+    assert own_engines.chunk_inputs(ancient, model=None, data=None, engine="unused")["engine"] == []
     assert kd.chunk_params(copies=None) == {"manifest": f"{results}/kd/{{job}}/manifest.json", "copies": ""}
 
 
@@ -65,8 +71,9 @@ def test_with_storage_a_chunk_job_fetches_manifest_teacher_model_and_dataset(tmp
     def model(wildcards):
         return kd.chunk_model(wildcards.job, local)
 
-    inputs = kd.chunk_inputs(ancient, model=model, data="the rule's data function")
-    assert set(inputs) == {"teacher", "manifest", "model", "data"}
+    inputs = kd.chunk_inputs(ancient, model=model, data="the rule's data function", engine="unused")
+    assert set(inputs) == {"teacher", "engine", "manifest", "model", "data"}
+    assert inputs["engine"] == [], "engine jobs read local files: with storage, chunk jobs keep their own engines"
     assert is_flagged(inputs["manifest"], "ancient"), "a rewritten manifest must not redo finished chunks"
     assert inputs["model"] is model and inputs["data"] == "the rule's data function"
     params = kd.chunk_params(copies="the rule's copies function")
@@ -114,13 +121,25 @@ def test_each_dataset_rule_matches_only_the_jobs_of_its_output_format(tmp_path):
 
 
 def test_chunk_resources_are_plain_values_when_every_job_agrees(tmp_path):
-    cpu = wiring(tmp_path, a={"gpus": 0}, b={"gpus": 0})
-    assert cpu.chunk_resources(gpus=None, mem_mb=None) == {"gpu": 0, "mem_mb": 4096}
+    cpu = wiring(tmp_path, a={"gpus": 0, "engine_server": False}, b={"gpus": 0, "engine_server": False})
+    assert cpu.chunk_resources(gpus=None, mem_mb=None, threads=None) == {"gpu": 0, "mem_mb": 4096}
+    assert cpu.chunk_resources(gpus=None, mem_mb=None, threads="threads function")["threads"] == 2
     assert cpu.chunk_env() == "../envs/generate.yaml"
 
 
+def test_chunk_jobs_of_engine_jobs_ask_for_no_gpu_and_little_memory_the_engine_job_for_its_slots(tmp_path):
+    kd = wiring(tmp_path, a={"engine": {"tensor_parallel_size": 2}, "engine_slots": 4})
+    assert kd.chunk_resources(gpus=None, mem_mb=None, threads="f") == {"gpu": 0, "mem_mb": 1024, "threads": 0}
+    assert (kd.engine_gpus("a"), kd.engine_mem_mb("a"), kd.engine_threads("a")) == (8, 4 * 32768, 8)
+    assert kd.engine_flags("a") == "--slots 4 --gpus-per-slot 2"
+    assert kd.engine_address_pattern() == f"{tmp_path}/work/kd/{{job}}/engines/{{engine}}.json"
+
+
 def test_chunk_resources_are_the_rules_functions_when_jobs_differ(tmp_path):
-    mixed = wiring(tmp_path, a={"gpus": 0}, b={"engine": {"tensor_parallel_size": 2}})
+    mixed = wiring(
+        tmp_path, a={"gpus": 0, "engine_server": False},
+        b={"engine": {"tensor_parallel_size": 2}, "engine_server": False},
+    )  # fmt: skip
     gpus, mem_mb = by_job(lambda wildcards: mixed.gpus(wildcards.job)), "mem function"
     assert mixed.chunk_resources(gpus=gpus, mem_mb=mem_mb) == {"gpu": gpus, "mem_mb": mem_mb}
     assert (mixed.gpus("a"), mixed.gpus("b")) == (0, 2)
@@ -172,3 +191,68 @@ def test_a_manifest_of_other_settings_is_asked_of_the_checkpoint(run_cli, tmp_pa
     assert inputs["manifest"] == str(manifest) and len(inputs["chunks"]) == 2 * len(load_manifest(manifest).chunks)
     assert changed.dataset_manifest("web", None) == str(manifest)
     assert changed.dataset_manifest("web", "fetched copy") == "fetched copy"
+
+
+def engine_job_of(kd: KdWiring, job: str, chunk: str) -> str:
+    engine = kd.chunk_engine(job, chunk, service)
+    assert is_flagged(engine, "service"), "Snakemake's metadata must record every engine link alike"
+    return str(engine)
+
+
+def test_chunks_stream_to_the_engine_job_of_their_place_in_the_manifest(run_cli, tmp_path, parquet_files):
+    kd = wiring(tmp_path, web={"dataset": {"path": str(parquet_files)}, "chunks_per_engine": 2, "engine_slots": 2})
+    chunks = [chunk.name for chunk in load_manifest(write_manifest(run_cli, kd, "web")).chunks]
+    engines = [Path(engine_job_of(kd, "web", chunk)).name for chunk in chunks]
+    assert len(chunks) >= 4 and engines == [f"{index // 2:06d}.json" for index in range(len(chunks))]
+    assert engine_job_of(kd, "web", chunks[0]) == f"{tmp_path}/work/kd/web/engines/000000.json"
+
+
+def finish_chunk(kd: KdWiring, job: str, chunk: str) -> None:
+    for suffix in (".jsonl", ".stats.json"):
+        path = Path(kd.folder(job)) / f"chunks/{chunk}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n")
+
+
+def test_a_complete_chunk_is_linked_to_teacher_json_so_no_engine_job_regenerates_it(
+    run_cli, tmp_path, parquet_files, tiny_model_store
+):
+    import os
+    import shlex
+
+    job = {"model": str(tiny_model_store("llama")), "dataset": {"path": str(parquet_files)}}
+    kd = wiring(tmp_path, web=job)
+    first, second = [chunk.name for chunk in load_manifest(write_manifest(run_cli, kd, "web")).chunks][:2]
+    teacher = Path(kd.folder("web")) / "teacher.json"
+    assert run_cli("kd-teacher", "--output", teacher, *shlex.split(kd.flags("web"))).exit_code == 0
+    assert json_of(teacher) == kd.jobs["web"].teacher, "the wiring predicts what kd-teacher writes"
+    finish_chunk(kd, "web", first)
+    assert engine_job_of(kd, "web", first) == str(teacher)
+    assert engine_job_of(kd, "web", second).endswith("engines/000000.json"), "a missing chunk needs its engine"
+
+    older = teacher.stat().st_mtime_ns - 10**9  # a chunk older than its teacher: Snakemake redoes it
+    os.utime(Path(kd.folder("web")) / f"chunks/{first}.jsonl", ns=(older, older))
+    assert engine_job_of(kd, "web", first).endswith("engines/000000.json")
+    finish_chunk(kd, "web", first)
+    assert engine_job_of(kd, "web", first) == str(teacher)
+    changed = wiring(tmp_path, web={**job, "sampling": {"temperature": 0.1}})
+    assert engine_job_of(changed, "web", first).endswith("engines/000000.json"), "kd_teacher reruns first"
+
+
+def json_of(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def test_jobs_on_a_server_already_or_without_engine_jobs_get_no_engine_link(tmp_path):
+    kd = wiring(tmp_path, api={"engine": {"kind": "openai", "base_url": "http://gpu:8000/v1"}},
+                own={"engine_server": False, "gpus": 1})  # fmt: skip
+    assert kd.chunk_engine("api", "part-000/000000000-000000008", service) == []
+    assert kd.chunk_engine("own", "part-000/000000000-000000008", service) == []
+    assert kd.gpus("own") == 1
+
+
+def test_more_engine_slots_than_chunks_per_engine_job_are_refused_in_one_line(tmp_path):
+    with pytest.raises(DistilleryError, match="chunks_per_engine \\(2\\) is below engine_slots \\(4\\)"):
+        wiring(tmp_path, web={"chunks_per_engine": 2, "engine_slots": 4})

@@ -33,7 +33,11 @@ def schema_keys(node: dict, prefix: str = "") -> dict:
 
 # section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources)
 SECTIONS = {
-    "kd": (SCHEMA["properties"]["kd"]["additionalProperties"], KdJob, {"model", "gpus"}),
+    "kd": (
+        SCHEMA["properties"]["kd"]["additionalProperties"],
+        KdJob,
+        {"model", "gpus", "engine_server", "engine_slots", "chunks_per_engine"},
+    ),
     "icm.jobs": (
         SCHEMA["properties"]["icm"]["properties"]["jobs"]["additionalProperties"],
         ICMSettings,

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..engines.base import EngineSettings, SamplingSettings
 from ..errors import DistilleryError
 from ..kd.local_copies import LocalCopies
-from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict
+from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict, teacher_record
 from ..output_guard import check_apart_from_inputs
 from ..setting import add_flags, from_args
 
@@ -70,7 +70,7 @@ def _run_teacher(args: argparse.Namespace) -> int:
     if job.engine.kind != "openai" and not (model / "config.json").is_file():
         where = model if model.exists() else model.parent
         raise DistilleryError(f"no HF model folder {model.name!r} here (config.json missing)", where)
-    record = {"job": job.name, "model": job.model, "settings_hash": job.settings_hash(), "settings": job_to_dict(job)}
+    record = teacher_record(job)
     atomic_write_text(args.output, json.dumps(record, indent=1) + "\n")
     print(f"✓ {args.output}: teacher {job.model}, settings {record['settings_hash']}")
     return 0
@@ -83,7 +83,8 @@ def _run_chunk(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     output = args.output or chunk_output(manifest, manifest.chunk(args.chunk))
     check_apart_from_inputs(output, read_paths(manifest.settings, _copies(args), manifest.data["files"]))
-    runner = ChunkRunner(manifest, copies=_copies(args))
+    engine = _engine_of_chunk(args, manifest) if args.engine_address else None
+    runner = ChunkRunner(manifest, engine, copies=_copies(args))
     try:
         stats = runner.run(manifest.chunk(args.chunk), args.output)
     finally:
@@ -93,6 +94,26 @@ def _run_chunk(args: argparse.Namespace) -> int:
         f"{stats['completion_tokens']} tokens in {stats['generate_seconds']} s"
     )
     return 0
+
+
+def _engine_of_chunk(args: argparse.Namespace, manifest):
+    """The chunk's slot of the engine job at --engine-address, named in the log (which engine, which GPUs)."""
+    from ..kd.engine_job import connect_chunk
+
+    chunk = manifest.chunk(args.chunk)
+    engine = connect_chunk(args.engine_address, manifest, chunk.name, args.engine_start_timeout)
+    where = f"SLURM job {os.environ['SLURM_JOB_ID']}, " if os.environ.get("SLURM_JOB_ID") else ""
+    print(f"chunk {chunk.name}: engine {engine.engine_id} (slot {engine.slot}, {where}GPUs {engine.gpus or 'none'}), "
+          f"ready after {engine.wait_seconds:.1f} s", flush=True)  # fmt: skip
+    return engine
+
+
+def _run_engine(args: argparse.Namespace) -> int:
+    from ..kd.engine_job import run_engine_job
+    from ..kd.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    return run_engine_job(manifest, args.address, args.slots, args.gpus_per_slot, _copies(args))
 
 
 def _run_dataset(args: argparse.Namespace) -> int:
@@ -174,7 +195,28 @@ def _add_chunk(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
     parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
     parser.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
+    parser.add_argument(
+        "--engine-address", type=lambda text: Path(text) if text else None, metavar="FILE",
+        help="stream the rows to the engine job whose address file this is (kd-engine); empty: an engine of its own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine-start-timeout", type=float, default=3600.0, metavar="SECONDS",
+        help="how long to wait for that engine to be ready (it fails at once if it dies)",
+    )  # fmt: skip
     parser.set_defaults(handler=_run_chunk)
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve a KD job's engine to its chunk jobs: one engine per slot, each on its own GPUs, until stopped "
+        "(SIGTERM). Writes --address at once; chunk jobs (kd-chunk --engine-address) wait until their slot is ready."
+    )
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--address", required=True, type=Path, help="address file to write (a Snakemake service)")
+    parser.add_argument("--slots", type=int, default=1, help="engines side by side; chunk i goes to slot i mod N")
+    parser.add_argument("--gpus-per-slot", type=int, default=0, help="GPUs of each engine (tensor x pipeline size)")
+    parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    parser.set_defaults(handler=_run_engine)
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -208,6 +250,7 @@ PARSERS = {
     "kd-manifest": _add_manifest,
     "kd-teacher": _add_teacher,
     "kd-chunk": _add_chunk,
+    "kd-engine": _add_engine,
     "kd-dataset": _add_dataset,
     "kd-status": _add_status,
     "generate": _add_generate,

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kd-manifest": ("kd", "list a KD job's chunks from parquet footers"),
     "kd-teacher": ("kd", "record a KD job's teacher and generation settings (chunks are redone when they change)"),
     "kd-chunk": ("kd", "generate completions for one chunk, resumably"),
+    "kd-engine": ("kd", "serve a KD job's engines (one per GPU slot) to its chunk jobs until stopped"),
     "kd-dataset": ("kd", "merge a KD job's chunks into the dataset and summary.json"),
     "kd-status": ("kd", "done and remaining chunks and rows of a KD job"),
     "generate": ("kd", "run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)"),

@@ -42,6 +42,7 @@ class EngineSettings:
         256, help="sequences per engine batch (vLLM's max_num_seqs, transformers' batch size)",
         aliases=("--gen-batch-size",), env="GEN_BATCH_SIZE", config="gen_batch_size",
     )  # fmt: skip
+    max_num_batched_tokens: int | None = setting(None, help="tokens per engine step (default: vLLM's)")
     enforce_eager: bool = setting(False, help="vLLM without CUDA graphs (faster start)")
     seed: int = setting(0, help="seed of the job's sampling", config="/sampling.seed")
     trust_remote_code: bool = setting(False, help="run the model folder's own code (auto_map); never asked")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +80,8 @@ def chunk_output(manifest: Manifest, chunk: Chunk) -> Path:
 
 
 class ChunkRunner:
-    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks).
+    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks), or with the
+    engine it is given (an engine job's, `engines/remote.py`, whose id and start time it reports).
 
     `copies`: where this job reads the model and the parquet files, if not at the paths the manifest names; the
     records name the manifest's paths either way.
@@ -96,7 +99,8 @@ class ChunkRunner:
         self.copies = copies
         self.reading_job = copies.job_reading_copies(self.job)
         self.engine = engine
-        self.engine_start_seconds = 0.0
+        self.engine_id = getattr(engine, "engine_id", None)
+        self.engine_start_seconds = float(getattr(engine, "start_seconds", 0.0))
         self.tokenizer = None
         self.show_progress = show_progress
 
@@ -105,6 +109,7 @@ class ChunkRunner:
             started = time.perf_counter()
             self.engine = open_engine(self.reading_job.engine)
             self.engine_start_seconds = time.perf_counter() - started
+            self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.reading_job)
             check_tokenizer(self.tokenizer, self.job.prompt, self.reading_job.engine.tokenizer)
@@ -162,7 +167,13 @@ class ChunkRunner:
         bar.close()
         if prompts:
             raise DistilleryError(f"the engine returned no result for {len(prompts)} rows of chunk {chunk.name}")
-        return {"generate_seconds": time.perf_counter() - started, "resumed_rows": len(recovered.done_rows)}
+        return {
+            "generate_seconds": time.perf_counter() - started,
+            # Wall-clock span: chunks sharing an engine run at once, so summary.json takes the union of spans.
+            "generated_from": round(time.time() - (time.perf_counter() - started), 3),
+            "generated_until": round(time.time(), 3),
+            "resumed_rows": len(recovered.done_rows),
+        }
 
     def _records(self, chunk: Chunk, row: RowInput, prompt: Prompt, completions) -> list[dict]:
         job = self.job
@@ -207,7 +218,10 @@ class ChunkRunner:
             "completion_tokens": sum(r["completion_tokens"] for r in records),
             "engine": self.job.engine.kind if self.engine is None else self.engine.kind,
             "versions": self.engine.versions() if self.engine is not None else {},
-            "engine_start_seconds": round(self._take_engine_start(), 3),
+            # Every chunk names its engine and that engine's start: summary.json counts each engine once.
+            "engine_id": self.engine_id,
+            "engine_start_seconds": round(self.engine_start_seconds, 3),
+            "engine_wait_seconds": round(float(getattr(self.engine, "wait_seconds", 0.0)), 3),
             "settings_hash": self.manifest.settings_hash,
             **{key: round(value, 3) if isinstance(value, float) else value for key, value in run_stats.items()},
         }
@@ -218,11 +232,6 @@ class ChunkRunner:
             staging.write(b"".join(json.dumps(record, ensure_ascii=False).encode() + b"\n" for record in records))
         partial.unlink()
         return stats
-
-    def _take_engine_start(self) -> float:
-        """The engine's start time, charged to the first chunk that ran on it."""
-        seconds, self.engine_start_seconds = self.engine_start_seconds, 0.0
-        return seconds
 
     def close(self) -> None:
         if self.engine is not None:

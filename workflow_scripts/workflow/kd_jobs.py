@@ -11,12 +11,12 @@ import glob
 import os
 import re
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
 from ..kd.local_copies import dataset_root
-from ..kd.settings import KdJob
+from ..kd.settings import KdJob, teacher_record
 from ..kd.sources import is_url
 from ..setting import from_config, to_argv
 
@@ -36,6 +36,12 @@ class KdJobWiring:
     output_format: str
     dataset: str
     settings_hash: str
+    # Chunk jobs stream to engine jobs (kd_engine) of `engine_slots` engines of `gpus` GPUs each, one engine job
+    # per `chunks_per_engine` chunks; without (engine_server: false, or the openai engine) each starts its own.
+    engine_server: bool = False
+    engine_slots: int = 1
+    chunks_per_engine: int = 1
+    teacher: dict = field(default_factory=dict)  # what teacher.json holds once kd_teacher ran on this config
 
 
 def manifest_is_current(manifest_path: str, plan: KdJobWiring) -> bool:
@@ -162,6 +168,7 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
         if gpus is None:
             parallel = job.engine.tensor_parallel_size * job.engine.pipeline_parallel_size
             gpus = parallel if job.engine.kind in ("vllm", "auto") else 0
+        engine_server, slots, per_engine = _engine_layout(name, entry, job)
         plans[name] = KdJobWiring(
             name=name,
             model_path=model_path,
@@ -174,5 +181,21 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             output_format=job.output_format,
             dataset=dataset,
             settings_hash=job.settings_hash(),
+            engine_server=engine_server,
+            engine_slots=slots,
+            chunks_per_engine=per_engine,
+            teacher=teacher_record(job),
         )
     return plans
+
+
+def _engine_layout(name: str, entry: dict, job: KdJob) -> tuple[bool, int, int]:
+    """Whether the job's chunks stream to engine jobs, the engines side by side in one, and its chunks."""
+    slots, per_engine = entry.get("engine_slots", 1), entry.get("chunks_per_engine", 8)
+    if per_engine < slots:
+        raise DistilleryError(
+            f"kd job {name!r}: chunks_per_engine ({per_engine}) is below engine_slots ({slots}): slots would idle",
+            hint="give each engine job at least one chunk per slot",
+        )
+    # An openai engine is a server already: its chunk jobs call it directly.
+    return entry.get("engine_server", True) and job.engine.kind != "openai", slots, per_engine

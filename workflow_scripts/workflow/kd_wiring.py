@@ -21,11 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..kd.manifest import load_manifest
+from . import kd_engines
 from .kd_jobs import KdJobWiring, check_teachers, chunk_files, manifest_is_current, missing_chunk_files, wire_kd_jobs
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
-GPU_CHUNK_MEM_MB = 32768
+GPU_CHUNK_MEM_MB = 32768  # host memory of one vLLM engine (a chunk job's own, or an engine slot's)
 CPU_CHUNK_MEM_MB = 4096
+SERVED_CHUNK_MEM_MB = 1024  # a chunk job of an engine job: the tokenizer and its rows, no engine
+ENGINE_RUNTIME_MIN = 240
 # vLLM's environment (it pins its own torch) where any job runs on GPUs, else the CPU one.
 GPU_ENV = "../envs/vllm.yaml"
 CPU_ENV = "../envs/generate.yaml"
@@ -45,13 +48,14 @@ class KdWiring:
     jobs: dict[str, KdJobWiring]
     results: str
     uses_storage: bool  # a default storage provider fetches every job's inputs
+    work: str = "work"
 
     @classmethod
     def from_config(cls, config: dict, model_dirs: dict[str, str], uses_storage: bool) -> KdWiring:
         """`model_dirs`: the HF folder of each workflow model."""
         jobs = wire_kd_jobs(config.get("kd", {}), model_dirs, built_datasets(config))
         check_teachers(jobs, config.get("kd", {}), model_dirs)
-        return cls(jobs, config["results"], uses_storage)
+        return cls(jobs, config["results"], uses_storage, config.get("work", "work"))
 
     # Paths
     def folder(self, job: str) -> str:
@@ -101,14 +105,16 @@ class KdWiring:
     def chunk_data(self, job: str) -> str | list:
         return self.jobs[job].built_dataset or []
 
-    def chunk_inputs(self, ancient: Callable, model: Callable, data: Callable) -> dict:
-        """kd_chunk's inputs: teacher.json, and with a storage provider what a job fetches (`model`, `data`: the
-        rule's functions of wildcards)."""
+    def chunk_inputs(self, ancient: Callable, model: Callable, data: Callable, engine: Callable) -> dict:
+        """kd_chunk's inputs: teacher.json, the engine job's address where a job has them, and with a storage
+        provider what a job fetches (`model`, `data`, `engine`: the rule's functions of wildcards). No job with
+        engine jobs: an empty engine input, so planning evaluates no function per chunk for it."""
         teacher = f"{self.results}/kd/{{job}}/teacher.json"
+        engine = engine if any(self.served(job) for job in self.jobs) else []
         if not self.uses_storage:
-            return {"teacher": teacher}
+            return {"teacher": teacher, "engine": engine}
         manifest = ancient(f"{self.results}/kd/{{job}}/manifest.json")
-        return {"teacher": teacher, "manifest": manifest, "model": model, "data": data}
+        return {"teacher": teacher, "engine": engine, "manifest": manifest, "model": model, "data": data}
 
     def chunk_params(self, copies: Callable) -> dict:
         """kd_chunk's params: the manifest (the storage plugin's copy where there is one) and the --local-* flags
@@ -159,20 +165,61 @@ class KdWiring:
     def copies_flags(self, job: str, model, data) -> str:
         return f"{self.local_model_flag(model)} {self.local_dataset_flag(job, data)}"
 
+    # Engine jobs (workflow/kd_engines.py)
+    def served(self, job: str) -> bool:
+        """Whether the job's chunk jobs stream to engine jobs (not with a storage provider: the link reads local
+        files)."""
+        return self.jobs[job].engine_server and not self.uses_storage
+
+    def chunk_engine(self, job: str, chunk: str, service: Callable):
+        """kd_chunk's `engine` input: the address of the chunk's engine job, if its job has them."""
+        if not self.served(job):
+            return []
+        return kd_engines.chunk_engine(self.jobs[job], self.folder(job), self.work, chunk, service)
+
+    def engine_address_pattern(self) -> str:
+        """kd_engine's output, with wildcards {job} and {engine}."""
+        return kd_engines.ADDRESS.format(work=self.work, job="{job}", engine="{engine}")
+
+    def engine_flags(self, job: str) -> str:
+        return kd_engines.engine_flags(self.jobs[job])
+
+    def engine_gpus(self, job: str) -> int:
+        return self.jobs[job].engine_slots * self.jobs[job].gpus
+
+    def engine_mem_mb(self, job: str) -> int:
+        per_slot = GPU_CHUNK_MEM_MB if self.jobs[job].gpus else CPU_CHUNK_MEM_MB
+        return self.jobs[job].engine_slots * per_slot
+
+    def engine_threads(self, job: str) -> int:
+        """A CPU per engine on CPUs; two per GPU engine (vLLM's front end and its busy engine core)."""
+        return self.jobs[job].engine_slots * (2 if self.jobs[job].gpus else 1)
+
     # Resources
     def gpus(self, job: str) -> int:
-        return self.jobs[job].gpus
+        """What a chunk job asks for: nothing where an engine job holds the GPUs."""
+        return 0 if self.served(job) else self.jobs[job].gpus
 
     def chunk_mem_mb(self, job: str) -> int:
+        if self.served(job):
+            return SERVED_CHUNK_MEM_MB
         return GPU_CHUNK_MEM_MB if self.gpus(job) else CPU_CHUNK_MEM_MB
 
-    def chunk_resources(self, gpus: Callable, mem_mb: Callable) -> dict:
+    def chunk_threads(self, job: str) -> int:
+        """None where an engine job generates: Snakemake sums a service group's threads into one request, and the
+        chunk jobs mostly wait for results."""
+        return 0 if self.served(job) else 2
+
+    def chunk_resources(self, gpus: Callable, mem_mb: Callable, threads: Callable | None = None) -> dict:
         """Plain values where every job has the same one, else the rule's functions of wildcards: Snakemake
         evaluates a function per job, which costs seconds at 10,000 chunks."""
-        return {
+        resources = {
             "gpu": self._same_for_all_jobs(self.gpus, gpus),
             "mem_mb": self._same_for_all_jobs(self.chunk_mem_mb, mem_mb),
         }
+        if threads is not None:
+            resources["threads"] = self._same_for_all_jobs(self.chunk_threads, threads)
+        return resources
 
     def _same_for_all_jobs(self, value_of: Callable[[str], int], per_job: Callable):
         values = {value_of(job) for job in self.jobs}
