@@ -136,8 +136,8 @@ def snakemake(workdir: Path, snakefile: Path, *args: str) -> subprocess.Complete
 
 
 def planned_chunks(dry_run_output: str) -> list[str]:
-    """The output of each kd_chunk job a dry run lists."""
-    return re.findall(r"^rule kd_chunk:\n(?:    \w+: .*\n)*?    output: (\S+?\.jsonl)", dry_run_output, re.M)
+    """The output of each kd_chunk job a dry run lists (indented where it is in a group with its engine job)."""
+    return re.findall(r"^ *rule kd_chunk:\n(?: +\w+: .*\n)*? +output: (\S+?\.jsonl)", dry_run_output, re.M)
 
 
 def timed_dry_runs(workdir: Path, snakefile: Path, args: list[str], repeats: int) -> dict:

@@ -62,7 +62,13 @@ class EngineJob:
         self.record = json.loads(self.address.read_text())
 
     def server_pids(self) -> list[int]:
-        return [slot["pid"] for slot in self.record["slots"]]
+        """The engine servers: the job's children, once it started them (Linux)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        deadline = time.monotonic() + 60
+        while not children.read_text().split():
+            assert time.monotonic() < deadline, "the engine job started no engine server"
+            time.sleep(0.05)
+        return [int(pid) for pid in children.read_text().split()]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -85,8 +91,9 @@ def side_file(manifest: Path, chunk: str) -> Path:
 
 
 def wait_for_rows(side: Path, rows: int, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `rows` generated rows are saved (skipped rows are saved before any row is generated)."""
     deadline = time.monotonic() + timeout
-    while not side.exists() or side.read_text().count("\n") < rows:
+    while not side.exists() or side.read_text().count('"completion":') < rows:
         assert process.poll() is None, "the chunk ended before the kill"
         assert time.monotonic() < deadline, f"fewer than {rows} rows saved in {timeout} s"
         time.sleep(0.05)
@@ -137,7 +144,8 @@ def test_an_engine_killed_mid_chunk_fails_the_chunk_in_one_line_and_the_rerun_re
     job = subprocess.Popen(chunk_command(manifest, chunk, engine.address), cwd=REPO, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     wait_for_rows(side_file(manifest, chunk), 6, job)
-    os.kill(engine.process.pid if victim == "engine job" else engine.server_pids()[0], signal.SIGKILL)
+    servers = engine.server_pids()
+    os.kill(engine.process.pid if victim == "engine job" else servers[0], signal.SIGKILL)
     _, stderr = job.communicate(timeout=120)
     engine.process.wait(timeout=60)
 
@@ -146,9 +154,9 @@ def test_an_engine_killed_mid_chunk_fails_the_chunk_in_one_line_and_the_rerun_re
     assert "closed the connection with" in stderr and "run the chunk again to resume" in stderr
     assert not (manifest.parent / f"chunks/{chunk}.jsonl").exists(), "nothing may look complete"
     deadline = time.monotonic() + 60
-    while any(alive(pid) for pid in engine.server_pids()) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(alive(pid) for pid in engine.server_pids()), "an engine outlived its job"
+    assert not any(alive(pid) for pid in servers), "an engine outlived its job"
 
     again = EngineJob(manifest)
     try:
@@ -193,13 +201,14 @@ def test_two_slots_serve_alternate_chunks_each_on_its_own_gpu(model, tmp_path):
     finally:
         engine.stop()
     assert [job.returncode for job in jobs] == [0, 0, 0, 0], [err for _, err in outputs]
-    assert [slot["gpus"] for slot in engine.record["slots"]] == ["0", "1"]
     stats = [json.loads((manifest.parent / f"chunks/{chunk}.stats.json").read_text()) for chunk in chunks]
     engines = [s["engine_id"] for s in stats]
     assert engines[0] == engines[2] != engines[1] == engines[3]
     for index, (stdout, _) in enumerate(outputs):
         assert f"(slot {index % 2}, GPUs {index % 2})" in stdout
     assert engine.log.read_text().count("ready in") == 2
+    assert "[slot 0] slot 0: starting engine transformers (GPUs 0)" in engine.log.read_text()
+    assert "[slot 1] slot 1: starting engine transformers (GPUs 1)" in engine.log.read_text()
 
 
 def test_an_engine_job_of_other_settings_refuses_the_chunk_in_one_line(model, tmp_path):

@@ -1,9 +1,10 @@
 """A KD engine job (`distillery kd-engine`): the engines a group of chunk jobs stream their rows through.
 
-The job starts one engine server per slot (`engines/engine_server.py`), each on its own GPUs
-(`engines/gpus.py`), and at once writes the address file, Snakemake's `service()` output, which its chunk jobs
-wait for: `{"host", "pid", "tag", "slots": [{"slot", "socket", "pid", "gpus"}]}`. Chunk i streams to slot
-i mod slots (`connect_chunk`). The servers' output goes to this job's log, each line prefixed with its slot.
+The job writes the address file at once (Snakemake's `service()` output: the chunk jobs wait only seconds for
+it): `{"host", "pid", "tag", "slots": [{"slot", "socket"}]}`. Then it starts one engine server per slot
+(`engines/engine_server.py`), each on its own GPUs (`engines/gpus.py`), which binds its socket once ready. Chunk i
+streams to slot i mod slots (`connect_chunk`). The servers' output goes to this job's log, each line prefixed
+with its slot.
 
 It runs until Snakemake stops it (SIGTERM, once its chunk jobs are done), then stops the servers. A server that
 dies stops the job (exit 1); the job's own death stops the servers (they die with their parent), so nothing is
@@ -49,19 +50,20 @@ def run_engine_job(
     if slots < 1:
         raise DistilleryError(f"--slots must be at least 1, not {slots}")
     job = copies.job_reading_copies(job_from_dict(manifest.settings))
-    devices, locks = assign_slot_devices(slots, gpus_per_slot)
-    sockets = Path(tempfile.mkdtemp(prefix="distillery-kd-engine-"))
-    servers: list[subprocess.Popen] = []
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    sockets = _socket_folder()
+    servers: list[subprocess.Popen] = []
+    locks: list[int] = []
     try:
-        for slot, slot_devices in enumerate(devices):
-            spec = SlotSpec(job.engine, job.sampling, manifest.settings_hash, slot, ",".join(slot_devices))
-            servers.append(_start_server(spec, sockets / f"slot{slot}.sock", slot_devices))
-        _publish(address, manifest.settings_hash, sockets, servers, devices)
+        _publish(address, manifest.settings_hash, sockets, slots)
         print(f"engine job: {slots} slot(s) for {manifest.job} on {socket.gethostname()}"
               f"{_slurm_note()}; address {address}", flush=True)  # fmt: skip
+        devices, locks = assign_slot_devices(slots, gpus_per_slot)
+        for slot, slot_devices in enumerate(devices):
+            spec = SlotSpec(job.engine, job.sampling, manifest.settings_hash, slot, ",".join(slot_devices))
+            servers.append(_start_server(spec, sockets / f"slot{slot}.sock", slot_devices, slots))
         return _supervise(servers, stopping)
     finally:
         _stop(servers)
@@ -70,10 +72,23 @@ def run_engine_job(
             os.close(fd)
 
 
-def _start_server(spec: SlotSpec, path: Path, devices: list[str]) -> subprocess.Popen:
+def _socket_folder() -> Path:
+    """A private folder for the slots' sockets; a socket's path may not exceed ~107 bytes, so a long TMPDIR (a
+    cluster's per-job scratch) gives way to /tmp."""
+    folder = Path(tempfile.mkdtemp(prefix="distillery-kd-engine-"))
+    if len(str(folder / "slot000.sock")) <= 100:
+        return folder
+    folder.rmdir()
+    return Path(tempfile.mkdtemp(prefix="distillery-kd-engine-", dir="/tmp"))
+
+
+def _start_server(spec: SlotSpec, path: Path, devices: list[str], slots: int) -> subprocess.Popen:
     environment = dict(os.environ)
     if devices:
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    threads = environment.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # Snakemake's threads for the job: each slot gets its share
+        environment["OMP_NUM_THREADS"] = str(max(1, int(threads) // slots))
     command = [sys.executable, "-m", "workflow_scripts.engines.engine_server", "--socket", str(path),
                "--spec", spec.to_json()]  # fmt: skip
     server = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -88,13 +103,11 @@ def _relay(server: subprocess.Popen, slot: int) -> None:
         sys.stdout.flush()
 
 
-def _publish(address: Path, tag: str, sockets: Path, servers: list, devices: list[list[str]]) -> None:
-    slots = [
-        {"slot": slot, "socket": str(sockets / f"slot{slot}.sock"), "pid": server.pid, "gpus": ",".join(devices[slot])}
-        for slot, server in enumerate(servers)
-    ]
-    record = {"version": ADDRESS_VERSION, "host": socket.gethostname(), "pid": os.getpid(), "tag": tag,
-              "slots": slots}  # fmt: skip
+def _publish(address: Path, tag: str, sockets: Path, slots: int) -> None:
+    record = {
+        "version": ADDRESS_VERSION, "host": socket.gethostname(), "pid": os.getpid(), "tag": tag,
+        "slots": [{"slot": slot, "socket": str(sockets / f"slot{slot}.sock")} for slot in range(slots)],
+    }  # fmt: skip
     address.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(address, json.dumps(record, indent=1) + "\n")
 
@@ -162,8 +175,9 @@ def connect_chunk(
     """The engine of a chunk: its slot of the engine job at `address`, once that slot is ready."""
     record = read_address(address, chunk_name)
     slot = record["slots"][slot_of_chunk(manifest.positions[chunk_name], len(record["slots"]))]
-    describe = f"slot {slot['slot']} of {address.name}, pid {slot['pid']}"
+    describe = f"slot {slot['slot']} of engine job {address.name}, pid {record['pid']}"
+    # The job exits as soon as one of its slots dies: its pid says whether the slot may still get ready.
     return RemoteEngine.connect(
-        slot["socket"], manifest.settings_hash, f"chunk {chunk_name}",
-        lambda: _pid_alive(slot["pid"]) and _pid_alive(record["pid"]), timeout_s, describe,
+        slot["socket"], manifest.settings_hash, f"chunk {chunk_name}", lambda: _pid_alive(record["pid"]), timeout_s,
+        describe,
     )  # fmt: skip
