@@ -82,6 +82,7 @@ def test_dry_run_lists_exactly_the_missing_chunks(kd_run, tmp_path):
         ("kd_chunk", "job=web, part=part-000, start=000000016, stop=000000020"),
         ("kd_dataset", "job=web"),
         ("kd_engine", "job=web, engine=000000"),
+        ("report_kd", "job=web"),
     ]
 
 
@@ -93,6 +94,7 @@ def test_deleting_a_chunk_file_reruns_exactly_that_chunk_its_engine_job_and_the_
         ("kd_chunk", "job=web, part=part-001, start=000000000, stop=000000016"),
         ("kd_dataset", "job=web"),
         ("kd_engine", "job=web, engine=000000"),
+        ("report_kd", "job=web"),
     ]
 
 
@@ -108,6 +110,7 @@ def test_an_engine_job_rerun_for_one_chunk_leaves_its_finished_siblings_alone(kd
         ("kd_chunk", "job=web, part=part-001, start=000000000, stop=000000016"),
         ("kd_dataset", "job=web"),
         ("kd_engine", "job=web, engine=000000"),
+        ("report_kd", "job=web"),
     ]
     assert redone.exists() and {path: path.stat().st_mtime_ns for path in siblings} == siblings
 
@@ -125,6 +128,7 @@ def test_a_new_parquet_file_runs_only_its_own_chunks(kd_run, tmp_path):
         ("kd_dataset", "job=web"),
         ("kd_engine", "job=web, engine=000000"),
         ("kd_manifest", "job=web"),
+        ("report_kd", "job=web"),
     ]
     assert json.loads((workdir / "results/kd/web/summary.json").read_text())["rows"] == 47 + 34
 

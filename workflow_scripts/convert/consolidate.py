@@ -25,7 +25,7 @@ from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
 from ..provenance import describe_source_files
 from .driver import ConversionPlan, ConversionRequest, check_request, nothing_to_open, output_dtype, run_conversion
 from .model_files import copy_model_files, resolve_base_model
-from .options import ConsolidateOptions
+from .registry import ConsolidateOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ class ConsolidationResult:
     total_bytes: int
     files: list[hf_writer.WrittenFile]
     dropped_tied: list[str]
+
+    def summary(self) -> str:
+        files = ", ".join(f.name for f in self.files)
+        line = f"✓ {self.output}: {self.num_tensors} tensors from {self.input_type} input into {files}"
+        tied = f"\n  tied weights left to the loader: {', '.join(self.dropped_tied)}" if self.dropped_tied else ""
+        return line + tied
 
 
 def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
