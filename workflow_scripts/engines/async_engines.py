@@ -41,6 +41,7 @@ class BatchingEngine:
         self.sampling = sampling
         self.batch_size = max(1, batch_size // max(1, sampling.n))
         self._waiting: queue.Queue = queue.Queue()
+        self._closing = False
         self._worker = threading.Thread(target=self._work, name="batching-engine", daemon=True)
         self._worker.start()
 
@@ -54,8 +55,17 @@ class BatchingEngine:
         return self.engine.versions()
 
     async def close(self) -> None:
+        """Stop after the batch that is running; the requests still waiting are cancelled."""
+        self._closing = True
         self._waiting.put(None)
         await asyncio.to_thread(self._worker.join)
+        while True:
+            try:
+                item = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[1].cancel()
         self.engine.close()
 
     def _work(self) -> None:
@@ -77,7 +87,7 @@ class BatchingEngine:
         closed."""
         while True:
             item = self._waiting.get()
-            if item is None:
+            if item is None or self._closing:
                 return None
             batch = [] if item[1].cancelled() else [item]
             deadline = time.monotonic() + BATCH_LINGER_S

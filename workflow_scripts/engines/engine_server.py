@@ -65,8 +65,16 @@ class EngineServer:
             "pid": os.getpid(),
         }
         self.dead = asyncio.Event()  # the engine failed as a whole: the server stops
+        self.clients: set[asyncio.StreamWriter] = set()
+
+    def drop_clients(self) -> None:
+        """Close every connection at once: a stopping engine answers nothing more, and its clients must hear it
+        now (they keep what they saved), not after the rows still queued."""
+        for writer in self.clients:
+            writer.transport.abort()
 
     async def serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.add(writer)
         outbox: asyncio.Queue = asyncio.Queue()
         sender = asyncio.create_task(_send(outbox, writer))
         pending: set[asyncio.Task] = set()
@@ -93,6 +101,7 @@ class EngineServer:
             outbox.put_nowait(None)
             await sender
             writer.close()
+            self.clients.discard(writer)
             note = f", {left} unanswered (cancelled)" if left else ""
             print(f"slot {self.spec.slot}: {client} done: {served} requests{note}", flush=True)
 
@@ -156,6 +165,7 @@ async def serve(spec: SlotSpec, socket_path: str) -> int:
     died = asyncio.create_task(server.dead.wait())
     await asyncio.wait({stopped, died}, return_when=asyncio.FIRST_COMPLETED)
     listener.close()
+    server.drop_clients()
     await engine.close()
     if server.dead.is_set():
         print(f"slot {spec.slot}: the engine died; stopping", file=sys.stderr, flush=True)
