@@ -131,6 +131,8 @@ def test_chunk_jobs_of_engine_jobs_ask_for_no_gpu_and_little_memory_the_engine_j
     kd = wiring(tmp_path, a={"engine": {"tensor_parallel_size": 2}, "engine_slots": 4})
     assert kd.chunk_resources(gpus=None, mem_mb=None, threads="f") == {"gpu": 0, "mem_mb": 1024, "threads": 0}
     assert (kd.engine_gpus("a"), kd.engine_mem_mb("a"), kd.engine_threads("a")) == (8, 4 * 32768, 8)
+    cpu = wiring(tmp_path, b={"gpus": 1, "engine_slots": 2, "engine": {"kind": "transformers"}})
+    assert (cpu.engine_gpus("b"), cpu.engine_mem_mb("b"), cpu.engine_threads("b")) == (2, 2 * 4096, 2)
     assert kd.engine_flags("a") == "--slots 4 --gpus-per-slot 2"
     assert kd.engine_address_pattern() == f"{tmp_path}/work/kd/{{job}}/engines/{{engine}}.json"
 

@@ -42,6 +42,7 @@ class KdJobWiring:
     engine_slots: int = 1
     chunks_per_engine: int = 1
     teacher: dict = field(default_factory=dict)  # what teacher.json holds once kd_teacher ran on this config
+    engine_kind: str = "auto"
 
 
 def manifest_is_current(manifest_path: str, plan: KdJobWiring) -> bool:
@@ -185,6 +186,7 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             engine_slots=slots,
             chunks_per_engine=per_engine,
             teacher=teacher_record(job),
+            engine_kind=job.engine.kind,
         )
     return plans
 

@@ -190,13 +190,18 @@ class KdWiring:
     def engine_gpus(self, job: str) -> int:
         return self.jobs[job].engine_slots * self.jobs[job].gpus
 
+    def _vllm_engines(self, job: str) -> bool:
+        """Whether the engine job's engines are vLLM's: auto is vLLM where a job asks for GPUs."""
+        wired = self.jobs[job]
+        return wired.engine_kind == "vllm" or (wired.engine_kind == "auto" and wired.gpus > 0)
+
     def engine_mem_mb(self, job: str) -> int:
-        per_slot = GPU_CHUNK_MEM_MB if self.jobs[job].gpus else CPU_CHUNK_MEM_MB
+        per_slot = GPU_CHUNK_MEM_MB if self._vllm_engines(job) else CPU_CHUNK_MEM_MB
         return self.jobs[job].engine_slots * per_slot
 
     def engine_threads(self, job: str) -> int:
-        """A CPU per engine on CPUs; two per GPU engine (vLLM's front end and its busy engine core)."""
-        return self.jobs[job].engine_slots * (2 if self.jobs[job].gpus else 1)
+        """Two CPUs per vLLM engine (its front end and its busy engine core), one per transformers engine."""
+        return self.jobs[job].engine_slots * (2 if self._vllm_engines(job) else 1)
 
     # Resources
     def gpus(self, job: str) -> int:
