@@ -146,6 +146,15 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def new_engine_id() -> str:
+    """An engine's name in logs and chunk stats: its host, process and start second."""
+    import os
+    import socket
+    import time
+
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+
+
 def derive_seed(job_seed: int, *parts: object) -> int:
     """A 63-bit seed from the job's seed and a row's identity: the same row samples the same way in any chunk,
     any batch, any resumed run."""

@@ -13,14 +13,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
 
 from ..errors import DistilleryError, first_line
 from ..setting import from_dict, to_dict
-from .base import EngineSettings, SamplingSettings
+from .base import EngineSettings, SamplingSettings, new_engine_id
 from .wire import line, parse_request, result_line
 
 # A request line carries its prompt's token ids: long chat prompts exceed asyncio's 64 KiB default.
@@ -53,7 +52,7 @@ class EngineServer:
     def __init__(self, engine, spec: SlotSpec, start_seconds: float) -> None:
         self.engine = engine
         self.spec = spec
-        self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+        self.engine_id = new_engine_id()
         self.ready = {
             "engine_id": self.engine_id,
             "kind": engine.kind,

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_output_file, atomic_write_text, disk_full_as_error
 from ..engines import Engine, GenerationRequest, open_engine
-from ..engines.base import derive_seed
+from ..engines.base import derive_seed, new_engine_id
 from ..errors import DistilleryError
 from ..progress import progress_bar
 from .local_copies import IN_PLACE, LocalCopies
@@ -109,7 +107,7 @@ class ChunkRunner:
             started = time.perf_counter()
             self.engine = open_engine(self.reading_job.engine)
             self.engine_start_seconds = time.perf_counter() - started
-            self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+            self.engine_id = new_engine_id()
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.reading_job)
             check_tokenizer(self.tokenizer, self.job.prompt, self.reading_job.engine.tokenizer)
@@ -158,7 +156,7 @@ class ChunkRunner:
             prompts[request_id] = (row, prompt)
             requests.append(GenerationRequest(request_id, prompt.token_ids, derive_seed(job.seed, row.row_id), budget))
 
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         bar = progress_bar(total=len(requests), desc=chunk.name, unit="row", disable=not self.show_progress or None)
         for result in engine.generate(requests, job.sampling):
             row, prompt = prompts.pop(result.request_id)
@@ -170,7 +168,7 @@ class ChunkRunner:
         return {
             "generate_seconds": time.perf_counter() - started,
             # Wall-clock span: chunks sharing an engine run at once, so summary.json takes the union of spans.
-            "generated_from": round(time.time() - (time.perf_counter() - started), 3),
+            "generated_from": round(wall_started, 3),
             "generated_until": round(time.time(), 3),
             "resumed_rows": len(recovered.done_rows),
         }
