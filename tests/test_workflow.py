@@ -107,12 +107,14 @@ def expected_figures(run: Path) -> dict[tuple[str, str, str], tuple[str, ...]]:
     """(category, subcategory, figure) -> lines its page shows, its title first (none for a plot), for each model
     and job of the default config, with figures read from the run's artifacts."""
     from workflow_scripts.report.artifacts import first_records
+    from workflow_scripts.workflow.layouts import LayoutPlan
     from workflow_scripts.workflow.model_targets import model_targets
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     read = lambda path: json.loads((run / "results" / path).read_text())  # noqa: E731
+    layouts = LayoutPlan.from_config(config)  # the models as rules/common.smk plans them
     figures = {}
-    for model in model_targets(config["models"]):
+    for model in layouts.readable_models(model_targets(config["models"], built=layouts.built_sources())):
         plans = [f"T={size['tp']}, P={size['pp']}\tpassed" for size in config["verify"]["parallel_sizes"]]
         figures[("Models", model, "verification")] = (f"Verification of results/models/{model}/hf", "verdict\tpassed")
         figures[("Models", model, "parallel plans")] = (f"Parallel plans of results/models/{model}/hf", *plans)

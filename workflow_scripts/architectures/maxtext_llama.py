@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
+from . import facts_cache
 from .rope import LLAMA3_ROPE_SCALING
 
 ROPE_TYPES = ("default", "llama3.1")
@@ -155,21 +156,30 @@ class MaxTextLlamaMath:
 
 
 def hf_config(math: MaxTextLlamaMath, dtype: str) -> dict:
-    """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights."""
+    """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights; from the facts cache
+    (facts_cache.py) where the same math and dtype were converted before, since LlamaConfig imports transformers."""
+    size = math.size
+    tie = math.tied_embeddings and not math.normalize_embedding_logits
+    arguments = {
+        **asdict(size),  # LlamaSize's fields are LlamaConfig's keywords
+        "rope_scaling": dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tie,
+    }
+    entry = facts_cache.entry_path("maxtext-hf-config", json.dumps({"arguments": arguments, "dtype": dtype}))
+    stored = facts_cache.read_entry(entry)
+    if stored is not None:
+        return stored
     from transformers import LlamaConfig
 
-    tie = math.tied_embeddings and not math.normalize_embedding_logits
-    config = LlamaConfig(
-        **asdict(math.size),  # LlamaSize's fields are LlamaConfig's keywords
-        rope_scaling=dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
-        hidden_act="silu",
-        attention_bias=False,
-        mlp_bias=False,
-        tie_word_embeddings=tie,
-    )
+    config = LlamaConfig(**arguments)
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = dtype
-    return config.to_dict()
+    values = config.to_dict()
+    facts_cache.write_entry(entry, values)
+    return values
 
 
 def layer_shapes(math: MaxTextLlamaMath) -> dict[str, tuple[int, ...]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..architectures.architecture import expected_weights, load_config, read_config_json, tied_weights
+from ..architectures.architecture import config_facts, expected_weights, read_config_json, tied_weights
 from ..choices import ORIGINAL_DTYPE, WEIGHTS_FORMATS
 from ..errors import DistilleryError, require_folder
 from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
@@ -74,7 +74,7 @@ def plan_consolidation(
     """Every source tensor as it is, cast to the output dtype; tied copies left to the loader."""
     checkpoint, files_folder, source_details = _open_source(options, input_type)
     config_folder = _config_folder(files_folder, base_model)
-    config = load_config(config_folder)
+    config = config_facts(config_folder)  # from the facts cache when this config.json was seen before
     check_fits_architecture(checkpoint.tensors, config, checkpoint_path=files_folder, config_path=config_folder)
     tensors, dropped = _plan_tensors(checkpoint, tied_weights(config), options.dtype)
     log.info("%s: %s layout", options.input, checkpoint.layout)

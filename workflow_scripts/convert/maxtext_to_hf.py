@@ -40,6 +40,7 @@ from ..architectures.maxtext_llama import (
     layer_shapes,
     resolve_size,
 )
+from ..architectures.tokenizer_facts import tokenizer_facts
 from ..choices import ORIGINAL_DTYPE
 from ..errors import DistilleryError
 from ..formats import hf_writer
@@ -306,12 +307,10 @@ def _take_token_ids(config: dict, staging: Path) -> None:
     if not any((staging / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         return
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(staging, local_files_only=True)
+        tokenizer = tokenizer_facts(staging)
     except Exception:  # noqa: BLE001 - the table's ids stay; verify reports an unusable tokenizer
         return
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(tokenizer, key, None)
+        value = getattr(tokenizer, key)
         if value is not None:
             config[key] = value
