@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kd-teacher": ("kd", "record a KD job's teacher and generation settings (chunks are redone when they change)"),
     "kd-chunk": ("kd", "generate completions for one chunk, resumably"),
     "kd-dataset": ("kd", "merge a KD job's chunks into the dataset and summary.json"),
-    "kd-status": ("kd", "done and remaining chunks and rows of a KD job"),
+    "kd-status": ("kd", "a KD job's rows done, chunks done, running and failed, rows/s, tokens/s and ETA"),
     "generate": ("kd", "run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)"),
     "icm": ("icm", "label a dataset without gold labels by Internal Coherence Maximization (Wen et al. 2025)"),
     "serve": ("serve", "start `vllm serve` from a size preset (8B, 70B, 405B), prefix caching always on"),
