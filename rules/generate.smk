@@ -122,10 +122,9 @@ rule kd_chunk:
     input:
         **KD_CHUNK_INPUTS,  # teacher.json, its engine job's address, what a job fetches with a storage provider
     output:
-        chunk=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl",
-        stats=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json",
+        **KD.chunk_outputs(),  # the chunk file; its .stats.json too with a storage provider
     log:
-        "logs/kd_chunk/{job}/{part}/{start}-{stop}.log",
+        KD.chunk_log(),  # its progress lines are what `distillery kd-status` reads
     conda:
         KD.chunk_env()
     threads: KD_CHUNK_RESOURCES["threads"]
@@ -139,7 +138,15 @@ rule kd_chunk:
         **KD_CHUNK_PARAMS,
     shell:
         "distillery kd-chunk --manifest {params.manifest} --chunk {wildcards.part}/{wildcards.start}-{wildcards.stop}"
-        " --output {output.chunk} --engine-address={input.engine} {params.copies} > {log} 2>&1"
+        " --output {output} --engine-address={input.engine} {params.copies} > {log} 2>&1"
+
+
+# A chunk whose .stats.json alone is gone: its job again (kd_chunk declares only the chunk file, see KD.chunk_outputs).
+use rule kd_chunk as kd_chunk_stats with:
+    output:
+        stats=KD.lone_stats_output(),
+    wildcard_constraints:
+        job=KD.lone_stats_jobs(),
 
 
 rule kd_dataset:

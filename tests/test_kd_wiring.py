@@ -3,6 +3,7 @@ storage provider, and what it asks a scheduler for. `local()` and `ancient()` ar
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -120,6 +121,15 @@ def test_each_dataset_rule_matches_only_the_jobs_of_its_output_format(tmp_path):
     assert wiring(tmp_path, lines={}).jobs_by_format()["parquet"] == "(?!)"
 
 
+def test_a_chunk_log_is_where_kd_status_looks_for_it(tmp_path):
+    from workflow_scripts.kd.manifest import Chunk
+    from workflow_scripts.kd.status import chunk_logs
+
+    chunk = Chunk("part-000", "part-000.parquet", 16, 24)
+    log = wiring(tmp_path, web={}).chunk_log().format(job="web", part=chunk.part, start="000000016", stop="000000024")
+    assert Path(log) == chunk_logs("web") / f"{chunk.name}.log"
+
+
 def test_chunk_resources_are_plain_values_when_every_job_agrees(tmp_path):
     cpu = wiring(tmp_path, a={"gpus": 0, "engine_server": False}, b={"gpus": 0, "engine_server": False})
     assert cpu.chunk_resources(gpus=None, mem_mb=None, threads=None) == {"gpu": 0, "mem_mb": 4096}
@@ -177,10 +187,47 @@ def test_a_current_manifest_is_read_without_the_checkpoint(run_cli, tmp_path, pa
     assert checkpoint.asked == 0
     assert files[:2] == [
         f"{tmp_path}/results/kd/web/chunks/part-000/000000000-000000008.jsonl",
-        f"{tmp_path}/results/kd/web/chunks/part-000/000000000-000000008.stats.json",
+        f"{tmp_path}/results/kd/web/chunks/part-000/000000008-000000016.jsonl",
     ]
-    assert len(files) == 2 * len(chunks)
+    assert len(files) == len(chunks)
     assert kd.dataset_inputs("web", checkpoint) == {"chunks": files}
+
+
+def test_the_dataset_asks_for_a_stats_file_only_where_it_is_gone_beside_its_chunk_file(
+    run_cli, tmp_path, parquet_files, tiny_model_store
+):
+    job = {"model": str(tiny_model_store("llama")), "dataset": {"path": str(parquet_files)}}
+    kd = wiring(tmp_path, web=job)
+    manifest = load_manifest(write_manifest(run_cli, kd, "web"))
+    chunks = Path(kd.folder("web")) / "chunks/part-000"
+    chunks.mkdir(parents=True)
+    for name in ("000000000-000000008.jsonl", "000000000-000000008.stats.json", "000000008-000000016.jsonl"):
+        (chunks / name).write_text("")
+    files = kd.chunk_files("web", Checkpoint(None))
+    # A finished chunk and one not started give their chunk files; one whose stats file is gone gives that too,
+    # which only kd_chunk_stats makes.
+    assert files[:3] == [
+        f"{chunks}/000000000-000000008.jsonl",
+        f"{chunks}/000000008-000000016.jsonl",
+        f"{chunks}/000000008-000000016.stats.json",
+    ]
+    assert len(files) == len(manifest.chunks) + 1
+    assert kd.chunk_outputs() == {"chunk": f"{tmp_path}/results/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl"}
+    assert kd.lone_stats_output() == f"{tmp_path}/results/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json"
+
+
+def test_with_storage_every_chunk_job_declares_both_files_and_the_dataset_asks_for_both(
+    run_cli, tmp_path, parquet_files, tiny_model_store
+):
+    job = {"model": str(tiny_model_store("llama")), "dataset": {"path": str(parquet_files)}}
+    kd = wiring(tmp_path, uses_storage=True, web=job)
+    manifest = load_manifest(write_manifest(run_cli, kd, "web"))
+    files = kd.chunk_files("web", Checkpoint(None))
+    assert len(files) == 2 * len(manifest.chunks)
+    assert files[1] == f"{tmp_path}/results/kd/web/chunks/part-000/000000000-000000008.stats.json"
+    assert set(kd.chunk_outputs()) == {"chunk", "stats"}
+    # kd_chunk_stats then serves no job: the stats file is kd_chunk's.
+    assert re.fullmatch(kd.lone_stats_jobs(), "web") is None
 
 
 def test_a_manifest_of_other_settings_is_asked_of_the_checkpoint(run_cli, tmp_path, parquet_files, tiny_model_store):

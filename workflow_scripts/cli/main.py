@@ -40,7 +40,7 @@ _HELP_LINES: dict[str, dict[str, str]] = {
         "kd-chunk": "generate completions for one chunk, resumably",
         "kd-engine": "serve a KD job's engines (one per GPU slot) to its chunk jobs until stopped",
         "kd-dataset": "merge a KD job's chunks into the dataset and summary.json",
-        "kd-status": "done and remaining chunks and rows of a KD job",
+        "kd-status": "a KD job's rows done, chunks done, running and failed, rows/s, tokens/s and ETA",
         "generate": "run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)",
     },
     "icm": {"icm": "label a dataset without gold labels by Internal Coherence Maximization (Wen et al. 2025)"},

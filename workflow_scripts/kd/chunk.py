@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..engines import Engine, GenerationRequest, open_engine
 from ..engines.base import derive_seed, new_engine_id
 from ..errors import DistilleryError
 from ..progress import progress_bar
+from .chunk_progress import PROGRESS_SECONDS, ChunkProgress
 from .local_copies import IN_PLACE, LocalCopies
 from .manifest import Chunk, Manifest
 from .prompts import Prompt, build_prompt, check_tokenizer
@@ -91,6 +93,7 @@ class ChunkRunner:
         engine: Engine | None = None,
         show_progress: bool = True,
         copies: LocalCopies = IN_PLACE,
+        progress_seconds: float = PROGRESS_SECONDS,
     ) -> None:
         self.manifest = manifest
         self.job = job_from_dict(manifest.settings)
@@ -101,6 +104,7 @@ class ChunkRunner:
         self.engine_start_seconds = float(getattr(engine, "start_seconds", 0.0))
         self.tokenizer = None
         self.show_progress = show_progress
+        self.progress_seconds = progress_seconds
 
     def _ensure_engine(self) -> Engine:
         if self.engine is None:
@@ -123,11 +127,20 @@ class ChunkRunner:
         partial = side_file(output)
         recovered = recover(partial, job.sampling.n)
         writer = SideFile(partial, recovered.complete_bytes)
+        progress = self._progress_lines(chunk, recovered)
         try:
-            stats = self._generate(chunk, recovered, writer)
+            stats = self._generate(chunk, recovered, progress.counting(writer))
         finally:
+            progress.stop()
             writer.close()
         return self._finish(chunk, output, partial, stats)
+
+    def _progress_lines(self, chunk: Chunk, recovered) -> ChunkProgress:
+        """Progress lines for the log (kd/chunk_progress.py); on a terminal the bar says it instead."""
+        tokens = sum(record["completion_tokens"] for lines in recovered.records.values() for record in lines)
+        interval = 0 if sys.stderr.isatty() else self.progress_seconds
+        total = chunk.stop - chunk.start
+        return ChunkProgress(chunk.name, total, len(recovered.done_rows), tokens, interval).start()
 
     def _generate(self, chunk: Chunk, recovered, writer: SideFile) -> dict:
         job = self.job

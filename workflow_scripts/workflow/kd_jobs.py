@@ -76,6 +76,26 @@ def chunk_files(job_folder: str, chunks) -> list[str]:
     return [f"{job_folder}/chunks/{chunk.name}{suffix}" for chunk in chunks for suffix in (".jsonl", ".stats.json")]
 
 
+def chunk_targets(job_folder: str, chunks) -> list[str]:
+    """What kd_dataset asks for where Snakemake sees the files (no storage provider): every chunk file, and a
+    chunk's `.stats.json` only where it is gone beside its chunk file (kd_chunk_stats then redoes that chunk).
+
+    The chunk job writes both files, but declares only the chunk file: a second output of each of 10,000 jobs,
+    and a second input of the dataset for each, cost a third of the time Snakemake takes to plan them
+    (benchmarks/dry_run_scale.py). One listing per folder, no stat per file.
+    """
+    listed: dict[str, set[str]] = {}
+    targets = []
+    for chunk in chunks:
+        folder, name = f"{job_folder}/chunks/{chunk.part}", chunk.name.rsplit("/", 1)[1]
+        if folder not in listed:
+            listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        targets.append(f"{folder}/{name}.jsonl")
+        if f"{name}.jsonl" in listed[folder] and f"{name}.stats.json" not in listed[folder]:
+            targets.append(f"{folder}/{name}.stats.json")
+    return targets
+
+
 def missing_chunk_files(plan: KdJobWiring, job_folder: str, dataset_outputs: list[str]) -> list[str]:
     """The chunk files missing beside a finished dataset. As targets they make Snakemake redo them (and then the
     dataset): it remakes a missing file only where a target or a job that runs needs it, and the dataset is up
@@ -87,7 +107,7 @@ def missing_chunk_files(plan: KdJobWiring, job_folder: str, dataset_outputs: lis
     manifest = f"{job_folder}/manifest.json"
     if not all(os.path.exists(path) for path in dataset_outputs) or not manifest_is_current(manifest, plan):
         return []
-    return [path for path in chunk_files(job_folder, load_manifest(manifest).chunks) if not os.path.exists(path)]
+    return [path for path in chunk_targets(job_folder, load_manifest(manifest).chunks) if not os.path.exists(path)]
 
 
 def check_teachers(plans: dict[str, KdJobWiring], jobs: dict[str, dict], model_names) -> None:

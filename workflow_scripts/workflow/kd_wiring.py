@@ -21,8 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..kd.manifest import load_manifest
+from ..kd.status import CHUNK_LOGS
 from . import kd_engines
-from .kd_jobs import KdJobWiring, check_teachers, chunk_files, manifest_is_current, missing_chunk_files, wire_kd_jobs
+from .kd_jobs import (
+    KdJobWiring,
+    check_teachers,
+    chunk_files,
+    chunk_targets,
+    manifest_is_current,
+    missing_chunk_files,
+    wire_kd_jobs,
+)
 
 OUTPUT_FORMATS = ("jsonl", "parquet")
 GPU_CHUNK_MEM_MB = 32768  # host memory of one vLLM engine (a chunk job's own, or an engine slot's)
@@ -69,6 +78,28 @@ class KdWiring:
 
     def dataset_outputs(self, job: str) -> list[str]:
         return [self.dataset_path(job), f"{self.folder(job)}/summary.json"]
+
+    def chunk_outputs(self) -> dict[str, str]:
+        """kd_chunk's outputs: the chunk file, and its stats file with a storage provider only (see chunk_targets;
+        a job cannot see the bucket to ask for a lone missing stats file)."""
+        chunk = self._chunk_file(".jsonl")
+        return {"chunk": chunk, "stats": self._chunk_file(".stats.json")} if self.uses_storage else {"chunk": chunk}
+
+    def lone_stats_output(self) -> str:
+        """kd_chunk_stats's output: a stats file gone beside its chunk file, which that rule's job writes anew."""
+        return self._chunk_file(".stats.json")
+
+    def lone_stats_jobs(self) -> str:
+        """The jobs kd_chunk_stats serves: none with a storage provider, where kd_chunk declares the stats file."""
+        return "(?!)" if self.uses_storage else "[^/]+"
+
+    def _chunk_file(self, suffix: str) -> str:
+        return f"{self.results}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}{suffix}"
+
+    @staticmethod
+    def chunk_log() -> str:
+        """kd_chunk's log, where `distillery kd-status` looks for it (kd/status.py)."""
+        return f"{CHUNK_LOGS}/{{job}}/{{part}}/{{start}}-{{stop}}.log"
 
     def jobs_by_format(self) -> dict[str, str]:
         """A regex per output format matching the jobs of that format only; "(?!)" matches no name at all."""
@@ -135,7 +166,8 @@ class KdWiring:
         return manifest_input or self.manifest_path(job)
 
     def chunk_files(self, job: str, checkpoint) -> list[str]:
-        """The chunks of the job's manifest. A current manifest is read directly: a checkpoint in the DAG makes
+        """The files of the job's chunks that kd_dataset asks for: both of each chunk with a storage provider (it
+        sees no file), else those of chunk_targets. A current manifest is read directly: a checkpoint in the DAG makes
         Snakemake redo its bookkeeping after every job, which at 10,000 chunks costs more than the planning itself.
         """
         path = self.manifest_path(job)
@@ -146,7 +178,7 @@ class KdWiring:
             # open(): where a storage provider keeps the manifest, Snakemake fetches it first and asks again.
             with manifest.open():
                 chunks = load_manifest(manifest).chunks
-        return chunk_files(self.folder(job), chunks)
+        return (chunk_files if self.uses_storage else chunk_targets)(self.folder(job), chunks)
 
     def missing_chunks(self) -> list[str]:
         """Chunk files deleted beside a finished dataset, as targets of `all` and `kd` (see missing_chunk_files)."""
