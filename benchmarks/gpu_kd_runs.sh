@@ -6,6 +6,7 @@
 #   OUT=DIR bash benchmarks/gpu_kd_runs.sh scale        # call 2: kd_scale.py, 100,000 rows in 10 chunks of a small
 #                                                       #   Llama, 64 new tokens, one engine job (~5-8 min)
 #   OUT=DIR bash benchmarks/gpu_kd_runs.sh --dry-run [throughput|scale]   # the same steps on the CPU, tiny model
+#   OUT=DIR bash benchmarks/gpu_kd_runs.sh scale -- --max-tokens 32       # after --: flags for the step's script
 #
 # Each runs the workflow (snakemake, engine start included) against a bare LLM.generate over the same prompts and
 # seeds, in the same call, and prints a table. Its result JSON goes under $OUT as each side ends; its log to
@@ -20,8 +21,12 @@ die() { echo "gpu_kd_runs.sh: $*" >&2; exit 2; }
 
 dry_run=""
 steps=()
-for argument in "$@"; do
+extra=()
+while [ $# -gt 0 ]; do
+  argument=$1
+  shift
   case "$argument" in
+    --) extra=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     --dry-run) dry_run="--dry-run" ;;
     throughput|scale) steps+=("$argument") ;;
@@ -56,9 +61,11 @@ suffix=${dry_run:+-dry-run}
 status=0
 for step in "${steps[@]}"; do
   case "$step" in
-    throughput) command=("$PYTHON" benchmarks/kd_throughput.py --out "$OUT" $dry_run); work=/tmp/kd_throughput$suffix ;;
-    scale) command=("$PYTHON" benchmarks/kd_scale.py --out "$OUT" $dry_run); work=/tmp/kd_scale$suffix ;;
+    throughput) command=("$PYTHON" benchmarks/kd_throughput.py --out "$OUT"); work=/tmp/kd_throughput$suffix ;;
+    scale) command=("$PYTHON" benchmarks/kd_scale.py --out "$OUT"); work=/tmp/kd_scale$suffix ;;
   esac
+  [ -n "$dry_run" ] && command+=("$dry_run")
+  command+=(${extra[@]+"${extra[@]}"})
   echo "== $step: ${command[*]}"
   started=$SECONDS
   "${command[@]}" 2>&1 | tee "$OUT/$step$suffix.log"

@@ -77,7 +77,9 @@ class EngineJob:
 
 
 def chunk_command(manifest: Path, chunk: str, address: Path) -> list[str]:
-    return distillery("kd-chunk", "--manifest", manifest, "--chunk", chunk, "--engine-address", address)
+    # No progress lines: a chunk's stderr is then only its error, which must be one line.
+    return distillery("kd-chunk", "--manifest", manifest, "--chunk", chunk, "--engine-address", address,
+                      "--progress-seconds", 0)  # fmt: skip
 
 
 def run_chunk(manifest: Path, chunk: str, address: Path) -> subprocess.CompletedProcess:
