@@ -37,6 +37,12 @@ kd_missing_chunks = lambda wildcards: KD.missing_chunks()
 kd_chunk_engine = lambda wildcards: KD.chunk_engine(
     wildcards.job, f"{wildcards.part}/{wildcards.start}-{wildcards.stop}", service
 )
+kd_chunk_stats_engine = lambda wildcards: KD.chunk_engine(
+    wildcards.job,
+    f"{wildcards.part}/{wildcards.start}-{wildcards.stop}",
+    service,
+    (".stats.json",),
+)
 kd_chunk_threads = lambda wildcards: KD.chunk_threads(wildcards.job)
 kd_engine_flags = lambda wildcards: KD.engine_flags(wildcards.job)
 kd_engine_gpus = lambda wildcards: KD.engine_gpus(wildcards.job)
@@ -143,6 +149,8 @@ rule kd_chunk:
 
 # A chunk whose .stats.json alone is gone: its job again (kd_chunk declares only the chunk file, see KD.chunk_outputs).
 use rule kd_chunk as kd_chunk_stats with:
+    input:
+        **KD.chunk_inputs(ancient, kd_chunk_model, kd_chunk_data, kd_chunk_stats_engine),
     output:
         stats=KD.lone_stats_output(),
     wildcard_constraints:

@@ -121,6 +121,14 @@ def test_a_chunk_whose_log_stopped_growing_has_failed_even_without_an_error_line
     assert status_of(job, logs, stale_after=600)["running_chunks"] == 1
 
 
+def test_a_warning_after_the_last_progress_line_is_not_why_a_chunk_stopped(job, tmp_path):
+    logs = tmp_path / "logs/kd_chunk/web"
+    name = chunk_name(*CHUNKS[0])
+    warning = "/venv/torch/nn/modules/module.py:1789: FutureWarning: `past_key_values` is deprecated\n  return f(*args)"
+    write_log(logs, name, [(700, 0, 0), (400, 60, 600)], 100, warning)
+    assert status_of(job, logs)["failed"][0]["why"] == "stopped with no error (killed, or its node went away)"
+
+
 def test_rates_are_the_rows_and_tokens_the_logs_show_over_the_window(job, tmp_path):
     logs = tmp_path / "logs/kd_chunk/web"
     names = [chunk_name(*chunk) for chunk in CHUNKS]

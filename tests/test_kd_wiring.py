@@ -288,6 +288,23 @@ def test_a_complete_chunk_is_linked_to_teacher_json_so_no_engine_job_regenerates
     assert engine_job_of(changed, "web", first).endswith("engines/000000.json"), "kd_teacher reruns first"
 
 
+def test_a_chunk_whose_stats_file_alone_is_gone_streams_only_its_kd_chunk_stats_job_to_the_engine(
+    run_cli, tmp_path, parquet_files, tiny_model_store
+):
+    import shlex
+
+    job = {"model": str(tiny_model_store("llama")), "dataset": {"path": str(parquet_files)}}
+    kd = wiring(tmp_path, web=job)
+    chunk = load_manifest(write_manifest(run_cli, kd, "web")).chunks[0].name
+    teacher = Path(kd.folder("web")) / "teacher.json"
+    assert run_cli("kd-teacher", "--output", teacher, *shlex.split(kd.flags("web"))).exit_code == 0
+    finish_chunk(kd, "web", chunk)
+    (Path(kd.folder("web")) / f"chunks/{chunk}.stats.json").unlink()
+    # kd_chunk (its .jsonl is up to date) stays off the engine job; kd_chunk_stats, which remakes the file, is on it.
+    assert engine_job_of(kd, "web", chunk) == str(teacher)
+    assert str(kd.chunk_engine("web", chunk, service, (".stats.json",))).endswith("engines/000000.json")
+
+
 def json_of(path: Path) -> dict:
     import json
 

@@ -15,6 +15,7 @@ seconds; the ETA is the remaining rows at that rate.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -27,6 +28,8 @@ from .records import recover, side_file, stats_file
 CHUNK_LOGS = "logs/kd_chunk"  # the kd_chunk rule's log folder, below Snakemake's working directory
 WINDOW_SECONDS = 300.0
 STALE_SECONDS = 300.0
+# A Python warning's first line ("file.py:12: FutureWarning: ..."); its second, the source line, is indented.
+PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
 LOG_TAIL_BYTES = 1 << 20  # a day of progress lines, whatever an engine logs besides
 
 
@@ -106,8 +109,10 @@ def chunk_state(
 
 
 def _why_stopped(log_lines: list[str]) -> str:
-    """The log's last line, where it is not a progress line: the error the job ended on."""
-    last = next((line for line in reversed(log_lines) if line.strip()), "")
+    """The log's last line, where it is not a progress line: the error the job ended on. Warnings (a library's
+    deprecation notice between two progress lines) and the indented lines under them say nothing of that."""
+    said = (line for line in reversed(log_lines) if line.strip() and not line[0].isspace())
+    last = next((line for line in said if not PYTHON_WARNING.match(line)), "")
     if last and not parse_progress_line(last):
         return last.strip()
     return "stopped with no error (killed, or its node went away)"

@@ -8,7 +8,8 @@ Snakemake reruns every consumer of a service that runs. So a chunk whose files a
 teacher.json instead (flagged as a service input too: Snakemake's metadata records any service input as
 "<service>", so the link can move without the chunk counting as changed). An engine job then runs only for
 chunks that are missing, and never regenerates a finished sibling. "Complete" mirrors Snakemake's own test:
-both files present and not older than teacher.json, and teacher.json already what kd_teacher would write for
+the files the chunk's rule declares (kd_chunk: the .jsonl; kd_chunk_stats: the .stats.json) present and not
+older than teacher.json, and teacher.json already what kd_teacher would write for
 this config (otherwise kd_teacher runs first and every chunk is redone). The link reads only local files, so
 with a storage provider chunk jobs keep their own engines.
 """
@@ -39,21 +40,25 @@ def _teacher_record(path: str, mtime_ns: int) -> dict | None:
         return None
 
 
-def chunk_is_complete(wired: KdJobWiring, job_folder: str, chunk_name: str) -> bool:
-    """Whether Snakemake will find the chunk's files complete and up to date (see the module's docstring)."""
+def chunk_is_complete(wired: KdJobWiring, job_folder: str, chunk_name: str, declared: tuple[str, ...]) -> bool:
+    """Whether Snakemake will find the chunk's `declared` files (suffixes) up to date (see the module's docstring)."""
     teacher = f"{job_folder}/teacher.json"
     try:
         teacher_mtime = os.stat(teacher).st_mtime_ns
         base = f"{job_folder}/chunks/{chunk_name}"
-        oldest = min(os.stat(f"{base}.jsonl").st_mtime_ns, os.stat(f"{base}.stats.json").st_mtime_ns)
+        oldest = min(os.stat(f"{base}{suffix}").st_mtime_ns for suffix in declared)
     except FileNotFoundError:
         return False
     return oldest >= teacher_mtime and _teacher_record(teacher, teacher_mtime) == wired.teacher
 
 
-def chunk_engine(wired: KdJobWiring, job_folder: str, work: str, chunk_name: str, service: Callable):
-    """The engine input of a chunk job: its engine job's address, or teacher.json once the chunk is complete."""
-    if chunk_is_complete(wired, job_folder, chunk_name):
+def chunk_engine(
+    wired: KdJobWiring, job_folder: str, work: str, chunk_name: str, service: Callable, declared: tuple[str, ...]
+):
+    """The engine input of a chunk job: its engine job's address, or teacher.json once the chunk is complete.
+    A chunk whose .stats.json alone is gone is then complete for kd_chunk, so only kd_chunk_stats consumes the
+    engine job (a consumer of a service that runs would run too, and write the same chunk at the same time)."""
+    if chunk_is_complete(wired, job_folder, chunk_name, declared):
         return service(f"{job_folder}/teacher.json")
     position = load_manifest(f"{job_folder}/manifest.json").positions[chunk_name]
     return service(engine_address(work, wired.name, position // wired.chunks_per_engine))

@@ -206,11 +206,12 @@ class KdWiring:
         files)."""
         return self.jobs[job].engine_server and not self.uses_storage
 
-    def chunk_engine(self, job: str, chunk: str, service: Callable):
-        """kd_chunk's `engine` input: the address of the chunk's engine job, if its job has them."""
+    def chunk_engine(self, job: str, chunk: str, service: Callable, declared: tuple[str, ...] = (".jsonl",)):
+        """kd_chunk's `engine` input (kd_chunk_stats': `declared` its .stats.json): the address of the chunk's
+        engine job, if its job has them. Served jobs have no storage provider, so kd_chunk declares the .jsonl."""
         if not self.served(job):
             return []
-        return kd_engines.chunk_engine(self.jobs[job], self.folder(job), self.work, chunk, service)
+        return kd_engines.chunk_engine(self.jobs[job], self.folder(job), self.work, chunk, service, declared)
 
     def engine_address_pattern(self) -> str:
         """kd_engine's output, with wildcards {job} and {engine}."""
