@@ -34,3 +34,48 @@ def test_a_prompt_longer_than_the_context_is_refused(engine):
 
     with pytest.raises(DistilleryError, match="does not fit max_model_len"):
         engine.next_token_logprobs([[1] * (engine.max_model_len + 1)], 5)
+
+
+def icm_like_prompts(seed: int = 0) -> list[list[int]]:
+    """What one ICM evaluation sends: each labeled claim scored with the others as demonstrations (leave one
+    out), each unlabeled claim with all of them, plus a duplicate and a prompt that is a prefix of another."""
+    import random
+
+    rng = random.Random(seed)
+    demos = [[rng.randrange(5, 200) for _ in range(rng.randrange(12, 24))] for _ in range(10)]
+    queries = [[rng.randrange(5, 200) for _ in range(rng.randrange(2, 6))] for _ in range(10)]
+    labeled = demos[:6]
+    prompts = [[1, *sum((d for i, d in enumerate(labeled) if i != k), []), *queries[k]] for k in range(6)]
+    prompts += [[1, *sum(labeled, []), *queries[k]] for k in range(6, 10)]
+    return [*prompts, list(prompts[3]), prompts[7][:5]]
+
+
+def nodes_of(tree) -> int:
+    count, pending = 0, [tree]
+    while pending:
+        count, pending = count + 1, pending[:-1] + pending[-1].children
+    return count
+
+
+def test_scoring_with_shared_prefixes_gives_the_log_probs_of_whole_prompts(engine):
+    from workflow_scripts.engines.prefix_tree import prefix_tree
+
+    prompts = icm_like_prompts()
+    assert engine.shares_prefixes
+    assert nodes_of(prefix_tree(prompts)) >= 4  # a few levels of shared demonstrations
+    shared = engine.score_sharing_prefixes(prompts, 5)
+    whole = engine.score_whole_prompts(prompts, 5)
+    for ours, reference in zip(shared, whole, strict=True):
+        assert [c.token_id for c in ours] == [c.token_id for c in reference]
+        assert [c.logprob for c in ours] == pytest.approx([c.logprob for c in reference], abs=1e-4)
+    assert engine.next_token_logprobs(prompts, 5) == shared
+
+
+def test_packed_passes_split_where_the_token_budget_says_with_the_same_log_probs(engine, monkeypatch):
+    from workflow_scripts.engines import shared_prefix_scoring
+
+    prompts = icm_like_prompts(seed=1)
+    expected = engine.score_whole_prompts(prompts, 3)
+    monkeypatch.setattr(shared_prefix_scoring, "PACKED_TOKENS_PER_PASS", 40)  # mostly one segment per pass
+    for ours, reference in zip(engine.score_sharing_prefixes(prompts, 3), expected, strict=True):
+        assert [c.logprob for c in ours] == pytest.approx([c.logprob for c in reference], abs=1e-4)
