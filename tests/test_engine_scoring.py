@@ -37,24 +37,33 @@ def test_a_prompt_longer_than_the_context_is_refused(engine):
 
 
 def icm_like_prompts(seed: int = 0) -> list[list[int]]:
-    """What one ICM evaluation sends: each labeled claim scored with the others as demonstrations (leave one
-    out), each unlabeled claim with all of them, plus a duplicate and a prompt that is a prefix of another."""
+    """What one ICM evaluation of two candidate labelings sends (as the consistency fix does): for each, every
+    labeled claim scored with the others as demonstrations (leave one out) and every unlabeled claim with all
+    of them; the candidates differ in the label of the third demonstration. Plus a duplicate prompt and one
+    that is a prefix of another."""
     import random
 
     rng = random.Random(seed)
     demos = [[rng.randrange(5, 200) for _ in range(rng.randrange(12, 24))] for _ in range(10)]
     queries = [[rng.randrange(5, 200) for _ in range(rng.randrange(2, 6))] for _ in range(10)]
-    labeled = demos[:6]
-    prompts = [[1, *sum((d for i, d in enumerate(labeled) if i != k), []), *queries[k]] for k in range(6)]
-    prompts += [[1, *sum(labeled, []), *queries[k]] for k in range(6, 10)]
+    prompts = []
+    for label_token in (201, 202):
+        labeled = [*demos[:2], [*demos[2], label_token], *demos[3:6]]
+        prompts += [[1, *sum((d for i, d in enumerate(labeled) if i != k), []), *queries[k]] for k in range(6)]
+        prompts += [[1, *sum(labeled, []), *queries[k]] for k in range(6, 10)]
     return [*prompts, list(prompts[3]), prompts[7][:5]]
 
 
-def nodes_of(tree) -> int:
-    count, pending = 0, [tree]
+def walk(tree) -> list:
+    nodes, pending = [], [tree]
     while pending:
-        count, pending = count + 1, pending[:-1] + pending[-1].children
-    return count
+        nodes.append(pending.pop())
+        pending += nodes[-1].children
+    return nodes
+
+
+def nodes_of(tree) -> int:
+    return len(walk(tree))
 
 
 def test_scoring_with_shared_prefixes_gives_the_log_probs_of_whole_prompts(engine):
@@ -62,7 +71,9 @@ def test_scoring_with_shared_prefixes_gives_the_log_probs_of_whole_prompts(engin
 
     prompts = icm_like_prompts()
     assert engine.shares_prefixes
-    assert nodes_of(prefix_tree(prompts)) >= 4  # a few levels of shared demonstrations
+    tree = prefix_tree(prompts)
+    assert nodes_of(tree) >= 8  # a few levels of shared demonstrations
+    assert any(len(node.children) > 1 for node in walk(tree))  # where the two candidates part
     shared = engine.score_sharing_prefixes(prompts, 5)
     whole = engine.score_whole_prompts(prompts, 5)
     for ours, reference in zip(shared, whole, strict=True):

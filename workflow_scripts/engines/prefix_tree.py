@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 
 @dataclass
 class PrefixNode:
-    """Tokens [start, end) of prompt `holder` (any of its prompts), shared by `children` and `leaves`."""
+    """Tokens [start, end) of prompt `holder` (any of its prompts), shared by `children` and `leaves`, which
+    hold `size` prompts in all."""
 
     start: int
     end: int
     holder: int
+    size: int
     children: list[PrefixNode] = field(default_factory=list)
     leaves: list[int] = field(default_factory=list)  # prompts run from `end` on this node's cache
 
@@ -50,7 +52,7 @@ def prefix_tree(prompts: Sequence[Sequence[int]], min_saved_tokens: int = MIN_SA
     if any(len(prompt) == 0 for prompt in prompts):
         raise ValueError("an empty prompt has no next token to score")
     order = sorted(range(len(prompts)), key=lambda index: prompts[index])
-    root = PrefixNode(0, 0, order[0])  # shares nothing: its leaves run whole
+    root = PrefixNode(0, 0, order[0], len(order))  # shares nothing: its leaves run whole
     # (prompts that share tokens [0, depth), the node whose cache they extend); a loop, not recursion: a chain
     # of leave-one-out prompts is as deep as the batch is long.
     pending = [(order, 0, root)]
@@ -60,7 +62,7 @@ def prefix_tree(prompts: Sequence[Sequence[int]], min_saved_tokens: int = MIN_SA
         # Every prompt keeps at least its last token out of a shared span: that token is what it runs.
         end = max(depth, min(common_length(prompts[group[0]], prompts[group[-1]], depth), shortest - 1))
         if (end - node.end) * (len(group) - 1) >= min_saved_tokens:
-            child = PrefixNode(node.end, end, group[0])
+            child = PrefixNode(node.end, end, group[0], len(group))
             node.children.append(child)
             node = child
         for run in _runs_by_token(prompts, group, end):
