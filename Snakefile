@@ -25,15 +25,20 @@ if not workflow.overwrite_configfiles:
 validate(config, "config/schema/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 # A user's mistake found while planning (a missing model, an unset variable) is one line, without a traceback.
 with one_line_errors():
 
     include: "rules/common.smk"
     include: "rules/sources.smk"
     include: "rules/convert.smk"
+    include: "rules/layouts.smk"
     include: "rules/verify.smk"
     include: "rules/generate.smk"
     include: "rules/icm.smk"
+    include: "rules/report.smk"
 
 
 rule all:
@@ -46,6 +51,11 @@ rule all:
 rule models:
     input:
         [hf_model_dir(model) for model in MODELS],
+
+
+rule layouts:
+    input:
+        LAYOUTS.outputs(),
 
 
 rule verification:

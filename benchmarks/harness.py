@@ -6,11 +6,13 @@ parent (the benchmark script) keeps torch out of its own process: heavy steps ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,9 +56,15 @@ def outputs_identical(first: str, second: str) -> bool:
 
 
 def versions() -> dict:
+    from importlib import metadata
+
     from workflow_scripts.provenance import package_versions
 
-    return package_versions()
+    found = package_versions()
+    # The workflow runs of the multi-GPU benchmarks depend on it; provenance records leave it out.
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        found["snakemake"] = metadata.version("snakemake")
+    return found
 
 
 def machine() -> dict:
@@ -98,13 +106,83 @@ def new_record(benchmark: str, machine_info: dict | None = None, **fields) -> di
     }
 
 
-def save_result(results_dir: Path, name: str, record: dict) -> Path:
-    results_dir.mkdir(parents=True, exist_ok=True)
+def result_path(results_dir: Path, name: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = results_dir / f"{name}-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"saved {path}")
+    return results_dir / f"{name}-{stamp}.json"
+
+
+def write_result(path: Path, record: dict) -> Path:
+    """Write (or rewrite) a result file whole: a benchmark of several parts saves after each, so a run cut short
+    by a time limit still leaves what finished, and never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f".{path.name}.partial")
+    staged.write_text(json.dumps(record, indent=2) + "\n")
+    staged.replace(path)
+    print(f"saved {path}", flush=True)
     return path
+
+
+def save_result(results_dir: Path, name: str, record: dict) -> Path:
+    return write_result(result_path(results_dir, name), record)
+
+
+def child_result(command: list[str], env: dict | None = None, timeout: float | None = None) -> tuple[dict | None, str]:
+    """Run a child that prints its result as one `RESULT {json}` line (vLLM must start from a script's
+    `__main__`, so engine runs are children): (the result, or None if it failed, and its stderr)."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        stderr = expired.stderr.decode() if isinstance(expired.stderr, bytes) else (expired.stderr or "")
+        return None, f"{stderr}\ntimed out after {timeout} s"
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        return None, f"{done.stdout[-2000:]}\n{done.stderr}"
+    return json.loads(lines[-1][len("RESULT ") :]), done.stderr
+
+
+class GpuSampler:
+    """Samples each GPU's memory use and utilization (nvidia-smi, every `interval` s) while a run lasts: which
+    GPUs a run used, read from outside the run. On a machine without nvidia-smi it records nothing."""
+
+    QUERY = ["nvidia-smi", "--query-gpu=index,memory.used,utilization.gpu", "--format=csv,noheader,nounits"]
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.samples: list[list[tuple[int, int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                probe = subprocess.run(self.QUERY, capture_output=True, text=True, timeout=10)
+            except (FileNotFoundError, subprocess.TimeoutExpired):
+                return
+            rows = [line.split(",") for line in probe.stdout.strip().splitlines()] if probe.returncode == 0 else []
+            if rows and all(len(row) == 3 and all(v.strip().isdigit() for v in row) for row in rows):
+                self.samples.append([tuple(int(value) for value in row) for row in rows])
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, dict]:
+        """Per GPU index: peak memory used (MiB), peak and mean utilization (%), over the samples taken."""
+        per_gpu: dict[str, dict] = {}
+        for sample in self.samples:
+            for index, memory, utilization in sample:
+                gpu = per_gpu.setdefault(str(index), {"peak_memory_mib": 0, "peak_utilization": 0, "_sum": 0})
+                gpu["peak_memory_mib"] = max(gpu["peak_memory_mib"], memory)
+                gpu["peak_utilization"] = max(gpu["peak_utilization"], utilization)
+                gpu["_sum"] += utilization
+        for gpu in per_gpu.values():
+            gpu["mean_utilization"] = round(gpu.pop("_sum") / len(self.samples), 1)
+        return per_gpu
 
 
 def print_table(summary: dict[str, dict], model_bytes: int) -> None:

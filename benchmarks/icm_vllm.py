@@ -10,7 +10,12 @@ Anchor, in the same run: the bare engine time for the same prompts (every batch 
 through the engine alone from an empty cache). Goals: one engine call per iteration, a hit rate of at least 90%,
 an ICM iteration no slower than 1.2x the bare engine time.
 
+`--tensor-parallel-sizes 1,2` runs the in-process configurations once per size (each in its own process, the
+record saved after each) and compares each size's seconds per iteration with the first's. `--dry-run` runs the
+in-process part on the CPU: a tiny model on the transformers engine (no prefix-cache counters), a few iterations.
+
     PYTHONPATH=. python benchmarks/icm_vllm.py --out $OUT      (a GPU and vLLM 0.26; about 3-5 min on an H100)
+    PYTHONPATH=. python benchmarks/icm_vllm.py --out $OUT --tensor-parallel-sizes 1,2 --configs batched --skip-server
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 SERVED_NAME = "tiny-icm"
+# name: (the configuration as reported, ICM options, share of --iterations it runs)
+IN_PROCESS_CONFIGS = {
+    "batched": ("in-process, batched", {}, 1),
+    "one-call-per-prompt": ("in-process, one call per prompt", {"one_prompt_per_call": True}, 1 / 3),
+    "reference-order": ("in-process, batched, reference demonstration order", {"demonstration_order": "dataset"}, 1),
+    "on-demand": ("in-process, batched, unlabeled scored on demand", {"score_unlabeled": False}, 1),
+}
 
 
 class TimedEngine:
@@ -84,14 +96,20 @@ def build_model(folder: Path, shape: str) -> Path:
     from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_icm_model
 
     sizes = {
-        "small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16),
-        "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32),
-    }[shape]
-    spec = TinyModelSpec(num_key_value_heads=8, vocab_size=512, max_position_embeddings=16384, **sizes)
+        "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2),
+        "small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                      num_key_value_heads=8),
+        "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                   num_key_value_heads=8),
+    }[shape]  # fmt: skip
+    spec = TinyModelSpec(vocab_size=512, max_position_embeddings=16384, **sizes)
     return build_tiny_icm_model(folder, spec, seed=1)
 
 
 def reset_prefix_cache(engine) -> None:
+    if engine.kind == "transformers":  # no cache to reset
+        return
     try:
         if getattr(engine, "llm", None) is not None:
             engine.llm.reset_prefix_cache()
@@ -176,27 +194,28 @@ def load_batch(data: Path, batch_size: int):
     return select_batch(load_dataset(data, "gsm8k"), batch_size, seed=7)
 
 
-def in_process_part(model: Path, data: Path, batch_size: int, iterations: int, output: Path) -> None:
+def in_process_part(model: Path, data: Path, args, output: Path) -> None:
     """Runs in its own process (vLLM's engine is started once and freed with the process)."""
     from workflow_scripts.engines import EngineSettings, open_engine
 
     started = time.perf_counter()
-    engine = open_engine(EngineSettings(kind="vllm", model_path=str(model), dtype="bfloat16", enforce_eager=True,
-                                        gpu_memory_utilization=0.6, max_model_len=16384,
-                                        extra={"disable_log_stats": False}))  # fmt: skip
+    settings = EngineSettings(kind="vllm", model_path=str(model), dtype="bfloat16", enforce_eager=True,
+                              gpu_memory_utilization=0.6, max_model_len=16384,
+                              tensor_parallel_size=args.tensor_parallel_size,
+                              extra={"disable_log_stats": False})  # fmt: skip
+    if args.dry_run:
+        settings = EngineSettings(kind="transformers", model_path=str(model), dtype="float32")
+    engine = open_engine(settings)
     start_seconds = time.perf_counter() - started
-    tokenizer = engine.llm.get_tokenizer()
-    batch = load_batch(data, batch_size)
-    results = [
-        run_config(engine, tokenizer, batch, "in-process, batched", iterations),
-        run_config(engine, tokenizer, batch, "in-process, one call per prompt", max(5, iterations // 3),
-                   one_prompt_per_call=True),
-        run_config(engine, tokenizer, batch, "in-process, batched, reference demonstration order", iterations,
-                   demonstration_order="dataset"),
-        run_config(engine, tokenizer, batch, "in-process, batched, unlabeled scored on demand", iterations,
-                   score_unlabeled=False),
-    ]  # fmt: skip
-    output.write_text(json.dumps({"engine_start_seconds": round(start_seconds, 1), "results": results,
+    tokenizer = engine.tokenizer if engine.kind == "transformers" else engine.llm.get_tokenizer()
+    batch = load_batch(data, args.batch_size)
+    results = []
+    for name in args.configs.split(","):
+        label, options, share = IN_PROCESS_CONFIGS[name]
+        iterations = args.iterations if share == 1 else max(5, int(args.iterations * share))
+        results.append(run_config(engine, tokenizer, batch, label, iterations, **options))
+    output.write_text(json.dumps({"engine_start_seconds": round(start_seconds, 1), "engine": engine.kind,
+                                  "tensor_parallel_size": settings.tensor_parallel_size, "results": results,
                                   "versions": engine.versions()}))  # fmt: skip
 
 
@@ -247,49 +266,99 @@ def server_part(model: Path, data: Path, batch_size: int, iterations: int, work:
         stop(process)
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", HERE / "results")))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/icm-vllm-bench"))
-    parser.add_argument("--shape", choices=["small", "1b"], default="small")
-    parser.add_argument("--batch-size", type=int, default=64, help="claims per ICM batch (64)")
-    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--work", type=Path, help="scratch folder (default: /tmp/icm-vllm-bench[-dry-run])")
+    parser.add_argument("--shape", choices=["tiny", "small", "1b"], help="model (default: small; tiny with --dry-run)")
+    parser.add_argument("--batch-size", type=int, help="claims per ICM batch (64; 8 with --dry-run)")
+    parser.add_argument("--iterations", type=int, help="ICM iterations (30; 3 with --dry-run)")
+    parser.add_argument("--tensor-parallel-sizes", default="1", help="in-process runs, one per size (default 1)")
+    parser.add_argument("--configs", default=",".join(IN_PROCESS_CONFIGS),
+                        help=f"in-process configurations (default: all of {','.join(IN_PROCESS_CONFIGS)})")  # fmt: skip
+    parser.add_argument("--skip-server", action="store_true", help="leave out the vllm serve configurations")
+    parser.add_argument("--dry-run", action="store_true", help="CPU: tiny model, transformers engine, no server")
     parser.add_argument("--part", choices=["all", "in-process"], default="all", help=argparse.SUPPRESS)
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = [name for name in args.configs.split(",") if name not in IN_PROCESS_CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(unknown)}: choose from {', '.join(IN_PROCESS_CONFIGS)}")
+    args.shape = args.shape or ("tiny" if args.dry_run else "small")
+    args.batch_size = args.batch_size or (8 if args.dry_run else 64)
+    args.iterations = args.iterations or (3 if args.dry_run else 30)
+    args.work = args.work or Path("/tmp/icm-vllm-bench" + ("-dry-run" if args.dry_run else ""))
+    args.sizes = [int(size) for size in args.tensor_parallel_sizes.split(",")]
+    return args
+
+
+def compare_sizes(in_process: dict) -> dict:
+    """Per configuration: seconds per iteration at each tensor-parallel size, and each size's over the first's."""
+    sizes = list(in_process)
+    table = {}
+    for index, row in enumerate(in_process[sizes[0]]["results"]):
+        seconds = {f"T={size}": in_process[size]["results"][index]["seconds_per_iteration"] for size in sizes}
+        over_first = {name: round(value / row["seconds_per_iteration"], 3) for name, value in seconds.items()}
+        table[row["config"]] = {"seconds_per_iteration": seconds, "over_first_size": over_first}
+    return table
+
+
+def in_process_runs(args, record: dict, save) -> None:
+    """One process per tensor-parallel size, the record saved after each."""
+    common = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--iterations", str(args.iterations),
+              "--configs", args.configs, "--work", str(args.work)] + ["--dry-run"] * args.dry_run  # fmt: skip
+    for size in args.sizes:
+        print(f"in-process, T={size}", flush=True)
+        output = args.work / f"in-process-tp{size}.json"
+        output.unlink(missing_ok=True)
+        subprocess.run([sys.executable, __file__, "--part", "in-process", "--tensor-parallel-size", str(size),
+                        *common], check=True)  # fmt: skip
+        record["in_process"][str(size)] = json.loads(output.read_text())
+        record["tensor_parallel"] = compare_sizes(record["in_process"])
+        save()
+
+
+def print_table(record: dict) -> None:
+    print("\n| T | config | s/iteration | calls/iteration (with work) | hit rate | ICM / bare engine |")
+    print("|---|---|---|---|---|---|")
+    rows = [(size, row) for size, run in record["in_process"].items() for row in run["results"]]
+    rows += [("1", row) for row in record.get("server", {}).get("results", [])]
+    for size, row in rows:
+        print(f"| {size} | {row['config']} | {row['seconds_per_iteration']} | {row['engine_calls_per_iteration']} "
+              f"({row['engine_calls_per_iteration_with_work']}) | {row['prefix_cache_hit_rate']} | "
+              f"{row['icm_over_bare_engine']} |")  # fmt: skip
+
+
+def main() -> None:
+    args = parse_arguments()
     args.work.mkdir(parents=True, exist_ok=True)
     model, data = args.work / f"model-{args.shape}", args.work / "train_gsm8k.json"
     if args.part == "in-process":
-        in_process_part(model, data, args.batch_size, args.iterations, args.work / "in-process.json")
+        in_process_part(model, data, args, args.work / f"in-process-tp{args.tensor_parallel_size}.json")
         return
 
-    from harness import new_record, save_result
+    from harness import new_record, result_path, write_result
 
     if not (model / "config.json").exists():
         build_model(model, args.shape)
     write_gsm8k_batch(data, questions=64)
-    print("in-process vLLM", flush=True)
-    sizes = ["--shape", args.shape, "--batch-size", str(args.batch_size), "--iterations", str(args.iterations)]
-    subprocess.run([sys.executable, __file__, "--part", "in-process", "--work", str(args.work), *sizes], check=True)
-    in_process = json.loads((args.work / "in-process.json").read_text())
-    print("vllm serve + OpenAI engine", flush=True)
-    served = server_part(model, data, args.batch_size, args.iterations, args.work)
     config = json.loads((model / "config.json").read_text())
     record = new_record(
         "icm_vllm",
         workload={"testbed": "gsm8k (synthetic)", "batch_size": args.batch_size, "iterations": args.iterations,
                   "model": {k: config[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
-                  "dtype": "bfloat16", "enforce_eager": True},
-        in_process=in_process,
-        server=served,
+                  "dtype": "float32" if args.dry_run else "bfloat16", "enforce_eager": True,
+                  "engine": "transformers (dry run)" if args.dry_run else "vllm"},
+        in_process={},
         goals={"engine_calls_per_iteration_with_work": 1, "prefix_cache_hit_rate": 0.9, "icm_over_bare_engine": 1.2},
     )  # fmt: skip
-    print("\n| config | s/iteration | calls/iteration (with work) | hit rate | ICM / bare engine |")
-    print("|---|---|---|---|---|")
-    for row in in_process["results"] + served["results"]:
-        print(f"| {row['config']} | {row['seconds_per_iteration']} | {row['engine_calls_per_iteration']} "
-              f"({row['engine_calls_per_iteration_with_work']}) | {row['prefix_cache_hit_rate']} | "
-              f"{row['icm_over_bare_engine']} |")  # fmt: skip
-    save_result(args.out, "icm_vllm", record)
+    path = result_path(args.out, "icm_vllm" + ("-dry-run" if args.dry_run else ""))
+    in_process_runs(args, record, lambda: write_result(path, record))
+    if not (args.skip_server or args.dry_run):
+        print("vllm serve + OpenAI engine", flush=True)
+        record["server"] = server_part(model, data, args.batch_size, args.iterations, args.work)
+        write_result(path, record)
+    print_table(record)
 
 
 if __name__ == "__main__":

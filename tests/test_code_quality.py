@@ -76,7 +76,7 @@ LAYERS = (
     ("formats", {"formats"}),
     ("model knowledge", {"architectures", "vllm_models"}),
     ("checks and engines", {"verify", "engines"}),
-    ("stages", {"convert", "plans", "kd", "icm", "serve", "infer"}),
+    ("stages", {"convert", "layouts", "plans", "kd", "icm", "report", "serve", "infer", "fetch_wheel"}),
     ("workflow", {"workflow"}),
     ("entry points", {"cli"}),
 )

@@ -78,6 +78,13 @@ def test_vllm_arguments_carry_the_settings():
     arguments = vllm_engine_arguments(settings)
     assert arguments["tensor_parallel_size"] == 4 and arguments["max_num_seqs"] == 512
     assert arguments["max_model_len"] == 2048 and arguments["enable_prefix_caching"] is True
+    assert arguments["model"] == "/m" and "tokenizer" not in arguments  # vLLM reads the model's own
+    assert "max_model_len" not in vllm_engine_arguments(EngineSettings(model_path="/m"))  # the model's own
+    assert "base_url" not in arguments and "max_concurrency" not in arguments  # the openai engine's settings
+    tokenizer = vllm_engine_arguments(
+        EngineSettings(model_path="/m", tokenizer_path="/t", extra={"quantization": "fp8"})
+    )
+    assert tokenizer["tokenizer"] == "/t" and tokenizer["quantization"] == "fp8"
     sampling = vllm_sampling_arguments(SamplingSettings(n=3, max_tokens=100, stop=("\n\n",)), seed=11, max_tokens=40)
     assert sampling == {"n": 3, "temperature": 0.8, "top_p": 0.95, "top_k": -1, "max_tokens": 40, "stop": ["\n\n"],
                         "seed": 11}  # fmt: skip

@@ -130,6 +130,7 @@ def test_annealing_rejects_worse_labelings_once_cold():
     search.on_iteration = lambda _, state: energies.append(state.current.energy)
     search.run()
     assert energies == sorted(energies)  # at T ~ 0 the score never goes down
+    assert [stats.objective for stats in search.state.history] == energies  # what the report plots
     assert any(stats.proposed and not stats.accepted for stats in search.state.history)
 
 
@@ -156,7 +157,8 @@ def test_a_killed_run_resumes_to_the_labels_of_an_uninterrupted_run(tmp_path):
     final = resumed.run()
     assert final.labels == reference.labels
     assert final.accepted == reference.accepted
-    assert [(s.proposed, s.accepted) for s in final.history] == [(s.proposed, s.accepted) for s in reference.history]
+    history = [(s.proposed, s.accepted, s.objective) for s in final.history]
+    assert history == [(s.proposed, s.accepted, s.objective) for s in reference.history]
 
 
 def test_state_of_other_settings_is_refused(tmp_path):

@@ -3,12 +3,18 @@ its flags and what it asks a scheduler for. `local()` is Snakemake's own."""
 
 from __future__ import annotations
 
+import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from snakemake.io import is_flagged, local
 
+from workflow_scripts.cli import build_parser
 from workflow_scripts.errors import DistilleryError
+from workflow_scripts.icm.job import ICMJob
+from workflow_scripts.setting import from_args
+from workflow_scripts.workflow.icm_jobs import icm_job
 from workflow_scripts.workflow.icm_wiring import IcmWiring
 
 MODEL_DIRS = {"tiny-llama": "results/models/tiny-llama/hf"}
@@ -61,6 +67,25 @@ def test_only_a_job_that_starts_its_server_waits_for_the_server_job(tmp_path):
     assert icm.server_input("remote") == [] and icm.server_flag([]) == ""
     assert "--base-url http://host:8000/v1" in icm.flags("remote")
     assert "--base-url" not in icm.flags("starts")
+
+
+def test_the_rule_flags_give_the_command_the_job_of_the_config(tmp_path):
+    entry = {
+        "model": "tiny-llama", "engine": "openai", "tokenizer": "/tok", "tensor_parallel_size": 2,
+        "data": {"path": "claims.jsonl", "format": "gsm8k", "prompt_template": "Q: {question}"},
+        "alpha": 50, "iterations": 12, "seed": 5, "batch_size": 32, "score_unlabeled": False,
+        "server": {"base_url": "http://gpu:8000/v1", "max_retries": 9, "api_key_env": "MY_KEY", "self_hosted": True},
+    }  # fmt: skip
+    flags = wiring(tmp_path, job=entry).flags("job")
+    args = build_parser().parse_args(["icm", "--data", "claims.jsonl", "--output-dir", "out", *shlex.split(flags)])
+    job = from_args(ICMJob, args)
+    assert job == replace(icm_job(entry), data=Path("claims.jsonl"), output_dir=Path("out"))
+    assert (job.search.seed, job.engine.seed) == (5, 0)  # the search's seed is not the engine's
+    assert (job.engine.kind, job.engine.max_retries, job.api_key_env) == ("openai", 9, "MY_KEY")
+
+
+def test_a_job_at_the_defaults_has_no_flags(tmp_path):
+    assert wiring(tmp_path, job={"model": "tiny-llama"}).flags("job") == ""
 
 
 def test_resources_follow_the_engine(tmp_path, tiny_model_store):

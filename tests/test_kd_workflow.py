@@ -69,6 +69,7 @@ def test_dry_run_lists_exactly_the_missing_chunks(kd_run, tmp_path):
     assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
         ("kd_chunk", "job=web, part=part-000, start=000000016, stop=000000020"),
         ("kd_dataset", "job=web"),
+        ("report_kd", "job=web"),
     ]
 
 
@@ -79,6 +80,7 @@ def test_deleting_a_chunk_file_reruns_exactly_that_chunk_and_the_dataset(kd_run,
     assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
         ("kd_chunk", "job=web, part=part-001, start=000000000, stop=000000016"),
         ("kd_dataset", "job=web"),
+        ("report_kd", "job=web"),
     ]
 
 
@@ -94,6 +96,7 @@ def test_a_new_parquet_file_runs_only_its_own_chunks(kd_run, tmp_path):
         ("kd_chunk", "job=web, part=part-002, start=000000032, stop=000000034"),
         ("kd_dataset", "job=web"),
         ("kd_manifest", "job=web"),
+        ("report_kd", "job=web"),
     ]
     assert json.loads((workdir / "results/kd/web/summary.json").read_text())["rows"] == 47 + 34
 

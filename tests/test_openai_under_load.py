@@ -196,8 +196,7 @@ def test_the_workflow_passes_request_settings_to_kd_and_icm_jobs():
     job.setdefault("engine", {}).update(kind="openai", base_url="http://gpu:8000/v1", **chosen)
     validate(config, str(REPO / "config/schema/config.schema.yaml"))
     kd_flags = next(iter(wire_kd_jobs(config["kd"], {}, {}).values())).flags
-    icm = {"jobs": {"j": {"model": "m", "data": {"path": "d"}, "engine": "openai", "server": chosen}}}
-    icm_flags = icm_jobs.icm_flags(icm_jobs.job_settings(icm, "j"))
+    icm_flags = icm_jobs.icm_flags({"model": "m", "data": {"path": "d"}, "engine": "openai", "server": chosen})
     for pair in expected:
         assert pair in kd_flags and pair in icm_flags, pair
 

@@ -76,6 +76,14 @@ COMMANDS = {
     "generate": lambda w: (["generate", "--output-dir", w / "data", *_kd(w)], "data"),
     "icm": lambda w: (["icm", "--data", w / "claims/claims.jsonl", "--output-dir", w / "claims", "--model",
                        w / "model", "--engine", "transformers"], "claims"),
+    "report-model": lambda w: (["report-model", "--verification", w / "job/manifest.json", "--verification-html",
+                                w / "job/manifest.json", "--plans-html", w / "plans.html"], "job"),
+    "report-kd": lambda w: (["report-kd", "--summary", w / "job/manifest.json", "--dataset", w / "claims/claims.jsonl",
+                             "--summary-html", w / "summary.html", "--throughput-svg", w / "throughput.svg",
+                             "--samples-html", w / "claims/claims.jsonl"], "claims"),
+    "report-icm": lambda w: (["report-icm", "--job", "j", "--report", w / "job/manifest.json", "--labels",
+                              w / "claims/claims.jsonl", "--summary-html", w / "claims/claims.jsonl",
+                              "--objective-svg", w / "objective.svg"], "claims"),
 }  # fmt: skip
 
 

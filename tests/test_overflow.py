@@ -46,3 +46,27 @@ def test_nan_in_an_output_fails_the_conversion(layout, tiny_model, run_cli, tmp_
     result = run_cli("consolidate", "--input", source, "--output", tmp_path / "out", "--dtype", "bfloat16")
     assert result.exit_code == 1 and NAME in result.stderr and "NaN or Inf" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_one_non_finite_value_anywhere_in_a_tensor_is_found(dtype, value):
+    from workflow_scripts.errors import DistilleryError
+    from workflow_scripts.formats.tensor_values import refuse_non_finite
+
+    refuse_non_finite(torch.randn(4099).to(dtype), "finite")
+    for size in (1, 15, 16, 17, 4099):  # around the widths of vectorized loops
+        for position in {0, size // 2, size - 1}:
+            tensor = torch.randn(size).to(dtype)
+            tensor[position] = value
+            with pytest.raises(DistilleryError, match="NaN or Inf"):
+                refuse_non_finite(tensor, "t")
+
+
+def test_the_largest_value_beyond_float16_is_named_past_nan_and_inf():
+    from workflow_scripts.errors import DistilleryError
+    from workflow_scripts.formats.tensor_values import cast_checked
+
+    tensor = torch.tensor([1.0, float("nan"), -70000.0, float("inf")])
+    with pytest.raises(DistilleryError, match="values up to 70000"):
+        cast_checked(tensor, torch.float16, "t")

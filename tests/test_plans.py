@@ -58,6 +58,19 @@ def test_8_kv_heads_at_t16_are_replicated_with_a_warning():
     assert not validate_plans(meta_llama(), 16, 1, strict=True).passed
 
 
+def data(report, name: str) -> dict:
+    return next(check.data for check in report.checks if check.name == name)
+
+
+def test_the_report_states_the_heads_each_gpu_holds_as_vllm_reports_them():
+    # benchmarks/parallel_plans_vllm.py compares these with the heads vLLM's workers hold.
+    assert data(validate_plans(meta_llama(), 4, 1), "tp_heads") == {"heads_per_gpu": 8}
+    assert data(validate_plans(meta_llama(), 4, 1), "tp_kv_heads") == {"kv_heads_per_gpu": 2}
+    assert data(validate_plans(meta_llama(), 16, 1), "tp_kv_heads") == {"kv_heads_per_gpu": 1}  # replicated
+    assert data(validate_plans(meta_llama(num_key_value_heads=4, hidden_size=3072, num_attention_heads=24), 6, 1),
+                "tp_kv_heads") == {}  # fmt: skip
+
+
 def test_8_kv_heads_at_t3_are_refused():
     report = validate_plans(meta_llama(num_attention_heads=24, hidden_size=3072, intermediate_size=8196), 3, 1)
     assert status(report, "tp_kv_heads") == "fail"

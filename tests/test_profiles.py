@@ -34,13 +34,16 @@ def set_resources(profile: dict) -> dict[str, dict[str, str]]:
 
 
 def test_every_rule_has_an_entry(monkeypatch):
-    """Rules made with `use rule ... as NAME` too."""
+    """Rules made with `use rule ... as NAME` too; a `localrule: True` runs where Snakemake does, on no partition."""
     profile = read_profile(monkeypatch, PARTITION="cpu")
+    blocks = [block for p in (REPO / "rules").glob("*.smk") for block in re.split(r"\n(?=\S)", p.read_text())]
     declared = {
-        m
-        for p in (REPO / "rules").glob("*.smk")
-        for m in re.findall(r"^(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", p.read_text(), re.M)
+        m.group(1)
+        for block in blocks
+        if (m := re.match(r"(?:rule|checkpoint|use rule \w+ as) (\w+)(?: with)?:", block))
+        and "localrule: True" not in block
     }
+    assert {"hf_merge", "kd_chunk", "kd_dataset_parquet"} <= declared and "fetch_wheel" not in declared
     future = {
         "maxtext_param_only",
         "maxtext_to_hf",
@@ -51,6 +54,17 @@ def test_every_rule_has_an_entry(monkeypatch):
         "icm_labels",
     }
     assert declared | future <= set(set_resources(profile))
+
+
+def test_a_new_formats_rules_are_placed_from_its_registry_entry_alone(monkeypatch):
+    """The profile names no conversion rule: each format's entry says what its jobs need (`runs_on`)."""
+    from workflow_scripts.convert import registry
+
+    new = registry.SourceFormat("megatron", "megatron_to_hf", registry.CONSOLIDATE, prepare_rule="megatron_merge_tp")
+    monkeypatch.setitem(registry.FORMATS, "megatron", new)
+    rules = set_resources(read_profile(monkeypatch, PARTITION="cpu", HIGHMEM_PARTITION="bigmem", TPU_PARTITION="tpu"))
+    assert rules["megatron_to_hf"] == rules["megatron_merge_tp"] == rules["hf_merge"] == {"slurm_partition": "bigmem"}
+    assert rules["maxtext_to_hf"] == {"slurm_partition": "tpu"}  # runs_on="tpu"
 
 
 def test_nothing_names_a_cluster_when_the_environment_does_not(monkeypatch):
@@ -143,4 +157,9 @@ def test_the_profile_plans_with_no_variable_or_all(variables, tmp_path_factory):
         env.update({name: "4" if name.endswith(("_PER_NODE", "_PER_JOB")) else "value" for name in SLURM_VARIABLES})
     result = snakemake_in(repository, "-n", "--profile", "profiles/slurm", "--configfile", "my.yaml", env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [rule for rule, _ in planned_jobs(result)] == ["build_tiny_model", "hf_merge", "verify_model"]
+    assert [rule for rule, _ in planned_jobs(result)] == [
+        "build_tiny_model",
+        "hf_merge",
+        "report_model",
+        "verify_model",
+    ]

@@ -113,6 +113,11 @@ def test_model_kd_dataset_and_icm_labels_are_written_to_the_bucket(s3_endpoint, 
     assert {record["source_file"].split("/part-")[0] for record in records} == {"work/datasets/tiny-web"}
     # ICM: the label set and its report.
     assert {"results/icm/tiny-claims/labels.jsonl", "results/icm/tiny-claims/report.json"} <= stored
+    # The figures of `snakemake --report`, which fetches them from the bucket.
+    assert {
+        "results/report/models/tiny-llama/verification.html",
+        "results/report/icm/tiny-claims/objective.svg",
+    } <= stored
     # Nothing is left in the working directory but Snakemake's own state and the logs.
     assert not (workdir / "results").exists()
 

@@ -63,29 +63,26 @@ def test_serve_dry_run_prints_the_vllm_command(run_cli):
 def test_icm_job_flags_follow_the_config():
     server = {"base_url": "http://gpu:8000/v1", "requests_per_minute": 60}
     job = {"model": "m", "data": {"path": "d.json", "format": "truthfulqa"}, "alpha": 50, "engine": "openai"}
-    settings = icm_jobs.job_settings({"jobs": {"tqa": {**job, "server": server}}}, "tqa")
-    flags = icm_jobs.icm_flags(settings)
-    assert "--testbed truthfulqa" in flags and "--alpha 50" in flags and "--K 3000" in flags
+    flags = icm_jobs.icm_flags({**job, "server": server})
+    assert "--testbed truthfulqa" in flags and "--alpha 50" in flags and "--K" not in flags  # the default 3000
     assert "--base-url http://gpu:8000/v1" in flags and "--requests-per-minute 60" in flags
-    assert icm_jobs.icm_gpus(settings) == 0  # the server holds the GPUs
+    assert icm_jobs.icm_gpus({**job, "server": server}) == 0  # the server holds the GPUs
 
 
 def test_icm_job_resources_hold_gpus_only_for_in_process_vllm():
     base = {"model": "m", "data": {"path": "d"}}
-    vllm = icm_jobs.job_settings({"jobs": {"j": {**base, "engine": "vllm", "tensor_parallel_size": 4}}}, "j")
-    cpu = icm_jobs.job_settings({"jobs": {"j": {**base, "engine": "transformers"}}}, "j")
+    vllm = {**base, "engine": "vllm", "tensor_parallel_size": 4}
+    cpu = {**base, "engine": "transformers"}
     assert (icm_jobs.icm_gpus(vllm), icm_jobs.icm_gpus(cpu)) == (4, 0)
     assert icm_jobs.icm_mem_mb(cpu, 100) == 2048 + 300
 
 
 def test_a_job_that_starts_its_server_gets_the_url_from_the_service_job():
-    settings = icm_jobs.job_settings(
-        {"jobs": {"j": {"model": "m", "data": {"path": "d"}, "engine": "openai",
-                        "server": {"start": True, "preset": "70B", "base_url": "http://ignored/v1"}}}}, "j"
-    )  # fmt: skip
-    assert icm_jobs.starts_server(settings)
-    assert "--base-url " not in icm_jobs.icm_flags(settings)
-    assert icm_jobs.serve_flags(settings) == "--preset 70B --port 8000"
+    entry = {"model": "m", "data": {"path": "d"}, "engine": "openai",
+             "server": {"start": True, "preset": "70B", "base_url": "http://ignored/v1"}}  # fmt: skip
+    assert icm_jobs.starts_server(entry)
+    assert "--base-url " not in icm_jobs.icm_flags(entry)
+    assert icm_jobs.serve_flags(entry) == "--preset 70B --port 8000"
 
 
 def test_a_job_whose_model_is_neither_a_workflow_model_nor_a_folder_is_refused():

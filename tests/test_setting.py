@@ -53,6 +53,16 @@ class Job:
     engine: Engine = nested(Engine)
 
 
+@dataclass(frozen=True)
+class FlatJob:
+    """A job whose config lays its engine out flat (`engine: vllm`, `server: {max_model_len: ...}`)."""
+
+    seed: int = setting(7, help="search seed")
+    engine: Engine = nested(
+        Engine, config="", keys={"kind": "engine", "max_model_len": "server.max_model_len"}, without=("seed",)
+    )
+
+
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_flags(parser, Job)
@@ -167,3 +177,47 @@ def test_a_malformed_dict_flag_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--tolerances", "float32"])
     assert "--tolerances='float32' is not KEY=VALUE pairs or a JSON object" in capsys.readouterr().err
+
+
+def test_a_nested_class_laid_out_by_its_parent_reads_the_parent_keys_only():
+    job = from_config(FlatJob, {"engine": "vllm", "server": {"max_model_len": 64}, "max_num_seqs": 8, "seed": 3})
+    assert job == FlatJob(seed=3, engine=Engine(kind="vllm", max_model_len=64))  # max_num_seqs is no key of it
+    assert config_defaults(FlatJob) == {"seed": 7, "engine": "auto", "server.max_model_len": None}
+
+
+def test_a_nested_setting_left_out_is_no_flag_of_the_parent_and_keeps_its_default():
+    parser = argparse.ArgumentParser()
+    add_flags(parser, FlatJob)
+    job = from_args(FlatJob, parser.parse_args(["--seed", "3", "--max-num-seqs", "8"]))
+    assert job == FlatJob(seed=3, engine=Engine(max_num_seqs=8))  # the engine's seed stays 0
+    assert to_argv(job) == ["--seed", "3", "--max-num-seqs", "8"]
+
+
+def test_a_choice_in_other_letters_is_that_choice():
+    assert from_args(Job, parse("--engine", "VLLM")).engine.kind == "vllm"
+
+
+@dataclass(frozen=True)
+class Conversion:
+    output: str | None = setting(None, help="output folder", config=None, required=True)
+    dtype: str = setting("float32", help="precision", switches={"--keep-original-precision": "original"})
+
+
+def parse_conversion(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_flags(parser, Conversion)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize("order", [("--dtype", "bfloat16", "--keep-original-precision"),
+                                   ("--keep-original-precision", "--dtype", "bfloat16")])  # fmt: skip
+def test_a_switch_sets_its_value_whatever_the_settings_own_flag_says(order):
+    assert from_args(Conversion, parse_conversion("--output", "out", *order)).dtype == "original"
+    assert to_argv(Conversion("out", "original")) == ["--output", "out", "--dtype", "original"]  # never the switch
+
+
+def test_a_required_setting_is_a_flag_the_command_must_be_given(capsys):
+    with pytest.raises(SystemExit):
+        parse_conversion("--dtype", "bfloat16")
+    assert "the following arguments are required: --output" in capsys.readouterr().err
+    assert from_config(Conversion, {"output": "ignored", "dtype": "float16"}) == Conversion(None, "float16")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts.icm.algorithm import ICMSettings
+from workflow_scripts.icm.job import ICMJob
 from workflow_scripts.kd.settings import KdJob
+from workflow_scripts.layouts.options import LayOutOptions
 from workflow_scripts.setting import config_defaults
-from workflow_scripts.workflow.icm_jobs import JOB_DEFAULTS
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/schema/config.schema.yaml").read_text())
 _NO_DEFAULT = object()
@@ -31,46 +31,15 @@ def schema_keys(node: dict, prefix: str = "") -> dict:
     return keys
 
 
-# section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources)
+# section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources, the server job)
 SECTIONS = {
     "kd": (SCHEMA["properties"]["kd"]["additionalProperties"], KdJob, {"model", "gpus"}),
+    # `make` is the list of layouts, the lay_out rule's wildcard
+    "layouts": (SCHEMA["properties"]["layouts"]["additionalProperties"], LayOutOptions, {"make"}),
     "icm.jobs": (
         SCHEMA["properties"]["icm"]["properties"]["jobs"]["additionalProperties"],
-        ICMSettings,
-        # read by workflow/icm_jobs.py: the job's data, engine and server, and its resources
-        {
-            "model",
-            "tokenizer",
-            "engine",
-            "batch_size",
-            "top_logprobs",
-            "score_unlabeled",
-            "tensor_parallel_size",
-            "gpu_memory_utilization",
-            "max_model_len",
-            "dtype",
-            "enforce_eager",
-            "trust_remote_code",
-            "mem_mb",
-            "runtime_min",
-        }
-        | {f"data.{key}" for key in ("path", "format", "prompt_template")}
-        | {
-            f"server.{key}"
-            for key in (
-                "base_url",
-                "api_key_env",
-                "served_model_name",
-                "requests_per_minute",
-                "max_concurrency",
-                "request_timeout_s",
-                "max_retries",
-                "self_hosted",
-                "start",
-                "preset",
-                "port",
-            )
-        },
+        ICMJob,
+        {"model", "data.path", "mem_mb", "runtime_min", "server.start", "server.preset", "server.port"},
     ),
 }
 
@@ -92,11 +61,6 @@ def test_every_schema_key_is_a_setting(section):
     assert not unread, f"schema keys of {section} that no setting reads: {sorted(unread)}"
 
 
-def test_the_icm_job_defaults_are_the_schema_defaults():
-    keys = schema_keys(SECTIONS["icm.jobs"][0])
-    assert {key: keys[key] for key in JOB_DEFAULTS} == JOB_DEFAULTS
-
-
 # --- conversion and verification settings (models.NAME and verify:) ---------------------------------------------
 
 
@@ -114,13 +78,20 @@ def model_schema() -> dict:
 
 def test_model_schema_defaults_equal_the_conversion_options_defaults():
     """consolidate's and titan-to-hf's options read a model entry; where the schema has a default, it is theirs."""
-    from workflow_scripts.convert.options import ConsolidateOptions, TitanToHFOptions
+    from workflow_scripts.convert.registry import ConsolidateOptions, TitanToHFOptions
 
     for options in (ConsolidateOptions, TitanToHFOptions):
         for key, default in config_defaults(options).items():
             if key.startswith("source."):
                 continue  # source keys have no schema defaults (see the schema's note on oneOf)
             assert schema_default(model_schema(), key) == default, (options.__name__, key)
+
+
+def test_a_wheels_schema_keys_are_the_settings_fetch_wheel_reads():
+    from workflow_scripts.fetch_wheel import WheelSource
+
+    wheel = SCHEMA["properties"]["wheels"]["additionalProperties"]
+    assert set(wheel["properties"]) == set(wheel["required"]) == set(config_defaults(WheelSource))
 
 
 def test_verify_schema_defaults_equal_the_verify_settings_defaults():

@@ -131,6 +131,8 @@ def wait_for_running_job(process: subprocess.Popen, log: Path, rule: str, timeou
 
 
 def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unfinished_job(slurm_env, tmp_path):
+    """Also: the restart runs with no DISTILLERY_SLURM_* variable set, which means the cluster's defaults (its
+    default partition, the user's default account, any GPU)."""
     configfile = write_config(tmp_path, one_model)
     workdir = tmp_path / "run"
     first_log = tmp_path / "first.log"
@@ -149,10 +151,11 @@ def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unf
     subprocess.run(["scancel", "--name", run_id(first_log.read_text())], check=True)
     while subprocess.run(["squeue", "-h", "-j", orphan], capture_output=True, text=True).stdout.strip():
         time.sleep(1)
-    unlock = run_snakemake(slurm_env, workdir, configfile, "--unlock")
+    unset = {name: value for name, value in slurm_env.items() if not name.startswith("DISTILLERY_SLURM_")}
+    unlock = run_snakemake(unset, workdir, configfile, "--unlock")
     assert unlock.returncode == 0, unlock.stderr[-2000:]
 
-    second = run_snakemake(slurm_env, workdir, configfile, "--rerun-incomplete")
+    second = run_snakemake(unset, workdir, configfile, "--rerun-incomplete")
     assert second.returncode == 0, second.stderr[-4000:]
 
     # Only the job that was running reran; what had finished before the kill was neither lost nor redone.
@@ -162,20 +165,11 @@ def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unf
     assert after == {"verify_model": 1}
     report = json.loads((workdir / "results/models/m/verification.json").read_text())
     assert report["passed"], report["failed_checks"]
-    again = run_snakemake(slurm_env, workdir, configfile, "-n")
+    # Without the variables the job went to the cluster's default partition, under the user's default account.
+    (rerun,) = accounting(run_id(second.stdout + second.stderr)).values()
+    assert rerun["State"] == "COMPLETED" and rerun["Partition"] == slurm_env["DISTILLERY_SLURM_PARTITION"]
+    again = run_snakemake(unset, workdir, configfile, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
-
-
-def test_the_profile_runs_with_no_distillery_variable_set(slurm_env, tmp_path):
-    """Unset, every DISTILLERY_SLURM_* variable means the cluster's default (partition, account, any GPU)."""
-    env = {name: value for name, value in slurm_env.items() if not name.startswith("DISTILLERY_SLURM_")}
-    workdir = tmp_path / "run"
-    result = run_snakemake(env, workdir, write_config(tmp_path, one_model))
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert Counter(rule for rule, _ in submitted_jobs(result.stderr)) == {
-        "build_tiny_model": 1, "hf_merge": 1, "verify_model": 1,
-    }  # fmt: skip
-    assert json.loads((workdir / "results/models/m/verification.json").read_text())["passed"]
 
 
 def test_default_workflow_runs_to_completion_through_the_slurm_profile_past_a_cancelled_chunk_job(slurm_env, tmp_path):

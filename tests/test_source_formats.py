@@ -9,6 +9,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
+from workflow_scripts.convert import registry
 from workflow_scripts.workflow import formats
 from workflow_scripts.workflow.model_targets import ModelTarget
 
@@ -31,6 +32,7 @@ def parsed(command: str, flags: str):
     paths = {
         "consolidate": ["--input", "in", "--output", "out"],
         "titan-to-hf": ["--input", "in", "--output", "out"],
+        "gguf-to-hf": ["--input", "in", "--output", "out"],
         "maxtext-to-hf": ["--orbax-checkpoint", "in", "--hf-model-path", "out"],
     }[command]
     return build_parser().parse_args([command, *paths, *shlex.split(flags)])
@@ -64,8 +66,22 @@ def test_maxtext_flags_pass_the_config_values_over_the_script_defaults():
 
 def test_titan_takes_the_base_models_tokenizer_where_the_source_names_none():
     model = target("m", {"format": "titan", "path": "step-10", "flavor": "qwen3:0.6B"}, base_model="/base")
-    assert formats.conversion_argv(model) == ["--flavor", "qwen3:0.6B", "--tokenizer", "/base"]
-    assert formats.format_of(model).extra_inputs(model) == []
+    flags = formats.conversion_flags(model)
+    assert flags == "--flavor qwen3:0.6B --base-model-name /base"
+    assert parsed("titan-to-hf", flags).base_model_name == "/base"
+    assert formats.extra_inputs(model) == []
+
+
+def test_a_titan_sources_config_and_tokenizer_are_inputs_of_its_rule():
+    source = {"format": "titan", "path": "step-10", "config": "c.json", "tokenizer": "tok"}
+    assert formats.extra_inputs(target("m", source)) == ["c.json", "tok"]
+
+
+def test_a_gguf_source_is_converted_by_gguf_to_hf_with_the_models_dtype():
+    model = target("m", {"format": "gguf", "path": "work/wheels/smollm2"}, dtype="bfloat16")
+    assert formats.format_of(model).rule == "gguf_to_hf"
+    assert parsed("gguf-to-hf", formats.conversion_flags(model)).dtype == "bfloat16"
+    assert formats.reference(model, "results") == "work/wheels/smollm2"  # transformers' own load of the file
 
 
 def test_each_convert_step_builds_only_its_formats_models():
@@ -123,3 +139,47 @@ def test_a_source_takes_only_its_formats_keys():
         target("m", {"format": "hf", "path": "x", "model_size": "llama3.1-1b"})
     with pytest.raises(WorkflowError):
         target("m", {"format": "maxtext", "path": "x"})  # model_size is required
+
+
+# --- the registry itself: a format's entry is all the rest of the project needs ---------------------------------
+
+
+@pytest.mark.parametrize("name", list(registry.FORMATS))
+def test_every_lazy_function_of_an_entry_exists(name):
+    """The entry names its converter and reference by module and function: a typo fails here, not in a job."""
+    entry = registry.FORMATS[name]
+    lazies = [entry.converter.convert]
+    if entry.numeric_reference:
+        lazies += [entry.numeric_reference.recognises, entry.numeric_reference.load]
+    assert all(callable(lazy.resolve()) for lazy in lazies)
+
+
+@pytest.mark.parametrize("name", list(registry.FORMATS))
+def test_every_format_has_its_command_rule_sizing_and_placement(name):
+    from workflow_scripts.cli.main import COMMANDS
+    from workflow_scripts.workflow.resources import CONVERSION_SIZING
+
+    entry = registry.FORMATS[name]
+    rules = "".join(path.read_text() for path in (REPO / "rules").glob("*.smk"))
+    assert COMMANDS[entry.converter.command] == ("convert", entry.converter.help)
+    assert f"rule {entry.rule}:" in rules and f"distillery {entry.converter.command} " in rules
+    assert entry.sizing in CONVERSION_SIZING
+    assert entry.runs_on in ("highmem", "tpu")  # the needs profiles/slurm maps (tests/test_profiles.py)
+    assert entry.converter.options.__doc__.strip()  # the command's description
+
+
+def test_the_command_of_a_converter_reads_exactly_its_options(tmp_path):
+    """The flags of `distillery COMMAND` are its options' settings: what the command parses is what it converts."""
+    from workflow_scripts.convert.registry import TitanToHFOptions
+    from workflow_scripts.setting import from_args
+
+    args = parsed("titan-to-hf", "--flavor 8B --keep-original-precision --dtype bfloat16")
+    options = from_args(TitanToHFOptions, args)
+    assert (options.input, options.output, options.flavor, options.dtype) == (Path("in"), Path("out"), "8B", "original")
+
+
+def test_verify_computes_a_references_logits_with_its_formats_forward(tmp_path, tiny_model):
+    """A TorchTitan .pt reference runs TorchTitan's forward, an HF folder is loaded as one."""
+    (tmp_path / "model.pt").write_bytes(b"")
+    assert registry.numeric_reference_of(tmp_path / "model.pt") == registry.FORMATS["titan"].numeric_reference.load
+    assert registry.numeric_reference_of(tiny_model()) is None

@@ -216,6 +216,18 @@ def test_config_json_in_the_checkpoint_folder_with_the_guides_architecture(tmp_p
     assert json.loads((tmp_path / "hf/config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
 
 
+def test_the_base_models_tokenizer_is_shipped_where_no_tokenizer_is_named(tmp_path, run_cli, tokenizer_folder):
+    """A model's `base_model` reaches titan-to-hf as --base-model-name (the workflow passes it where the source
+    names no tokenizer)."""
+    spec = TinyTitanSpec("qwen3")
+    source = save_dcp(titan_state_dict(build_titan_model(spec), "guide"), tmp_path / "step-1")
+    config = write_config(spec, tmp_path / "config.json")
+    result = run_cli("titan-to-hf", "--input", source, "--output", tmp_path / "hf", "--config", config,
+                     "--base-model-name", tokenizer_folder)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "hf/tokenizer.json").is_file()
+
+
 # Bad input: one line naming the file and the problem, nothing written.
 
 

@@ -68,13 +68,17 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "results/models/tiny-llama/hf")
-    # tiny-llama is the teacher of the KD job (its teacher record and every chunk are redone) and the ICM model.
+    # tiny-llama is the teacher of the KD job (its teacher record and every chunk are redone) and the ICM model;
+    # the report's figures of all three are redone with them.
     planned = planned_jobs(snakemake(workdir, "-n"))
     assert [job for job in planned if job[0] != "kd_chunk"] == [
         ("hf_merge", "model=tiny-llama"),
         ("icm_labels", "job=tiny-claims"),
         ("kd_dataset", "job=tiny-web-kd"),
         ("kd_teacher", "job=tiny-web-kd"),
+        ("report_icm", "job=tiny-claims"),
+        ("report_kd", "job=tiny-web-kd"),
+        ("report_model", "model=tiny-llama"),
         ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
         ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
         ("verify_model", "model=tiny-llama"),
@@ -82,11 +86,14 @@ def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
     assert len([job for job in planned if job[0] == "kd_chunk"]) == 10
 
 
-def test_deleting_a_report_reruns_only_its_verification(finished_run, tmp_path):
+def test_deleting_a_report_reruns_only_its_verification_and_its_figures(finished_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir, symlinks=True)
     (workdir / "results/models/tiny-qwen3/verification.md").unlink()
-    assert planned_jobs(snakemake(workdir, "-n")) == [("verify_model", "model=tiny-qwen3")]
+    assert planned_jobs(snakemake(workdir, "-n")) == [
+        ("report_model", "model=tiny-qwen3"),
+        ("verify_model", "model=tiny-qwen3"),
+    ]
 
 
 def test_deleted_source_is_not_rebuilt_while_its_model_is_up_to_date(finished_run, tmp_path):
@@ -94,6 +101,78 @@ def test_deleted_source_is_not_rebuilt_while_its_model_is_up_to_date(finished_ru
     shutil.copytree(finished_run, workdir, symlinks=True)
     shutil.rmtree(workdir / "work/sources/tiny-qwen3-src")
     assert planned_jobs(snakemake(workdir, "-n")) == []
+
+
+def expected_figures(run: Path) -> dict[tuple[str, str, str], tuple[str, ...]]:
+    """(category, subcategory, figure) -> lines its page shows, its title first (none for a plot), for each model
+    and job of the default config, with figures read from the run's artifacts."""
+    from workflow_scripts.report.artifacts import first_records
+    from workflow_scripts.workflow.layouts import LayoutPlan
+    from workflow_scripts.workflow.model_targets import model_targets
+
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    read = lambda path: json.loads((run / "results" / path).read_text())  # noqa: E731
+    layouts = LayoutPlan.from_config(config)  # the models as rules/common.smk plans them
+    figures = {}
+    for model in layouts.readable_models(model_targets(config["models"], built=layouts.built_sources())):
+        plans = [f"T={size['tp']}, P={size['pp']}\tpassed" for size in config["verify"]["parallel_sizes"]]
+        figures[("Models", model, "verification")] = (f"Verification of results/models/{model}/hf", "verdict\tpassed")
+        figures[("Models", model, "parallel plans")] = (f"Parallel plans of results/models/{model}/hf", *plans)
+    for job in config.get("kd") or {}:
+        summary = read(f"kd/{job}/summary.json")
+        first = first_records(next((run / "results" / f"kd/{job}").glob("dataset.*")), 1)[0]
+        figures[("KD datasets", job, "summary")] = (
+            f"KD job {job}",
+            f"rows\t{summary['rows']:,}",
+            f"rows skipped\t{summary['skipped_rows']:,}",
+        )
+        figures[("KD datasets", job, "tokens/s per chunk")] = ()
+        figures[("KD datasets", job, "sample completions")] = (f"KD job {job}: sample completions", first["id"])
+    for job in (config.get("icm") or {}).get("jobs") or {}:
+        report = read(f"icm/{job}/report.json")
+        balance = " / ".join(str(report["label_balance"][key]) for key in ("true", "false", "unlabeled"))
+        figures[("ICM labels", job, "accuracy and label balance")] = (
+            f"ICM job {job}",
+            f"accuracy\t{report['accuracy']:.1%}",
+            f"labeled True / False / unlabeled\t{balance}",
+        )
+        figures[("ICM labels", job, "objective per iteration")] = ()
+    return figures
+
+
+def test_snakemake_report_shows_every_figure_in_a_real_browser(finished_run, tmp_path):
+    """`snakemake --report report.html` after the run, opened in headless Chromium and clicked through as a person
+    would: every figure is there, shows its artifact's numbers, and nothing failed to render."""
+    from helpers.headless_chromium import Browser, chromium_or_skip
+    from helpers.snakemake_report import menu_text, show_every_result
+
+    chromium = chromium_or_skip()
+    result = snakemake(finished_run, "--report", str(tmp_path / "report.html"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = expected_figures(finished_run)
+    with Browser(chromium, tmp_path / "chromium-profile") as browser:
+        browser.open((tmp_path / "report.html").as_uri())
+        menu = set(menu_text(browser).splitlines())
+        description = browser.wait_for("document.querySelector('.prose') && document.querySelector('.prose').innerText")
+        browser.screenshot(tmp_path / "report.png")
+        captions = browser.evaluate("Object.values(results).map(result => result.caption)")
+        shown = show_every_result(browser, tmp_path)  # and a screenshot of each
+        errors = browser.errors
+    assert {"Workflow", "Statistics", *(category for category, _, _ in expected)} <= menu
+    models, kd_jobs, icm_jobs = (len({sub for category, sub, _ in expected if category == name})
+                                 for name in ("Models", "KD datasets", "ICM labels"))  # fmt: skip
+    assert f"has {models} model(s), {kd_jobs} KD job(s) and {icm_jobs} ICM job(s)" in description
+    assert set(shown) == set(expected)
+    for figure, lines in expected.items():
+        if not lines:  # a plot: an image the browser decoded, at the SVG's own width
+            assert shown[figure].kind == "image" and shown[figure].width == 760, figure
+            continue
+        text = shown[figure].text
+        assert shown[figure].kind == "html" and text.startswith(lines[0]), (figure, text[:200])
+        assert all(line in text for line in lines[1:]), (figure, lines, text[:1000])
+        assert not re.search(r"\b(None|nan|Traceback)\b", text), (figure, text)
+    assert len(captions) == len(expected) and all(captions) and not any("system-message" in c for c in captions)
+    assert errors == []
 
 
 def test_shell_lines_are_distillery_commands_a_person_can_rerun(finished_run):
@@ -156,6 +235,8 @@ def test_deepspeed_run_with_step_all_gives_one_verified_model_per_checkpoint(dee
     assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
         ("deepspeed_consolidate", "model=ft_step_2"),
         ("deepspeed_consolidate", "model=ft_step_4"),
+        ("report_model", "model=ft_step_2"),
+        ("report_model", "model=ft_step_4"),
         ("verify_model", "model=ft_step_2"),
         ("verify_model", "model=ft_step_4"),
     ]
@@ -167,10 +248,11 @@ def test_deepspeed_run_with_step_all_gives_one_verified_model_per_checkpoint(dee
         # HF Trainer saved model weights beside the DeepSpeed state: they are the numeric reference.
         assert next(c for c in report["checks"] if c["name"] == "numerics")["status"] == "pass"
 
-    # A new checkpoint of the run adds exactly its own two jobs.
+    # A new checkpoint of the run adds exactly its own jobs.
     shutil.copytree(run / "checkpoint-4", run / "checkpoint-6")
     assert planned_jobs(snakemake(workdir, "-n", configfile=configfile)) == [
         ("deepspeed_consolidate", "model=ft_step_6"),
+        ("report_model", "model=ft_step_6"),
         ("verify_model", "model=ft_step_6"),
     ]
 
@@ -200,5 +282,5 @@ def test_trust_remote_code_in_the_config_reaches_the_jobs_that_load_the_model(tm
     jobs = {"kd": {"j": {"model": "m", "dataset": {"path": "d"}, "engine": {"trust_remote_code": True}}}}
     validate(jobs, str(REPO / "config/schema/config.schema.yaml"))
     assert "--trust-remote-code" in wire_kd_jobs(jobs["kd"], {}, {})["j"].flags
-    assert "--trust-remote-code" in icm_jobs.icm_flags({**icm_jobs.JOB_DEFAULTS, "data": {}, "engine": "vllm",
-                                                        "trust_remote_code": True})  # fmt: skip
+    icm = {"model": "m", "data": {"path": "d"}, "engine": "vllm", "trust_remote_code": True}
+    assert "--trust-remote-code" in icm_jobs.icm_flags(icm)

@@ -38,6 +38,7 @@ def test_a_users_config_replaces_the_demo(repository, tmp_path):
     assert planned_jobs(result) == [
         ("build_tiny_model", "source=src"),
         ("hf_merge", "model=m"),
+        ("report_model", "model=m"),
         ("verify_model", "model=m"),
     ]
 

@@ -7,3 +7,6 @@ TINY_LAYOUTS = ("safetensors", "safetensors_sharded", "bin", "bin_sharded", "bin
 ORIGINAL_DTYPE = "original"  # keep each tensor's stored dtype
 CONVERSION_DTYPES = (*OUTPUT_DTYPES, ORIGINAL_DTYPE)
 WEIGHTS_FORMATS = ("safetensors", "pytorch_bin")
+# Training checkpoint formats `distillery lay-out` writes an HF model as (layouts/).
+LAYOUTS = ("hf-bin-sharded", "titan-dcp", "deepspeed-zero", "maxtext")
+ZERO_STAGES = (2, 3)

@@ -9,7 +9,17 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers", "deepspeed", "jax", "orbax-checkpoint", "vllm")
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "tokenizers",
+    "gguf",
+    "deepspeed",
+    "jax",
+    "orbax-checkpoint",
+    "vllm",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -39,11 +39,11 @@ def executed_jobs(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
 
 
 def repository_copy(folder: Path) -> Path:
-    """The workflow's files (Snakefile, rules, config, profiles, envs) in `folder`, to run it there as users run it:
-    `snakemake ...` in the repository, no `-s`, no `--directory`."""
+    """The workflow's files (Snakefile, rules, report captions, config, profiles, envs) in `folder`, to run it there
+    as users run it: `snakemake ...` in the repository, no `-s`, no `--directory`."""
     import shutil
 
-    for name in ("Snakefile", "rules", "config", "profiles", "envs"):
+    for name in ("Snakefile", "rules", "report", "config", "profiles", "envs"):
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, folder / name)

@@ -1,28 +1,25 @@
 """What an HF config implies about a checkpoint, computed on the meta device so no weights are allocated.
 
-Building the meta model means importing transformers' modeling code (torch._dynamo, generation: seconds of
-start-up, more than a DeepSpeed consolidation spends copying 1.6 GB), so each answer is also kept on disk under
-`$DISTILLERY_CACHE_DIR` (default `~/.cache/distillery`), keyed by the transformers version and the whole config:
-a later conversion of the same architecture reads it instead of building the model again.
+Loading a config imports transformers, and building the meta model its modeling code (torch._dynamo,
+generation): seconds of start-up, more than a DeepSpeed consolidation spends copying 1.6 GB. So both answers are
+also kept in the facts cache (facts_cache.py): a config's values keyed by its config.json's bytes, the expected
+weights by the config without its location and dtype (a conversion's output config differs from its source's in
+both, and neither changes a tensor's name or shape). A later conversion of the same config then imports neither.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
+import importlib
 import json
-import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write_text
 from ..errors import DistilleryError, first_line
-
-log = logging.getLogger(__name__)
+from . import facts_cache
 
 
 def read_config_json(path: str | Path) -> dict:
@@ -86,37 +83,120 @@ class ExpectedWeights:
     architecture: str
 
 
-def expected_weights(config) -> ExpectedWeights:
-    # A conversion asks several times (fit check, ties, validation); building the meta model once is enough.
-    return _expected_weights_of(config.to_json_string(use_diff=False), type(config))
+# What conversions and the static checks read off a config: attribute values as transformers resolves them
+# (defaults filled in, aliases such as GPT-2's n_embd for hidden_size followed).
+CONFIG_FACT_KEYS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "dtype",
+    "torch_dtype",
+)
+# Keys of a config's JSON that say where it was read from or the weights' precision, not the architecture.
+_NOT_ARCHITECTURE = ("_name_or_path", "dtype", "torch_dtype")
 
 
-@functools.lru_cache(maxsize=8)
-def _expected_weights_of(config_json: str, config_class) -> ExpectedWeights:
-    cached = _cache_file(config_json, config_class)
+@dataclass(frozen=True)
+class ConfigFacts:
+    """A config as transformers loaded it, reduced to `CONFIG_FACT_KEYS`, which it answers as attributes (as the
+    config itself would), and to what its expected weights are keyed by; kept in the facts cache, so a later
+    conversion of the same config.json reads it without importing transformers."""
+
+    values: dict
+    config_class: str  # module.qualname of transformers' config class
+    architecture_json: str
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in CONFIG_FACT_KEYS:
+            # Loud, not a silent None: a check that reads a new key needs it added to CONFIG_FACT_KEYS.
+            raise LookupError(f"ConfigFacts holds no {name!r}; add it to CONFIG_FACT_KEYS")
+        if name not in self.values:
+            raise AttributeError(name)  # the config itself has no such attribute
+        return self.values[name]
+
+
+def config_facts(folder: str | Path, trust_remote_code: bool = False):
+    """`load_config`'s answer to what a conversion checks: from the cache where the same config.json was loaded
+    before under the same library versions, else loaded (and then stored). A config with custom code (`auto_map`)
+    is always loaded, since its classes come from the folder's Python files."""
+    folder = Path(folder)
+    raw = read_config_json(folder / "config.json")
+    if "auto_map" in raw:
+        return load_config(folder, trust_remote_code)
+    entry = facts_cache.entry_path("config", f"{trust_remote_code}\n{facts_cache.file_digest(folder / 'config.json')}")
+    stored = facts_cache.read_entry(entry)
     try:
-        stored = json.loads(cached.read_text())
+        return ConfigFacts(stored["values"], stored["config_class"], stored["architecture_json"])
+    except (TypeError, KeyError):
+        pass  # not cached yet, or unreadable: load it
+    config = load_config(folder, trust_remote_code)
+    facts = ConfigFacts(_fact_values(config), _class_name(type(config)), architecture_json(config))
+    facts_cache.write_entry(entry, vars(facts))
+    return facts
+
+
+def _fact_values(config) -> dict:
+    values = {}
+    for key in CONFIG_FACT_KEYS:
+        if key == "torch_dtype" and values.get("dtype"):
+            values[key] = values["dtype"]  # transformers 5's deprecated alias, read only when `dtype` is unset
+            continue
+        try:
+            value = getattr(config, key)
+        except AttributeError:
+            continue
+        values[key] = value if value is None or isinstance(value, bool | int | float | str | list) else str(value)
+    return values
+
+
+def architecture_json(config) -> str:
+    """The config as JSON without what does not change the model's weights (where it was read, their dtype)."""
+    values = json.loads(config.to_json_string(use_diff=False))
+    return json.dumps({key: value for key, value in values.items() if key not in _NOT_ARCHITECTURE}, sort_keys=True)
+
+
+def _class_name(config_class) -> str:
+    return f"{config_class.__module__}.{config_class.__qualname__}"
+
+
+def _class_named(name: str):
+    module, _, qualname = name.rpartition(".")
+    return getattr(importlib.import_module(module), qualname)
+
+
+def expected_weights(config) -> ExpectedWeights:
+    """What a checkpoint for `config` (transformers' config or its `ConfigFacts`) must hold."""
+    if isinstance(config, ConfigFacts):
+        return _expected_weights_of(config.architecture_json, config.config_class)
+    return _expected_weights_of(architecture_json(config), _class_name(type(config)))
+
+
+# A conversion asks several times (fit check, ties, validation of the output, whose config.json differs only in
+# dtype and location): the meta model is built at most once per architecture.
+@functools.lru_cache(maxsize=8)
+def _expected_weights_of(config_json: str, config_class: str) -> ExpectedWeights:
+    cached = facts_cache.entry_path("expected-weights", f"{config_class}\n{config_json}")
+    stored = facts_cache.read_entry(cached)
+    try:
         return ExpectedWeights(
             shapes={name: tuple(shape) for name, shape in stored["shapes"].items()},
             tied=stored["tied"],
             architecture=stored["architecture"],
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         pass  # not cached yet, or unreadable: build it
-    expected = _build_expected_weights(config_json, config_class)
-    try:
-        atomic_write_text(cached, json.dumps(vars(expected)))
-    except OSError as exc:  # a read-only or full cache folder costs the next run the build, nothing else
-        log.debug("cannot cache the expected weights in %s: %s", cached, exc)
+    # The class was imported when its config was loaded (custom code included), or is transformers' own.
+    expected = _build_expected_weights(config_json, _class_named(config_class))
+    facts_cache.write_entry(cached, vars(expected))
     return expected
-
-
-def _cache_file(config_json: str, config_class) -> Path:
-    import transformers
-
-    folder = os.environ.get("DISTILLERY_CACHE_DIR") or Path.home() / ".cache" / "distillery"
-    key = f"{transformers.__version__}\n{config_class.__module__}.{config_class.__qualname__}\n{config_json}"
-    return Path(folder) / "expected-weights" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def _build_expected_weights(config_json: str, config_class) -> ExpectedWeights:

@@ -23,9 +23,23 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
+from . import facts_cache
 from .rope import LLAMA3_ROPE_SCALING
 
 ROPE_TYPES = ("default", "llama3.1")
+
+# (HF name inside model.layers.{i}, MaxText name inside a layer), in the order they are written
+LAYER_PARAMS = (
+    ("self_attn.q_proj.weight", "self_attention.query.kernel"),
+    ("self_attn.k_proj.weight", "self_attention.key.kernel"),
+    ("self_attn.v_proj.weight", "self_attention.value.kernel"),
+    ("self_attn.o_proj.weight", "self_attention.out.kernel"),
+    ("mlp.gate_proj.weight", "mlp.wi_0.kernel"),
+    ("mlp.up_proj.weight", "mlp.wi_1.kernel"),
+    ("mlp.down_proj.weight", "mlp.wo.kernel"),
+    ("input_layernorm.weight", "pre_self_attention_layer_norm.scale"),
+    ("post_attention_layernorm.weight", "post_self_attention_layer_norm.scale"),
+)
 
 
 @dataclass(frozen=True)
@@ -142,30 +156,50 @@ class MaxTextLlamaMath:
 
 
 def hf_config(math: MaxTextLlamaMath, dtype: str) -> dict:
-    """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights."""
-    from transformers import LlamaConfig
-
+    """An HF LlamaConfig (as a dict) whose forward pass is MaxText's for these weights; from the facts cache
+    (facts_cache.py) where the same math and dtype were converted before, since LlamaConfig imports transformers."""
     size = math.size
     tie = math.tied_embeddings and not math.normalize_embedding_logits
-    config = LlamaConfig(
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_hidden_layers,
-        num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_key_value_heads,
-        head_dim=size.head_dim,
-        vocab_size=size.vocab_size,
-        rms_norm_eps=size.rms_norm_eps,
-        max_position_embeddings=size.max_position_embeddings,
-        rope_theta=size.rope_theta,
-        rope_scaling=dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
-        hidden_act="silu",
-        attention_bias=False,
-        mlp_bias=False,
-        tie_word_embeddings=tie,
-        bos_token_id=size.bos_token_id,
-        eos_token_id=size.eos_token_id,
-    )
+    arguments = {
+        **asdict(size),  # LlamaSize's fields are LlamaConfig's keywords
+        "rope_scaling": dict(LLAMA3_ROPE_SCALING) if math.rope_type == "llama3.1" else None,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tie,
+    }
+    entry = facts_cache.entry_path("maxtext-hf-config", json.dumps({"arguments": arguments, "dtype": dtype}))
+    stored = facts_cache.read_entry(entry)
+    if stored is not None:
+        return stored
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(**arguments)
     config.architectures = ["LlamaForCausalLM"]
     config.dtype = dtype
-    return config.to_dict()
+    values = config.to_dict()
+    facts_cache.write_entry(entry, values)
+    return values
+
+
+def layer_shapes(math: MaxTextLlamaMath) -> dict[str, tuple[int, ...]]:
+    """Shape of each per-layer MaxText parameter (without the layer axis)."""
+    s = math.size
+    emb, heads, kv, hd, mlp = (
+        s.hidden_size,
+        s.num_attention_heads,
+        s.num_key_value_heads,
+        s.head_dim,
+        s.intermediate_size,
+    )
+    return {
+        "self_attention.query.kernel": (emb, heads, hd),
+        "self_attention.key.kernel": (emb, kv, hd),
+        "self_attention.value.kernel": (emb, kv, hd),
+        "self_attention.out.kernel": (heads, hd, emb),
+        "mlp.wi_0.kernel": (emb, mlp),
+        "mlp.wi_1.kernel": (emb, mlp),
+        "mlp.wo.kernel": (mlp, emb),
+        "pre_self_attention_layer_norm.scale": (emb,),
+        "post_self_attention_layer_norm.scale": (emb,),
+    }

@@ -69,13 +69,7 @@ def make_config(spec: TinyModelSpec, tokenizer=None):
     if spec.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown tiny architecture {spec.architecture!r}; choose from {ARCHITECTURES}")
     common = dict(
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        vocab_size=spec.vocab_size,
-        max_position_embeddings=spec.max_position_embeddings,
+        **spec.hf_sizes(),
         bos_token_id=tokenizer.bos_token_id if tokenizer else 0,
         eos_token_id=tokenizer.eos_token_id if tokenizer else 2,
         pad_token_id=tokenizer.pad_token_id if tokenizer else 0,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..choices import TINY_ARCHITECTURES
 from ..setting import setting
@@ -23,3 +23,10 @@ class TinyModelSpec:
     max_position_embeddings: int = setting(512, help="context length", config=None)
     tie_word_embeddings: bool | None = None
     extra: dict = field(default_factory=dict)
+
+    def hf_sizes(self) -> dict:
+        """The sizes as an HF config's keywords: the size fields are named as HF names them."""
+        return {name: value for name, value in asdict(self).items() if name not in _NOT_SIZES}
+
+
+_NOT_SIZES = ("architecture", "tie_word_embeddings", "extra")

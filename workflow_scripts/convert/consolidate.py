@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..architectures.architecture import expected_weights, load_config, read_config_json, tied_weights
+from ..architectures.architecture import config_facts, expected_weights, read_config_json, tied_weights
 from ..choices import ORIGINAL_DTYPE, WEIGHTS_FORMATS
 from ..errors import DistilleryError, require_folder
 from ..formats import deepspeed, detect, hf_checkpoint, hf_writer
@@ -25,7 +25,7 @@ from ..formats.safetensors_file import ByteRange, ConvertedRange, TensorSpec
 from ..provenance import describe_source_files
 from .driver import ConversionPlan, ConversionRequest, check_request, nothing_to_open, output_dtype, run_conversion
 from .model_files import copy_model_files, resolve_base_model
-from .options import ConsolidateOptions
+from .registry import ConsolidateOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ class ConsolidationResult:
     total_bytes: int
     files: list[hf_writer.WrittenFile]
     dropped_tied: list[str]
+
+    def summary(self) -> str:
+        files = ", ".join(f.name for f in self.files)
+        line = f"✓ {self.output}: {self.num_tensors} tensors from {self.input_type} input into {files}"
+        tied = f"\n  tied weights left to the loader: {', '.join(self.dropped_tied)}" if self.dropped_tied else ""
+        return line + tied
 
 
 def consolidate(options: ConsolidateOptions) -> ConsolidationResult:
@@ -68,7 +74,7 @@ def plan_consolidation(
     """Every source tensor as it is, cast to the output dtype; tied copies left to the loader."""
     checkpoint, files_folder, source_details = _open_source(options, input_type)
     config_folder = _config_folder(files_folder, base_model)
-    config = load_config(config_folder)
+    config = config_facts(config_folder)  # from the facts cache when this config.json was seen before
     check_fits_architecture(checkpoint.tensors, config, checkpoint_path=files_folder, config_path=config_folder)
     tensors, dropped = _plan_tensors(checkpoint, tied_weights(config), options.dtype)
     log.info("%s: %s layout", options.input, checkpoint.layout)

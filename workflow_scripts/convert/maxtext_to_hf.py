@@ -31,7 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..architectures.maxtext_llama import ROPE_TYPES, MaxTextLlamaMath, default_rope_type, hf_config, resolve_size
+from ..architectures.maxtext_llama import (
+    LAYER_PARAMS,
+    ROPE_TYPES,
+    MaxTextLlamaMath,
+    default_rope_type,
+    hf_config,
+    layer_shapes,
+    resolve_size,
+)
+from ..architectures.tokenizer_facts import tokenizer_facts
 from ..choices import ORIGINAL_DTYPE
 from ..errors import DistilleryError
 from ..formats import hf_writer
@@ -40,22 +49,10 @@ from ..formats.maxtext_arrays import StoredArrays, as_torch
 from ..formats.safetensors_file import TensorPieces, TensorSpec
 from .driver import ConversionPlan, ConversionRequest, check_request, run_conversion
 from .model_files import copy_model_files
-from .options import MaxTextToHFOptions
+from .registry import MaxTextToHFOptions
 
 log = logging.getLogger(__name__)
 
-# (HF name inside model.layers.{i}, MaxText name inside a layer), in the order they are written
-_LAYER_PARAMS = (
-    ("self_attn.q_proj.weight", "self_attention.query.kernel"),
-    ("self_attn.k_proj.weight", "self_attention.key.kernel"),
-    ("self_attn.v_proj.weight", "self_attention.value.kernel"),
-    ("self_attn.o_proj.weight", "self_attention.out.kernel"),
-    ("mlp.gate_proj.weight", "mlp.wi_0.kernel"),
-    ("mlp.up_proj.weight", "mlp.wi_1.kernel"),
-    ("mlp.down_proj.weight", "mlp.wo.kernel"),
-    ("input_layernorm.weight", "pre_self_attention_layer_norm.scale"),
-    ("post_attention_layernorm.weight", "post_self_attention_layer_norm.scale"),
-)
 _SCANNED_PROBE = "decoder.layers.self_attention.query.kernel"
 
 
@@ -67,28 +64,10 @@ class MaxTextToHFResult:
     files: list[hf_writer.WrittenFile]
     math: MaxTextLlamaMath
 
-
-def layer_shapes(math: MaxTextLlamaMath) -> dict[str, tuple[int, ...]]:
-    """Shape of each per-layer MaxText parameter (without the layer axis)."""
-    s = math.size
-    emb, heads, kv, hd, mlp = (
-        s.hidden_size,
-        s.num_attention_heads,
-        s.num_key_value_heads,
-        s.head_dim,
-        s.intermediate_size,
-    )
-    return {
-        "self_attention.query.kernel": (emb, heads, hd),
-        "self_attention.key.kernel": (emb, kv, hd),
-        "self_attention.value.kernel": (emb, kv, hd),
-        "self_attention.out.kernel": (heads, hd, emb),
-        "mlp.wi_0.kernel": (emb, mlp),
-        "mlp.wi_1.kernel": (emb, mlp),
-        "mlp.wo.kernel": (mlp, emb),
-        "pre_self_attention_layer_norm.scale": (emb,),
-        "post_self_attention_layer_norm.scale": (emb,),
-    }
+    def summary(self) -> str:
+        files = ", ".join(f.name for f in self.files)
+        return (f"✓ {self.output}: {self.num_tensors} tensors of {self.math.model_size} "
+                f"(rope {self.math.rope_type}) into {files}")  # fmt: skip
 
 
 def expected_maxtext_shapes(math: MaxTextLlamaMath, scanned: bool) -> dict[str, tuple[int, ...]]:
@@ -182,7 +161,7 @@ def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -
         "pre_self_attention_layer_norm.scale": (emb,),
         "post_self_attention_layer_norm.scale": (emb,),
     }
-    for hf_name, mt_name in _LAYER_PARAMS:
+    for hf_name, mt_name in LAYER_PARAMS:
         for layer in range(s.num_hidden_layers):
             stored = f"decoder.layers.{mt_name}" if scanned else f"decoder.layers_{layer}.{mt_name}"
             spec = TensorSpec(f"model.layers.{layer}.{hf_name}", dtype, hf_shapes[mt_name])
@@ -328,12 +307,10 @@ def _take_token_ids(config: dict, staging: Path) -> None:
     if not any((staging / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         return
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(staging, local_files_only=True)
+        tokenizer = tokenizer_facts(staging)
     except Exception:  # noqa: BLE001 - the table's ids stay; verify reports an unusable tokenizer
         return
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(tokenizer, key, None)
+        value = getattr(tokenizer, key)
         if value is not None:
             config[key] = value

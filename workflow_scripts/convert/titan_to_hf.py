@@ -26,7 +26,7 @@ from ..formats.safetensors_file import TensorSpec
 from ..vllm_models import ARCHITECTURES, require_registered_architecture
 from .driver import ConversionPlan, ConversionRequest, check_request, nothing_to_open, output_dtype, run_conversion
 from .model_files import copy_model_files
-from .options import TitanToHFOptions
+from .registry import TitanToHFOptions
 from .titan_flavors import check_family, find_flavor, hf_config_from_args
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class TitanConversion:
     num_tensors: int
     config_source: str
     dropped: list[str]
+
+    def summary(self) -> str:
+        described = f"{self.num_tensors} tensors of a {self.layout.describe}"
+        return f"✓ {self.output}: {described}, config from {self.config_source}"
 
 
 def _read_json_config(path: Path) -> dict:
@@ -208,9 +212,9 @@ class _SourceCache:
 
 
 def convert_titan_to_hf(options: TitanToHFOptions) -> TitanConversion:
+    inputs = (options.input, options.config, options.tokenizer, options.base_model_name)
     request = ConversionRequest(options.output, options.dtype, options.max_shard_size, options.force,
-                                options.validate_vllm, options.command, "titan-to-hf",
-                                inputs=(options.input, options.config, options.tokenizer))  # fmt: skip
+                                options.validate_vllm, options.command, "titan-to-hf", inputs=inputs)  # fmt: skip
     check_request(request)
     checkpoint = TitanCheckpoint(options.input)
     layout = names.detect_layout(checkpoint.tensors, options.input)
@@ -232,7 +236,8 @@ def conversion_plan(options: TitanToHFOptions, checkpoint: TitanCheckpoint, layo
     ]
     by_name = {p.hf_name: p for p in planned}
     sources = _SourceCache(checkpoint, layout.family, names.attention_shape(config))
-    tokenizer = Path(options.tokenizer) if options.tokenizer else None
+    tokenizer = options.tokenizer or options.base_model_name
+    tokenizer = Path(tokenizer) if tokenizer else None
 
     def produce(spec: TensorSpec) -> torch.Tensor:
         return sources.tensor(by_name[spec.name])  # cast by write_weights, which checks the values

@@ -20,31 +20,32 @@ ENGINE_KINDS = ("auto", "vllm", "transformers", "openai")
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How to start an engine. Names mirror vLLM's engine arguments where they exist; config keys are those of a
-    KD job's `engine:` section (ICM's flat keys are mapped in workflow/icm_jobs.py)."""
+    """How to start an engine. Names mirror vLLM's engine arguments where they exist (`vllm=`: the in-process
+    engine passes them to `vllm.LLM`); config keys are those of a KD job's `engine:` section (an ICM job's are
+    flat keys of its entry: `ENGINE_KEYS` in icm/job.py)."""
 
     kind: str = setting("auto", help="engine", flag="--engine", choices=ENGINE_KINDS)
     model_path: str = setting(
         "", help="model folder (vllm, transformers) or the served model's name (openai)", aliases=("--model",),
-        env="MODEL_PATH", config=None,
+        env="MODEL_PATH", config=None, vllm="model",
     )  # fmt: skip
     tokenizer_path: str | None = setting(
         None, help="tokenizer folder, if not the model's", aliases=("--tokenizer",), env="TOKENIZER_PATH",
-        config="/tokenizer",
+        config="/tokenizer", vllm="tokenizer",
     )  # fmt: skip
-    dtype: str = setting("auto", help="weights precision in the engine (auto, float32, float16, bfloat16)")
-    tensor_parallel_size: int = setting(1, help="GPUs for tensor parallelism", env="TENSOR_PARALLEL_SIZE")
-    pipeline_parallel_size: int = setting(1, help="GPUs for pipeline parallelism")
-    max_model_len: int | None = setting(None, help="context length (default: the model's)")
-    gpu_memory_utilization: float = setting(0.9, help="share of GPU memory vLLM may take")
-    enable_prefix_caching: bool = setting(True, help="vLLM's prefix cache", flag="--prefix-caching")
+    dtype: str = setting("auto", help="weights precision in the engine (auto, float32, float16, bfloat16)", vllm=True)
+    tensor_parallel_size: int = setting(1, help="GPUs for tensor parallelism", env="TENSOR_PARALLEL_SIZE", vllm=True)
+    pipeline_parallel_size: int = setting(1, help="GPUs for pipeline parallelism", vllm=True)
+    max_model_len: int | None = setting(None, help="context length (default: the model's)", vllm=True)
+    gpu_memory_utilization: float = setting(0.9, help="share of GPU memory vLLM may take", vllm=True)
+    enable_prefix_caching: bool = setting(True, help="vLLM's prefix cache", flag="--prefix-caching", vllm=True)
     max_num_seqs: int = setting(
         256, help="sequences per engine batch (vLLM's max_num_seqs, transformers' batch size)",
-        aliases=("--gen-batch-size",), env="GEN_BATCH_SIZE", config="gen_batch_size",
+        aliases=("--gen-batch-size",), env="GEN_BATCH_SIZE", config="gen_batch_size", vllm=True,
     )  # fmt: skip
-    enforce_eager: bool = setting(False, help="vLLM without CUDA graphs (faster start)")
-    seed: int = setting(0, help="seed of the job's sampling", config="/sampling.seed")
-    trust_remote_code: bool = setting(False, help="run the model folder's own code (auto_map); never asked")
+    enforce_eager: bool = setting(False, help="vLLM without CUDA graphs (faster start)", vllm=True)
+    seed: int = setting(0, help="seed of the job's sampling", config="/sampling.seed", vllm=True)
+    trust_remote_code: bool = setting(False, help="run the model folder's own code (auto_map); never asked", vllm=True)
     # openai engine only
     base_url: str | None = setting(
         None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (default: OPENAI_BASE_URL or VLLM_BASE_URL)"

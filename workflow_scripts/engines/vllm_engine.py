@@ -13,28 +13,20 @@ from collections.abc import Iterable, Iterator
 from importlib import metadata
 
 from ..errors import DistilleryError, first_line
+from ..setting import fields_of
 from .base import Completion, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings, TokenLogprob
 
 
 def vllm_engine_arguments(settings: EngineSettings) -> dict:
-    """The keyword arguments of `vllm.LLM` for these settings (plain data: tested without vLLM)."""
-    arguments = {
-        "model": settings.model_path,
-        "tokenizer": settings.tokenizer,
-        "dtype": settings.dtype,
-        "tensor_parallel_size": settings.tensor_parallel_size,
-        "pipeline_parallel_size": settings.pipeline_parallel_size,
-        "gpu_memory_utilization": settings.gpu_memory_utilization,
-        "enable_prefix_caching": settings.enable_prefix_caching,
-        "max_num_seqs": settings.max_num_seqs,
-        "enforce_eager": settings.enforce_eager,
-        "seed": settings.seed,
-        "trust_remote_code": settings.trust_remote_code,
-        **settings.extra,
-    }
-    if settings.max_model_len:
-        arguments["max_model_len"] = settings.max_model_len
-    return arguments
+    """The keyword arguments of `vllm.LLM` for these settings (plain data: tested without vLLM): each setting
+    declared with its vLLM name (`vllm=` in engines/base.py) unless None (vLLM's default: the model's tokenizer,
+    its context length), then the extra ones."""
+    arguments = {}
+    for field in fields_of(EngineSettings):
+        value = getattr(settings, field.name)
+        if field.setting.vllm and value is not None:
+            arguments[field.setting.vllm] = value
+    return {**arguments, **settings.extra}
 
 
 def vllm_sampling_arguments(sampling: SamplingSettings, seed: int, max_tokens: int | None = None) -> dict:

@@ -164,11 +164,7 @@ def open_checkpoint(folder: str | Path) -> HFCheckpoint:
 
 def _tensors_of_file(weight_file: Path, bin_cache: _BinShardCache) -> list[SourceTensor]:
     if weight_file.suffix == ".safetensors":
-        header = safetensors_file.read_header(weight_file)
-        return [
-            SourceTensor(ref.name, ref.dtype, ref.shape, weight_file, ref.load, (ref.byte_range(),))
-            for ref in header.tensors.values()
-        ]
+        return list(safetensors_file.read_header(weight_file).tensors.values())
     state = torch_bin.load_state_dict(weight_file)
     return [
         SourceTensor(

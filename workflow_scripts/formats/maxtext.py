@@ -32,9 +32,9 @@ from functools import partial
 from pathlib import Path
 
 from ..errors import DistilleryError
+from .maxtext_writer import PARAMS_PREFIX, ParamOnlyWriter, zstd_metadata
 from .reader import SourceTensor
 
-PARAMS_PREFIX = ("params", "params")
 FULL_STATE = "full_state"
 PARAM_ONLY = "param_only"
 _STEP = re.compile(r"^\d+$")
@@ -280,76 +280,24 @@ def write_param_only(
 ) -> list[MaxTextParam]:
     """Write `source`'s parameters as MaxText's param-only layout under `output_step_folder` (a `.../0` folder).
 
-    The tree is `{params: {params: TREE}, step: 0}` in `items/`, as MaxText's generate_param_only_checkpoint
-    (Linen) writes it and as every MaxText release loads it (`load_parameters_path=.../0/items`). Arrays go
-    from the source's OCDBT database to the new one chunk by chunk inside tensorstore, cast to `dtype` (MaxText
-    casts to bfloat16) on the way, so neither the optimizer state nor a whole parameter passes through Python.
+    The layout is formats/maxtext_writer.py's. Arrays go from the source's OCDBT database to the new one chunk by
+    chunk inside tensorstore, cast to `dtype` (MaxText casts to bfloat16) on the way, so neither the optimizer
+    state nor a whole parameter passes through Python.
     """
     import tensorstore as ts
 
-    items = output_step_folder / "items"
-    items.mkdir(parents=True)
-    context = ts.Context()
-    base = "file://" + str(items.resolve()) + "/"
-    tree_metadata = {}
+    writer = ParamOnlyWriter(output_step_folder)
     written = []
     for param in source.params.values():
-        stored = source.tree.open(param.keys, context)
+        stored = source.tree.open(param.keys, writer.context)
         view = stored if dtype is None or stored.dtype.name == dtype else ts.cast(stored, getattr(ts, dtype))
-        out_keys = (*PARAMS_PREFIX, *param.name.split("."))
-        destination = ts.open(
-            {
-                "driver": "zarr3",
-                "kvstore": {"driver": "ocdbt", "base": base, "path": ".".join(out_keys) + "/"},
-                "metadata": _zarr3_metadata(stored, view.dtype.name),
-                # As orbax writes them: a chunk of zeros is stored too, not left to the fill value.
-                "store_data_equal_to_fill_value": True,
-            },
-            create=True,
-            context=context,
-        ).result()
+        destination = writer.create(param.name, _zarr3_metadata(stored, view.dtype.name))
         destination.write(view).result()
-        tree_metadata[str(out_keys)] = _leaf_metadata(out_keys, "np.ndarray", list(view.shape))
         written.append(param)
         if progress:
             progress(param)
-    step = ts.open(
-        {
-            "driver": "zarr3",
-            "kvstore": {"driver": "ocdbt", "base": base, "path": "step/"},
-            "metadata": {"shape": [], "data_type": "int64", "codecs": [{"name": "bytes"}]},
-            "store_data_equal_to_fill_value": True,
-        },
-        create=True,
-        context=context,
-    ).result()
-    step.write(0).result()
-    tree_metadata[str(("step",))] = _leaf_metadata(("step",), "scalar")
-    metadata = {
-        "tree_metadata": tree_metadata,
-        "use_ocdbt": True,
-        "use_zarr3": True,
-        "store_array_data_equal_to_fill_value": source.tree.metadata.get("store_array_data_equal_to_fill_value", True),
-        "custom_metadata": {},
-    }
-    (items / "_METADATA").write_text(json.dumps(metadata))
-    (items / "commit_success.txt").write_text("Checkpoint commit was successful.\n")
-    checkpoint_metadata = {
-        "item_handlers": {"items": "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"},
-        "metrics": {},
-        "performance_metrics": {},
-        "custom_metadata": {},
-    }
-    (output_step_folder / "_CHECKPOINT_METADATA").write_text(json.dumps(checkpoint_metadata))
-    (output_step_folder / "commit_success.txt").write_text("Checkpoint commit was successful.\n")
+    writer.finish(source.tree.metadata.get("store_array_data_equal_to_fill_value", True))
     return written
-
-
-def _leaf_metadata(keys: tuple[str, ...], value_type: str, write_shape: list[int] | None = None) -> dict:
-    value = {"value_type": value_type, "skip_deserialize": False}
-    if write_shape is not None:
-        value["write_shape"] = write_shape
-    return {"key_metadata": [{"key": key, "key_type": 2} for key in keys], "value_metadata": value}
 
 
 def _zarr3_metadata(stored, data_type: str) -> dict:
@@ -359,13 +307,4 @@ def _zarr3_metadata(stored, data_type: str) -> dict:
     if spec.get("driver") == "zarr3" and "codecs" in metadata:
         keep = {key: metadata[key] for key in ("chunk_grid", "chunk_key_encoding", "codecs") if key in metadata}
         return {**keep, "shape": list(stored.shape), "data_type": data_type}
-    chunk = list(stored.chunk_layout.read_chunk.shape)
-    return {
-        "shape": list(stored.shape),
-        "data_type": data_type,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk}},
-        "codecs": [
-            {"name": "bytes", "configuration": {"endian": "little"}},
-            {"name": "zstd", "configuration": {"level": 1}},
-        ],
-    }
+    return zstd_metadata(list(stored.shape), data_type, list(stored.chunk_layout.read_chunk.shape))

@@ -14,6 +14,7 @@ Format-specific ways to read faster stay with the format: safetensors byte range
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,10 @@ class SourceTensor:
 
     def load(self) -> torch.Tensor:
         return self.loader()
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 class Checkpoint(Protocol):

@@ -19,11 +19,13 @@ import struct
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..errors import DistilleryError
+from .reader import SourceTensor
 from .tensor_values import cast_checked, refuse_non_finite
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -84,40 +86,25 @@ class TensorPieces:
 _CHUNK_BYTES = 32 << 20
 
 
-@dataclass(frozen=True)
-class TensorRef:
-    """Where one tensor lives in a safetensors file; `load()` reads only its bytes."""
-
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    path: Path
-    offset: int
-    nbytes: int
-
-    def byte_range(self) -> ByteRange:
-        return ByteRange(self.path, self.offset, self.nbytes)
-
-    def load(self) -> torch.Tensor:
-        if self.nbytes == 0:
-            return torch.empty(self.shape, dtype=self.dtype)
-        buffer = bytearray(self.nbytes)
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            read = handle.readinto(buffer)
-        if read != self.nbytes:
-            raise DistilleryError(
-                f"tensor {self.name!r} ends past the end of the file (truncated)",
-                self.path,
-                "copy or download the file again",
-            )
-        return torch.frombuffer(buffer, dtype=torch.uint8).view(self.dtype).reshape(self.shape)
+def read_tensor(name: str, dtype: torch.dtype, shape: tuple[int, ...], where: ByteRange) -> torch.Tensor:
+    """One tensor's bytes, read with a plain read (no mmap), as the header placed them."""
+    if where.nbytes == 0:
+        return torch.empty(shape, dtype=dtype)
+    buffer = bytearray(where.nbytes)
+    with open(where.path, "rb") as handle:
+        handle.seek(where.offset)
+        read = handle.readinto(buffer)
+    if read != where.nbytes:
+        raise DistilleryError(
+            f"tensor {name!r} ends past the end of the file (truncated)", where.path, "copy or download the file again"
+        )
+    return torch.frombuffer(buffer, dtype=torch.uint8).view(dtype).reshape(shape)
 
 
 @dataclass(frozen=True)
 class SafetensorsHeader:
     path: Path
-    tensors: dict[str, TensorRef]
+    tensors: dict[str, SourceTensor]  # each with its one byte range in the file
     metadata: dict[str, str]
 
 
@@ -145,7 +132,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
 
     metadata = header.pop("__metadata__", None) or {}
     data_start = 8 + header_len
-    tensors: dict[str, TensorRef] = {}
+    tensors: dict[str, SourceTensor] = {}
     spans: list[tuple[int, int, str]] = []
     for name, entry in header.items():
         try:
@@ -163,7 +150,10 @@ def read_header(path: str | Path) -> SafetensorsHeader:
                 f"tensor {name!r} spans bytes [{begin}, {end}) but its shape {shape} of {dtype_name} needs {expected}"
             )
         spans.append((begin, end, name))
-        tensors[name] = TensorRef(name, dtype, tuple(shape), path, data_start + begin, expected)
+        shape, where = tuple(shape), ByteRange(path, data_start + begin, expected)
+        tensors[name] = SourceTensor(
+            name, dtype, shape, path, partial(read_tensor, name, dtype, shape, where), (where,)
+        )
 
     position = 0
     for begin, end, name in sorted(spans):

@@ -6,6 +6,8 @@ A value beyond the output dtype's range would silently become Inf (70000 in floa
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import DistilleryError
@@ -17,7 +19,7 @@ def cast_checked(tensor: torch.Tensor, dtype: torch.dtype, name: str, allow_over
         return tensor.to(dtype)
     limit = torch.finfo(dtype).max
     if torch.finfo(tensor.dtype).max > limit:
-        largest = tensor.abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
+        largest = _largest_finite_magnitude(tensor)
         if largest > limit:
             if not allow_overflow:
                 raise DistilleryError(
@@ -29,9 +31,33 @@ def cast_checked(tensor: torch.Tensor, dtype: torch.dtype, name: str, allow_over
     return tensor.to(dtype)
 
 
+# Dtypes whose min and max reductions propagate NaN (and give ±Inf when a value is infinite) on every device.
+_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _extremes_if_finite(tensor: torch.Tensor) -> tuple[float, float] | None:
+    """(min, max) of a tensor whose values are all finite, else None.
+
+    One reduction, with no mask the size of the tensor: `isfinite(t).all()` costs about 20x as much on bfloat16,
+    which made it a quarter of a MaxText conversion's time.
+    """
+    if tensor.dtype not in _REDUCIBLE:
+        tensor = tensor.float()  # float8 and the like: exact in float32, NaN and Inf included
+    low, high = (value.item() for value in torch.aminmax(tensor))
+    return (low, high) if math.isfinite(low) and math.isfinite(high) else None
+
+
+def _largest_finite_magnitude(tensor: torch.Tensor) -> float:
+    """The largest |value| that is finite (NaN and Inf are refused apart, by `refuse_non_finite`)."""
+    extremes = _extremes_if_finite(tensor)
+    if extremes is not None:
+        return max(-extremes[0], extremes[1])
+    return tensor.abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
+
+
 def refuse_non_finite(tensor: torch.Tensor, name: str) -> None:
     """Fail the conversion on NaN or Inf in what is about to be written."""
-    if tensor.is_floating_point() and tensor.numel() and not torch.isfinite(tensor).all():
+    if tensor.is_floating_point() and tensor.numel() and _extremes_if_finite(tensor) is None:
         raise DistilleryError(
             f"tensor {name!r} would be written with NaN or Inf values",
             hint="nothing was written; run `distillery verify` on the input to see which tensors hold them",

@@ -81,7 +81,8 @@ def hf_name(titan_name: str) -> str | None:
 
 
 def titan_name(hf: str, naming: str) -> str:
-    """The TorchTitan name a checkpoint of `naming` gives the HF tensor `hf` (for messages about missing keys)."""
+    """The TorchTitan name a checkpoint of `naming` gives the HF tensor `hf` (for messages about missing keys, and
+    for laying an HF model out in TorchTitan's names, layouts/titan.py)."""
     key = hf
     if hf == "lm_head.weight":
         return "output.weight" if naming == GUIDE else "lm_head.weight"
@@ -159,6 +160,15 @@ def permute_for_hf_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """
     rows, columns = weight.shape
     return weight.view(n_heads, rows // n_heads // 2, 2, columns).transpose(1, 2).reshape(rows, columns).contiguous()
+
+
+def permute_for_titan_rotary(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of an HF q or k projection from HF's half order back to TorchTitan's Llama adjacent-pair order.
+
+    The inverse of `permute_for_hf_rotary`: torchtitan's own `Llama3StateDictAdapter.from_hf` (`_reverse_permute`).
+    """
+    rows, columns = weight.shape
+    return weight.view(n_heads, 2, rows // n_heads // 2, columns).transpose(1, 2).reshape(rows, columns).contiguous()
 
 
 def split_fused_qkv(weight: torch.Tensor, shape: AttentionShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,5 +7,6 @@ logically consistent.
 - `prompts`: few-shot prompts as token ids, assembled from pieces tokenized once;
 - `scoring`: the label's log-odds from the next token's top log-probabilities, one engine call per batch;
 - `algorithm`: the search (simulated annealing over labelings), its state and resume;
+- `job`: a job's settings (data, search, engine), declared once: its config entry, flags and argv;
 - `run`: a job end to end, writing `labels.jsonl` and `report.json`.
 """

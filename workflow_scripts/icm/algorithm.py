@@ -159,6 +159,8 @@ class IterationStats:
     prompt_tokens: int
     proposed: bool
     accepted: bool
+    # U of the labels kept after the iteration, for the report's plot; None in states saved before it was recorded.
+    objective: float | None = None
 
 
 @dataclass
@@ -393,6 +395,7 @@ class ICMSearch:
             self.scorer.prompt_tokens - tokens,
             proposed,
             accepted,
+            state.current.energy,
         )
         state.history.append(stats)
         state.iteration += 1

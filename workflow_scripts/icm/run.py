@@ -3,7 +3,8 @@
 labels.jsonl: one line per claim of the batch, in batch order: {"uid", "row" (line in the input file, from 0),
 "consistency_id", "consistency_key", "label" (1 true, 0 false, null if never labeled), "score" (the model's
 log-odds of "True" given the other labels), "gold" (where the data has it), "prompt"}.
-report.json: accuracy against gold labels, label balance, iterations, proposals and acceptance rate,
+report.json: accuracy against gold labels, label balance, iterations, proposals and acceptance rate, the
+objective U after each iteration,
 consistency violations left, seconds / tokens / engine calls per iteration, the prefix-cache hit rate (from
 vLLM's metrics where the engine exposes them), the settings and versions.
 """
@@ -14,7 +15,7 @@ import json
 import logging
 import statistics
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .. import __version__
@@ -25,24 +26,11 @@ from ..output_guard import check_apart_from_inputs
 from ..provenance import package_versions
 from .algorithm import ICMSearch, ICMSettings, SearchState
 from .data import Example, load_dataset, select_batch
+from .job import ICMJob
 from .prompts import PromptBuilder
 from .scoring import EngineScorer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ICMJob:
-    data: Path
-    data_format: str
-    output_dir: Path
-    state_path: Path
-    settings: ICMSettings
-    engine: EngineSettings
-    batch_size: int = 256
-    prompt_template: str | None = None
-    top_logprobs: int = 20
-    command: tuple[str, ...] = ()
 
 
 def engine_tokenizer(engine, settings: EngineSettings):
@@ -116,6 +104,7 @@ def summarize(batch: list[Example], state: SearchState, settings: ICMSettings) -
         "gold_labels_compared": len(with_gold),
         "consistency_violations_left": state.current.inconsistent if state.current else None,
         "score_U": state.current.energy if state.current else None,
+        "objective_by_iteration": [item.objective for item in history],
         "mutual_predictability": state.current.predictability if state.current else None,
         "seconds_per_iteration": {
             "mean": round(statistics.fmean(seconds), 4) if seconds else None,
@@ -130,8 +119,9 @@ def summarize(batch: list[Example], state: SearchState, settings: ICMSettings) -
 
 def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
     dataset = load_dataset(job.data, job.data_format, job.prompt_template)
-    batch = select_batch(dataset, job.batch_size, job.settings.seed)
+    batch = select_batch(dataset, job.batch_size, job.search.seed)
     kind = resolve_engine_kind(job.engine.kind)
+    settings = job.search_settings(kind)
     model = job.engine.model_path if kind != "openai" else None
     for output in (job.output_dir, job.state_path):
         check_apart_from_inputs(output, [job.data, model, job.engine.tokenizer_path])
@@ -146,13 +136,13 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
     try:
         builder = PromptBuilder(engine_tokenizer(engine, engine_settings), batch)
         scorer = EngineScorer(engine, builder, job.top_logprobs)
-        search = ICMSearch(batch, scorer, job.settings, job.state_path)
+        search = ICMSearch(batch, scorer, settings, job.state_path)
         before = cache_counters(engine)
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=job.settings.iterations, initial=search.state.iteration, desc="ICM", file=sys.stderr)
+            bar = tqdm(total=settings.iterations, initial=search.state.iteration, desc="ICM", file=sys.stderr)
         state = search.run(progress=(lambda _stats: bar.update(1)) if bar else None)
         if bar:
             bar.close()
@@ -170,13 +160,13 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
         "engine": kind,
         "batch_size": job.batch_size,
         "resumed_from_iteration": search.resumed_from,
-        **summarize(batch, state, job.settings),
+        **summarize(batch, state, settings),
         "prefix_cache": {**hit_rate(before, after), "scope": "this run (a resumed run counts only its own part)"},
         "this_run": {
             "engine_calls": scorer.calls,
             "prompt_tokens": scorer.prompt_tokens,
         },
-        "settings": {**asdict(job.settings), "top_logprobs": job.top_logprobs},
+        "settings": {**asdict(settings), "top_logprobs": job.top_logprobs},
         "consistency_keys_from_gold": dataset.keys_from_gold,
         "versions": versions,
     }

@@ -62,16 +62,9 @@ def check_split_arithmetic(config, tp: int, pp: int) -> list[Check]:
         checks.append(Check("tp_heads", FAIL, f"attention heads split over T={tp}",
                             f"{heads} heads are not divisible by {tp}"))  # fmt: skip
     else:
-        checks.append(Check("tp_heads", PASS, f"attention heads split over T={tp}", f"{heads // tp} per GPU"))
-    if kv_heads >= tp:
-        status = FAIL if kv_heads % tp else PASS
-        detail = (f"{kv_heads} KV heads are not divisible by {tp}" if status == FAIL
-                  else f"{kv_heads // tp} KV head(s) per GPU")  # fmt: skip
-    elif tp % kv_heads == 0:
-        status, detail = WARN, f"{kv_heads} KV heads replicated {tp // kv_heads}x (each GPU keeps one KV head)"
-    else:
-        status, detail = FAIL, f"T={tp} is neither a divisor nor a multiple of the {kv_heads} KV heads"
-    checks.append(Check("tp_kv_heads", status, f"KV heads split or replicated over T={tp}", detail))
+        checks.append(Check("tp_heads", PASS, f"attention heads split over T={tp}", f"{heads // tp} per GPU",
+                            {"heads_per_gpu": heads // tp}))  # fmt: skip
+    checks.append(_check_kv_heads(kv_heads, tp))
     if intermediate:
         checks.append(
             Check(
@@ -105,6 +98,23 @@ def check_split_arithmetic(config, tp: int, pp: int) -> list[Check]:
                   "the last, which also holds the output head)" if uneven else ""), {"layers_per_stage": split})
         )  # fmt: skip
     return checks
+
+
+def _check_kv_heads(kv_heads: int, tp: int) -> Check:
+    """vLLM splits KV heads when there are at least T of them, else gives each GPU one (replicated)."""
+    per_gpu = None
+    if kv_heads >= tp:
+        status = FAIL if kv_heads % tp else PASS
+        per_gpu = None if status == FAIL else kv_heads // tp
+        detail = (f"{kv_heads} KV heads are not divisible by {tp}" if status == FAIL
+                  else f"{per_gpu} KV head(s) per GPU")  # fmt: skip
+    elif tp % kv_heads == 0:
+        status, per_gpu = WARN, 1
+        detail = f"{kv_heads} KV heads replicated {tp // kv_heads}x (each GPU keeps one KV head)"
+    else:
+        status, detail = FAIL, f"T={tp} is neither a divisor nor a multiple of the {kv_heads} KV heads"
+    data = {} if per_gpu is None else {"kv_heads_per_gpu": per_gpu}
+    return Check("tp_kv_heads", status, f"KV heads split or replicated over T={tp}", detail, data)
 
 
 def estimate_memory(config, tp: int, pp: int, budget: Budget) -> dict:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..architectures.maxtext_llama import MaxTextLlamaMath
 from ..architectures.rope import LLAMA3_ROPE_SCALING
+from ..errors import DistilleryError
 from ..formats.maxtext import MaxTextCheckpoint
 
 
@@ -115,6 +116,8 @@ def maxtext_logits(params: dict[str, np.ndarray], math: MaxTextLlamaMath, token_
 class MaxTextReference:
     """Callable like an HF model in verify/numerics.py: `reference(batch).logits`, from MaxText's math."""
 
+    description = "MaxText math in JAX on the Orbax arrays"
+
     def __init__(self, checkpoint_path: str | Path, math: MaxTextLlamaMath) -> None:
         checkpoint = MaxTextCheckpoint(checkpoint_path)
         self.math = math
@@ -134,3 +137,16 @@ def maxtext_math_of(model_path: Path) -> MaxTextLlamaMath | None:
         return None
     data = json.loads(provenance.read_text()).get("maxtext")
     return MaxTextLlamaMath.from_dict(data) if data else None
+
+
+def load_maxtext_reference(reference_path: Path, model_path: Path) -> MaxTextReference:
+    """A MaxText checkpoint as reference: its forward pass as MaxText computes it, with the settings the model
+    was converted with (its provenance.json)."""
+    math = maxtext_math_of(model_path)
+    if math is None:
+        raise DistilleryError(
+            "the reference is a MaxText checkpoint but the model records no MaxText settings in provenance.json",
+            model_path,
+            "convert it with distillery maxtext-to-hf, or pass an HF reference",
+        )
+    return MaxTextReference(reference_path, math)

@@ -6,31 +6,37 @@ than the reference, the reference's weights are rounded to that dtype first: a c
 (nearly) identical logits, and a mapping error (a transpose, a wrong rotary permutation, a missed scale) stands
 out even in a tiny random model whose logits barely depend on some weights. The tolerance is relative to the
 reference's largest logit and depends on the stored dtype, to allow for rounding done in another order.
+
+The reference is an HF folder, loaded here, unless the caller passes how to load its format's own forward
+(`load_reference`: TorchTitan's model code, MaxText's math in JAX, transformers' GGUF loader); which format a
+reference is in is the format registry's to say (`convert/registry.py`), not this module's.
 """
 
 from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..architectures.architecture import load_config
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint
-from ..formats.dcp import is_titan_checkpoint
-from ..formats.maxtext import looks_like_orbax
 from ..formats.torch_bin import pickle_refusal
 from .report import FAIL, PASS, SKIP, Check
 from .settings import PROBE_PROMPTS, TOLERANCES
 
-# A TorchTitan checkpoint's forward exists only in torchtitan's own model code.
-_NO_TORCHTITAN = (
-    "skipped: the reference is a TorchTitan checkpoint and torchtitan is not installed "
-    "(pip install --no-deps torchtitan==0.3.0 and distillery's [torchtitan] extra to compare with its forward)"
-)
+# (reference's path, converted model's folder) -> a model called as `reference(ids).logits`. One that is a
+# torch module is rounded to the converted weights' dtype; one with a `description` names it in the report.
+ReferenceLoader = Callable[[Path, Path], Any]
+
+
+class ReferenceUnavailable(DistilleryError):
+    """The reference's own forward cannot run here (e.g. a package it needs is not installed): a skipped check."""
 
 
 @dataclass(frozen=True)
@@ -127,21 +133,6 @@ def round_weights(model, dtype: torch.dtype) -> None:
         parameter.copy_(parameter.to(dtype).float())
 
 
-def load_maxtext_reference(reference_path: Path, model_path: Path):
-    """A MaxText checkpoint as reference: its forward pass as MaxText computes it, with the settings the model
-    was converted with (its provenance.json)."""
-    from .maxtext_reference import MaxTextReference, maxtext_math_of
-
-    math = maxtext_math_of(model_path)
-    if math is None:
-        raise DistilleryError(
-            "the reference is a MaxText checkpoint but the model records no MaxText settings in provenance.json",
-            model_path,
-            "convert it with distillery maxtext-to-hf, or pass an HF reference",
-        )
-    return MaxTextReference(reference_path, math)
-
-
 def stored_float_dtype(folder: Path) -> str:
     checkpoint = hf_checkpoint.open_checkpoint(folder)
     dtypes = [t.dtype for t in checkpoint.tensors.values() if t.dtype.is_floating_point]
@@ -158,28 +149,26 @@ def check_numerics(
     prompts: tuple[str, ...] | list[str] = PROBE_PROMPTS,
     tolerances: dict[str, float] | None = None,
     trust_remote_code: bool = False,
+    load_reference: ReferenceLoader | None = None,
 ) -> Check:
     tolerances = {**TOLERANCES, **(tolerances or {})}
     title = "logits match the reference"
-    maxtext = looks_like_orbax(reference_path)
     try:
         model = load_model_float32(model_path, trust_remote_code=trust_remote_code)
-        if maxtext:
-            reference = load_maxtext_reference(reference_path, model_path)
-        elif is_titan_checkpoint(reference_path):
-            from .titan_reference import load_titan_reference, torchtitan_available
-
-            if not torchtitan_available():
-                return Check("numerics", SKIP, title, _NO_TORCHTITAN, {"reference": str(reference_path)})
-            reference = load_titan_reference(reference_path, model_path)
-        else:
+        if load_reference is None:
             reference = load_model_float32(
                 reference_path, config_folder=model_path, own_reader=True, trust_remote_code=trust_remote_code
             )
+        else:
+            reference = load_reference(reference_path, model_path)
+    except ReferenceUnavailable as exc:
+        return Check("numerics", SKIP, title, f"skipped: {exc}", {"reference": str(reference_path)})
     except DistilleryError as exc:
         return Check("numerics", FAIL, title, str(exc))
     dtype = stored_float_dtype(model_path)
-    if dtype != "float32" and not maxtext:
+    # A reference computed from arrays of its own (MaxText's in JAX) keeps its precision.
+    rounded = dtype != "float32" and isinstance(reference, torch.nn.Module)
+    if rounded:
         round_weights(reference, getattr(torch, dtype))
     token_ids = probe_token_ids(model_path, prompts, model.config.vocab_size, trust_remote_code)
     try:
@@ -188,11 +177,12 @@ def check_numerics(
         return Check("numerics", FAIL, title, f"the models cannot run the same input ({exc})")
     tolerance = tolerances.get(dtype, TOLERANCES["float32"])
     passed = comparison.max_rel_diff <= tolerance
+    described = getattr(reference, "description", None)
     detail = (
         f"max abs diff {comparison.max_abs_diff:.3g}, max rel diff {comparison.max_rel_diff:.3g} "
         f"({'within' if passed else 'above'} the {dtype} tolerance {tolerance:g}"
-        f"{'' if dtype == 'float32' or maxtext else f', reference rounded to {dtype}'}), "
-        f"{'reference: MaxText math in JAX on the Orbax arrays, ' if maxtext else ''}"
+        f"{f', reference rounded to {dtype}' if rounded else ''}), "
+        f"{f'reference: {described}, ' if described else ''}"
         f"top-1 agreement {comparison.top1_agreement:.1%} over {comparison.num_positions} positions"
     )
     return Check(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..architectures.remote_code import allow_remote_code
-from .numerics import check_numerics
+from .numerics import ReferenceLoader, check_numerics
 from .report import FAIL, PASS, SKIP, WARN, Check, Report
 from .settings import PROBE_PROMPTS
 from .static_checks import run_static_checks
@@ -20,7 +20,9 @@ def verify_model(
     tolerances: dict[str, float] | None = None,
     plan_reports: list[Path] | tuple[Path, ...] = (),
     trust_remote_code: bool = False,
+    load_reference: ReferenceLoader | None = None,
 ) -> Report:
+    """`load_reference`: how to run a reference that is no HF folder (its format's forward), see numerics.py."""
     model_path = Path(model_path)
     trust_remote_code = allow_remote_code(model_path, trust_remote_code)
     checks = run_static_checks(model_path, expect_single_file=expect_single_file, trust_remote_code=trust_remote_code)
@@ -29,7 +31,8 @@ def verify_model(
     elif any(check.status == FAIL for check in checks):
         checks.append(Check("numerics", SKIP, "logits match the reference", "skipped: earlier checks failed"))
     else:
-        checks.append(check_numerics(model_path, Path(reference_path), probe_prompts, tolerances, trust_remote_code))
+        checks.append(check_numerics(model_path, Path(reference_path), probe_prompts, tolerances, trust_remote_code,
+                                     load_reference))  # fmt: skip
     checks += [parallel_check(Path(path)) for path in plan_reports]
     return Report(
         model_path=str(model_path),

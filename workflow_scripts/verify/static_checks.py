@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..architectures.architecture import expected_weights, load_config
+from ..architectures.architecture import config_facts, expected_weights
+from ..architectures.tokenizer_facts import tokenizer_facts
 from ..errors import DistilleryError, first_line
 from ..formats import hf_checkpoint, safetensors_file
 from ..formats.hf_checkpoint import HFCheckpoint
@@ -91,7 +92,8 @@ def check_headers(checkpoint: HFCheckpoint) -> Check:
 
 def check_config(folder: Path, trust_remote_code: bool = False):
     try:
-        config = load_config(folder, trust_remote_code)
+        # What transformers makes of config.json (its ConfigFacts from the facts cache when seen before).
+        config = config_facts(folder, trust_remote_code)
     except DistilleryError as exc:
         return Check("config", FAIL, "config.json sane", str(exc)), None
     problems = []
@@ -117,13 +119,10 @@ def check_config(folder: Path, trust_remote_code: bool = False):
 
 def check_tokenizer_vocab(folder: Path, config, trust_remote_code: bool = False) -> Check:
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+        size = tokenizer_facts(folder, trust_remote_code).size
     except Exception as exc:  # noqa: BLE001 - any tokenizer failure is reported, not raised
         message = first_line(exc)
         return Check("tokenizer", FAIL, "tokenizer loads", message)
-    size = len(tokenizer)
     if size > config.vocab_size:
         return Check(
             "tokenizer", FAIL, "tokenizer loads", f"{size} tokens but the model's vocab_size is {config.vocab_size}"

@@ -20,6 +20,7 @@ from ..architectures.architecture import load_config
 from ..errors import DistilleryError
 from ..formats import titan_names
 from ..formats.dcp import TitanCheckpoint
+from .numerics import ReferenceUnavailable
 
 # The rotary cache covers the probe prompts; a model's full context (131072 for Llama 3) would only cost memory.
 _MAX_PROBE_POSITIONS = 4096
@@ -154,6 +155,12 @@ class TitanReference(torch.nn.Module):
 
 def load_titan_reference(checkpoint_path: Path, config_folder: Path) -> TitanReference:
     """TorchTitan's model of `config_folder`'s config.json with the weights of `checkpoint_path`, in float32."""
+    if not torchtitan_available():
+        # A TorchTitan checkpoint's forward exists only in torchtitan's own model code.
+        raise ReferenceUnavailable(
+            "the reference is a TorchTitan checkpoint and torchtitan is not installed (pip install --no-deps "
+            "torchtitan==0.3.0 and distillery's [torchtitan] extra to compare with its forward)"
+        )
     config = load_config(config_folder)
     model_config = _titan_model_config(config)
     with torch.device("meta"):

@@ -60,8 +60,11 @@ class KdWiring:
     def manifest_path(self, job: str) -> str:
         return f"{self.folder(job)}/manifest.json"
 
+    def dataset_path(self, job: str) -> str:
+        return f"{self.folder(job)}/dataset.{self.jobs[job].output_format}"
+
     def dataset_outputs(self, job: str) -> list[str]:
-        return [f"{self.folder(job)}/dataset.{self.jobs[job].output_format}", f"{self.folder(job)}/summary.json"]
+        return [self.dataset_path(job), f"{self.folder(job)}/summary.json"]
 
     def jobs_by_format(self) -> dict[str, str]:
         """A regex per output format matching the jobs of that format only; "(?!)" matches no name at all."""

@@ -11,6 +11,7 @@ workflow is planned, so a new checkpoint adds exactly one job.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,15 @@ def _step_folders(run: Path) -> dict[int, Path]:
     return {step_of(folder): folder for folder in list_step_folders(run)}
 
 
-def model_targets(models: dict[str, dict]) -> dict[str, ModelTarget]:
+def model_targets(models: dict[str, dict], built: Collection[str] = ()) -> dict[str, ModelTarget]:
+    """`built`: source folders the workflow writes itself (workflow/layouts.py), so not there to be read yet; its
+    MaxText ones are param-only."""
     plans: dict[str, ModelTarget] = {}
     for name, settings in models.items():
         source = settings["source"]
+        if source["format"] == "maxtext" and source["path"].rstrip("/") in built:
+            plans[name] = ModelTarget(name, "maxtext", source["path"], settings)
+            continue
         if source["format"] == "maxtext":
             from ..formats.maxtext import FULL_STATE, checkpoint_kind
 

@@ -7,6 +7,8 @@ headers are read, so sizing a 400 GB checkpoint costs milliseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DistilleryError
@@ -114,3 +116,53 @@ def deepspeed_mem_mb(checkpoint: str | Path) -> int:
         largest = 1024  # the job itself reports what is wrong with the checkpoint
     # The fp32 parameter gathered from the ranks, its converted copy, and the interpreter.
     return 2048 + 3 * largest
+
+
+def lay_out_mem_mb(hf_folder: str | Path, layout: str, max_shard_size: str) -> int:
+    """One source tensor and its transformed copy; a .bin shard is pickled whole, so hf-bin-sharded holds one
+    shard besides. ZeRO partitions are filled in memory-mapped spool files: page cache, not the job's memory."""
+    from ..sizes import parse_size
+
+    held = 2 * largest_tensor_mb(hf_folder)
+    if layout == "hf-bin-sharded":
+        held += parse_size(max_shard_size) // _MB
+    return (3072 if layout == "maxtext" else 1536) + held
+
+
+def lay_out_runtime_min(hf_folder: str | Path) -> int:
+    return merge_runtime_min(hf_folder)
+
+
+def gguf_mem_mb(checkpoint: str | Path) -> int:
+    """One tensor dequantized to float32, its cast copy and the decoder's temporaries, and the interpreter."""
+    from ..formats.gguf import GGUFCheckpoint
+
+    try:
+        largest = max(math.prod(t.shape) * 4 for t in GGUFCheckpoint(checkpoint).tensors.values()) // _MB
+    except (DistilleryError, ValueError):
+        largest = 1024  # the job itself reports what is wrong with the file
+    return 2048 + 4 * largest
+
+
+def gguf_runtime_min(checkpoint: str | Path) -> int:
+    # Dequantized, the weights are up to 8 times the file (4-bit blocks to float32), written at 100 MB/s.
+    path = Path(checkpoint)
+    file_mb = path.stat().st_size // _MB if path.is_file() else stored_mb(path)
+    return 10 + file_mb * 8 // (100 * 60)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    mem_mb: Callable[[str], int]
+    runtime_min: Callable[[str], int]
+
+
+# A conversion's memory and time by the name its format's entry gives (`sizing` in convert/registry.py), each
+# from the checkpoint the job reads. A format without a sharper estimate takes `merge`.
+CONVERSION_SIZING = {
+    "merge": Sizing(merge_mem_mb, merge_runtime_min),
+    "deepspeed": Sizing(deepspeed_mem_mb, merge_runtime_min),
+    "maxtext": Sizing(maxtext_to_hf_mem_mb, maxtext_runtime_min),
+    "titan": Sizing(titan_mem_mb, merge_runtime_min),
+    "gguf": Sizing(gguf_mem_mb, gguf_runtime_min),
+}
