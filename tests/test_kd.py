@@ -168,19 +168,19 @@ def test_prefix_mode_cuts_each_document_to_max_prompt_tokens(run_cli, model, dat
     assert {line["prompt_tokens"] for line in lines} == {5}
 
 
-def test_chat_mode_renders_messages_with_the_chat_template(run_cli, model, dataset, tmp_path):
+def test_chat_prompt_is_the_rendered_template_with_its_special_tokens(run_cli, model, dataset, tmp_path):
     from transformers import AutoTokenizer
 
-    manifest = make_manifest(
-        run_cli, tmp_path / "job", *job_flags(model, dataset, **{"--prompt-mode": "chat", "--max-prompt-tokens": 0})
-    )
-    run_all_chunks(run_cli, manifest)
+    flags = job_flags(model, dataset, **{"--prompt-mode": "chat", "--max-prompt-tokens": 0, "--return-token-ids": True})
+    run_all_chunks(run_cli, make_manifest(run_cli, tmp_path / "job", *flags))
     line = read_jsonl(tmp_path / "job/chunks/part-000/000000000-000000008.jsonl")[0]
     messages = pq.read_table(dataset / "part-000.parquet").column("messages").to_pylist()[0]
     tokenizer = AutoTokenizer.from_pretrained(model)
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert line["prompt"] == tokenizer.decode(tokenizer(rendered)["input_ids"], skip_special_tokens=True)
-    assert line["prompt"].endswith("assistant\n")
+    assert line["prompt"] == rendered
+    assert line["prompt"].startswith("<|im_start|>") and line["prompt"].endswith("<|im_start|>assistant\n")
+    # The ids are the ones the teacher was given: the rendered text, tokenized without adding anything.
+    assert line["prompt_token_ids"] == tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def test_rechunked_job_samples_every_row_the_same_way(run_cli, model, dataset, tmp_path):
