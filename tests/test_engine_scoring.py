@@ -90,3 +90,15 @@ def test_packed_passes_split_where_the_token_budget_says_with_the_same_log_probs
     monkeypatch.setattr(shared_prefix_scoring, "PACKED_TOKENS_PER_PASS", 40)  # mostly one segment per pass
     for ours, reference in zip(engine.score_sharing_prefixes(prompts, 3), expected, strict=True):
         assert [c.logprob for c in ours] == pytest.approx([c.logprob for c in reference], abs=1e-4)
+
+
+def test_prompts_sharing_nothing_and_each_over_the_pass_budget_run_alone(engine, monkeypatch):
+    """No shared prefix gives an empty spine: each prompt, too long to pack with another, is a pass of its own
+    (an ICM batch of long claims hit this: the first pass had no tokens at all)."""
+    from workflow_scripts.engines import shared_prefix_scoring
+
+    prompts = [[5 + index, *range(10, 40)] for index in range(3)]  # they differ at the first token
+    monkeypatch.setattr(shared_prefix_scoring, "PACKED_TOKENS_PER_PASS", 20)
+    expected = engine.score_whole_prompts(prompts, 3)
+    for ours, reference in zip(engine.score_sharing_prefixes(prompts, 3), expected, strict=True):
+        assert [c.logprob for c in ours] == pytest.approx([c.logprob for c in reference], abs=1e-4)

@@ -70,7 +70,9 @@ def score_sharing_prefixes(model, tokenizer, prompts: Sequence[Sequence[int]], t
             _, cache = run_pack(model, cache, [spine_tokens[:PACKED_TOKENS_PER_PASS]], [], True, device)
             spine_tokens = spine_tokens[PACKED_TOKENS_PER_PASS:]
         remainders = [(leaf, part.end) for part in spine for leaf in part.leaves]
-        with_spine = True
+        # A root that shares nothing has no spine tokens: its first pass is its prompts alone (an empty spine
+        # with a remainder over the budget would leave a pass of no tokens).
+        with_spine = bool(spine_tokens)
         while with_spine or remainders:
             segments, pack = [spine_tokens] if with_spine else [], []
             room = PACKED_TOKENS_PER_PASS - len(spine_tokens) * with_spine
