@@ -66,10 +66,13 @@ def test_kd_completes_every_usable_row_once_and_skips_the_others_with_a_reason(f
 
     summary = json.loads((finished_run / f"results/kd/{job}/summary.json").read_text())
     assert summary["engines"] == ["transformers"]
-    rows = [row for part in sorted((finished_run / "work/datasets/english").glob("*.parquet"))
-            for row in pq.read_table(part).to_pylist()]  # fmt: skip
-    column = "messages" if job == "english-chat" else "text"
-    usable = {row["id"] for row in rows if row[column] and all(m["content"] for m in row[column])}
+    rows = [{**row, "id": f"{part.stem}:{index}"}  # the job names no id column: ids are {part}:{row}
+            for part in sorted((finished_run / "work/datasets/english").glob("*.parquet"))
+            for index, row in enumerate(pq.read_table(part).to_pylist())]  # fmt: skip
+    if job == "english-chat":  # a row without messages, or with a message without content, is skipped
+        usable = {row["id"] for row in rows if row["messages"] and all(m["content"] for m in row["messages"])}
+    else:  # a null or blank text is skipped; the long document is cut to its first tokens
+        usable = {row["id"] for row in rows if row["text"] and row["text"].strip()}
     assert summary["rows"] == len(rows) and summary["generated_rows"] == len(usable) < len(rows)
     assert summary["skipped_rows"] == len(rows) - len(usable)
     records = [json.loads(line) for line in (finished_run / f"results/kd/{job}/dataset.jsonl").open()]
