@@ -12,16 +12,20 @@ Workflows:
   log, benchmark, params and sized resources, dataset from an input function), to see what Snakemake's planning
   costs for rules shaped like ours.
 The anchor, timed in the same run: the leanest Snakefile Snakemake can plan for the same 10,000 outputs (the
-chunk list read from the manifest at parse time, a rule with an output and nothing else).
+chunk list read from the manifest at parse time, a rule with an output and nothing else). The workflows take
+turns, and each run's CPU seconds are kept beside its wall seconds: on a shared machine the load moves both.
 
     python benchmarks/dry_run_scale.py                       # the repository's workflow + anchor, 10,000 chunks
     python benchmarks/dry_run_scale.py --workflow synthetic  # a stand-alone Snakefile shaped like ours + anchor
+    python benchmarks/dry_run_scale.py --before ../old/Snakefile   # and another checkout's, in the same turns
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -128,35 +132,55 @@ rule kd_chunk:
 
 
 def snakemake(workdir: Path, snakefile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Snakemake on `snakefile`, with that checkout's package first on the path (the Snakefile imports it)."""
     command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir), "--cores", "1"]
-    result = subprocess.run([*command, *args], capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(snakefile.parent), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([*command, *args], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"snakemake {' '.join(args)} failed:\n{result.stderr[-3000:]}")
     return result
 
 
 def planned_chunks(dry_run_output: str) -> list[str]:
-    """The output of each kd_chunk job a dry run lists."""
-    return re.findall(r"^rule kd_chunk:\n(?:    \w+: .*\n)*?    output: (\S+?\.jsonl)", dry_run_output, re.M)
+    """The output of each kd_chunk job a dry run lists (indented where it is in a group with its engine job)."""
+    return re.findall(r"^ *rule kd_chunk:\n(?: +\w+: .*\n)*? +output: (\S+?\.jsonl)", dry_run_output, re.M)
 
 
-def timed_dry_runs(workdir: Path, snakefile: Path, args: list[str], repeats: int) -> dict:
-    listing, summary = [], []
-    planned: list[str] = []
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_dry_run(workdir: Path, snakefile: Path, args: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one dry run, and what it printed."""
+    start, cpu = time.perf_counter(), children_cpu_seconds()
+    result = snakemake(workdir, snakefile, *args)
+    return round(time.perf_counter() - start, 2), round(children_cpu_seconds() - cpu, 2), result.stdout
+
+
+def timed_dry_runs(workdir: Path, workflows: dict[str, tuple[Path, list[str]]], repeats: int) -> dict:
+    """Each workflow's listing dry run and summary-only one (-q), the workflows taking turns, so that a change of
+    the machine's load falls on all of them. CPU seconds beside the wall seconds: on a shared machine the wall
+    time moves with the load, the CPU time less."""
+    keys = ("listing_s", "listing_cpu_s", "summary_only_s", "summary_only_cpu_s")
+    measured = {name: {key: [] for key in keys} for name in workflows}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = snakemake(workdir, snakefile, "-n", *args)
-        listing.append(round(time.perf_counter() - start, 2))
-        planned = planned_chunks(result.stdout)
-        start = time.perf_counter()
-        snakemake(workdir, snakefile, "-n", "--quiet", *args)
-        summary.append(round(time.perf_counter() - start, 2))
-    return {"listing_s": listing, "summary_only_s": summary, "best_listing_s": min(listing), "planned": planned}
+        for name, (snakefile, args) in workflows.items():
+            wall, cpu, printed = timed_dry_run(workdir, snakefile, ["-n", *args])
+            measured[name]["listing_s"].append(wall)
+            measured[name]["listing_cpu_s"].append(cpu)
+            measured[name]["planned"] = planned_chunks(printed)
+            wall, cpu, _ = timed_dry_run(workdir, snakefile, ["-n", "--quiet", *args])
+            measured[name]["summary_only_s"].append(wall)
+            measured[name]["summary_only_cpu_s"].append(cpu)
+    for result in measured.values():
+        result.update({f"best_{key}": min(result[key]) for key in keys})
+    return measured
 
 
-def prepare(workdir: Path, snakefile: Path, args: list[str], chunks: int) -> list[str]:
+def prepare(workdir: Path, snakefile: Path, args: list[str], chunks: int, distillery: bool) -> list[str]:
     """Make the manifest (and the teacher record) with the real jobs; return every chunk file the plan asks for."""
-    if snakefile == REPO / "Snakefile":
+    if distillery:
         snakemake(workdir, snakefile, "results/kd/bench/teacher.json", "results/kd/bench/manifest.json", *args)
     else:
         snakemake(workdir, snakefile, "--until", "kd_manifest", *args)
@@ -209,6 +233,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--parts", type=int, default=10, help="synthetic: parquet parts the chunks spread over")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", type=Path, metavar="SNAKEFILE",
+                        help="distillery: another checkout's Snakefile too, in the same turns")  # fmt: skip
     parser.add_argument("--work", type=Path, default=HERE / "work" / "dry_run_scale")
     parser.add_argument("--results-dir", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -228,32 +254,34 @@ def main() -> None:
         (workdir / "data").mkdir()
         extra = ["--config", f"chunks={args.chunks}", f"parts={args.parts}"]
 
-    every = prepare(workdir, snakefile, extra, args.chunks)
+    every = prepare(workdir, snakefile, extra, args.chunks, args.workflow == "distillery")
     written = write_half(workdir, every)
     missing = sorted(set(every) - written)
-    measured = {args.workflow: timed_dry_runs(workdir, snakefile, extra, args.repeats)}
-
     # The anchor plans the same files in the same folder, with the leanest rule Snakemake allows.
     anchor = args.work / "Snakefile.anchor"
     anchor.write_text(ANCHOR)
-    measured["anchor"] = timed_dry_runs(workdir, anchor, [], args.repeats)
+    workflows = {args.workflow: (snakefile, extra), "anchor": (anchor, [])}
+    if args.before and args.workflow == "distillery":
+        workflows["before"] = (args.before.resolve(), extra)
+    measured = timed_dry_runs(workdir, workflows, args.repeats)
 
     record = new_record(
         "dry_run_scale",
         workflow=args.workflow,
+        before=str(args.before) if args.before else None,
         configfile=str(args.configfile) if args.configfile else None,
         chunks=len(every),
         chunks_done=len(written),
         results={},
     )
     print(f"{len(every)} chunks, {len(written)} written; snakemake -n (best of {args.repeats}):")
-    print("| workflow | lists exactly the missing chunks | listing dry run (s) | summary only, -q (s) |")
-    print("|---|---|---|---|")
+    print("| workflow | lists exactly the missing chunks | `-n` (s) | its CPU (s) | `-n -q` (s) | its CPU (s) |")
+    print("|---|---|---|---|---|---|")
     for name, result in measured.items():
         exact = sorted(result.pop("planned")) == missing
         record["results"][name] = {**result, "lists_exactly_the_missing_chunks": exact}
-        print(f"| {name} | {exact} | {', '.join(map(str, result['listing_s']))} | "
-              f"{', '.join(map(str, result['summary_only_s']))} |")  # fmt: skip
+        keys = ("listing_s", "listing_cpu_s", "summary_only_s", "summary_only_cpu_s")
+        print(f"| {name} | {exact} | {' | '.join(', '.join(map(str, result[key])) for key in keys)} |")
     save_result(args.results_dir, f"dry_run_scale-{args.workflow}", record)
     if not all(r["lists_exactly_the_missing_chunks"] for r in record["results"].values()):
         raise SystemExit("a dry run did not list exactly the missing chunks")

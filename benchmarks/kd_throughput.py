@@ -7,8 +7,10 @@ seeds (from the rows' id column, as the workflow derives them), and the same eng
 pipeline-parallel sizes included; each runs in its own process and pays its own engine start.
 
 - bare: `vllm.LLM(...)` + one `LLM.generate` over all prompts (the anchor);
-- workflow: `snakemake` on a config with one kd job (kd_teacher, kd_manifest, kd_chunk, kd_dataset), the
-  parallel sizes given only as the job's config keys, or `distillery generate` (`--runner generate`).
+- workflow: `snakemake` on a config with one kd job (kd_teacher, kd_manifest, kd_engine serving kd_chunk,
+  kd_dataset), the parallel sizes given only as the job's config keys, or `distillery generate` (`--runner
+  generate`: the same chunk code with an engine of its own). Where the package is not installed (a GPU machine
+  with only vLLM and Snakemake), a `distillery` command is put on the jobs' PATH.
 
 Reported: output tokens per second end to end (engine start included) for each, the ratio (goal >= 95%), and
 whether the workflow's dataset holds the bare run's rows, each once.
@@ -228,6 +230,19 @@ def kd_job_config(args) -> dict:
     }
 
 
+def snakemake_environment(work: Path) -> dict[str, str]:
+    """The environment the workflow's jobs need here: the package importable, and a `distillery` command where
+    the package is not installed."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if shutil.which("distillery") is None:
+        shim = work / "bin" / "distillery"
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m workflow_scripts.cli "$@"\n')
+        shim.chmod(0o755)
+        env["PATH"] = f"{shim.parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def workflow_command(args, work: Path, gpus_available: int) -> tuple[str, list[str], Path]:
     """(runner, command, summary.json) of the kd job: Snakemake on the job's config, or `distillery generate`."""
     if args.runner == "snakemake":
@@ -261,9 +276,8 @@ def workflow_run(args, work: Path, gpus_available: int | None = None) -> dict:
     (work / "config.yaml").write_text(yaml.safe_dump({"models": {}, "kd": {JOB: kd_job_config(args)}}))
     gpus_available = gpus_available or args.tensor_parallel_size * args.pipeline_parallel_size
     runner, command, summary_path = workflow_command(args, work, gpus_available)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=work, env=snakemake_environment(work), capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{runner} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -276,6 +290,7 @@ def workflow_run(args, work: Path, gpus_available: int | None = None) -> dict:
         "output_tokens": summary["completion_tokens"],
         "rows": summary["generated_rows"],
         "skipped_rows": summary["skipped_rows"],
+        "engine_starts": summary.get("engine_starts"),
         "engine_start_seconds": summary["engine_start_seconds"],
         "generate_seconds": summary["generate_seconds"],
         "summary_versions": summary["versions"],

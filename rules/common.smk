@@ -169,9 +169,13 @@ def trust_remote_code_flag(model):
 
 
 def all_outputs():
+    # The KD datasets first: with a storage provider, the S3 plugin lists the bucket once, below the folder of the
+    # first target it is asked about, and asks for every other file one by one (benchmarks/dry_run_storage.py),
+    # so the first KD job's thousands of chunk files are answered by that one listing.
     # The models are targets too, so deleting one rebuilds it (and its report), not only a missing report.
     return (
-        [
+        [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
+        + [
             path
             for model in MODELS
             for path in (
@@ -180,7 +184,6 @@ def all_outputs():
                 verification_report(model).replace(".json", ".md"),
             )
         ]
-        + [path for job in KD_JOBS for path in kd_dataset_outputs(job)]
         + [icm_labels(job) for job in ICM_JOBS]
         + LAYOUTS.outputs()
         + report_figures()

@@ -34,9 +34,25 @@ kd_dataset_manifest = lambda wildcards, input: KD.dataset_manifest(
     wildcards.job, input.get("manifest")
 )
 kd_missing_chunks = lambda wildcards: KD.missing_chunks()
-KD_CHUNK_INPUTS = KD.chunk_inputs(ancient, kd_chunk_model, kd_chunk_data)
+kd_chunk_engine = lambda wildcards: KD.chunk_engine(
+    wildcards.job, f"{wildcards.part}/{wildcards.start}-{wildcards.stop}", service
+)
+kd_chunk_stats_engine = lambda wildcards: KD.chunk_engine(
+    wildcards.job,
+    f"{wildcards.part}/{wildcards.start}-{wildcards.stop}",
+    service,
+    (".stats.json",),
+)
+kd_chunk_threads = lambda wildcards: KD.chunk_threads(wildcards.job)
+kd_engine_flags = lambda wildcards: KD.engine_flags(wildcards.job)
+kd_engine_gpus = lambda wildcards: KD.engine_gpus(wildcards.job)
+kd_engine_mem_mb = lambda wildcards: KD.engine_mem_mb(wildcards.job)
+kd_engine_threads = lambda wildcards: KD.engine_threads(wildcards.job)
+KD_CHUNK_INPUTS = KD.chunk_inputs(
+    ancient, kd_chunk_model, kd_chunk_data, kd_chunk_engine
+)
 KD_CHUNK_PARAMS = KD.chunk_params(kd_chunk_copies)
-KD_CHUNK_RESOURCES = KD.chunk_resources(kd_gpus, kd_chunk_mem_mb)
+KD_CHUNK_RESOURCES = KD.chunk_resources(kd_gpus, kd_chunk_mem_mb, kd_chunk_threads)
 
 
 checkpoint kd_manifest:
@@ -81,17 +97,43 @@ rule kd_teacher:
         "distillery kd-teacher --output {output} {params.flags} {params.local_model} > {log} 2>&1"
 
 
-rule kd_chunk:
+# The engines of a group of chunk jobs (`chunks_per_engine` of them, one engine per slot), for jobs with
+# engine_server: a service that runs as long as its chunk jobs do (workflow/kd_engines.py says which).
+rule kd_engine:
     input:
-        **KD_CHUNK_INPUTS,  # teacher.json, and what a job fetches with a storage provider
+        teacher=f"{RESULTS}/kd/{{job}}/teacher.json",
     output:
-        chunk=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.jsonl",
-        stats=f"{RESULTS}/kd/{{job}}/chunks/{{part}}/{{start}}-{{stop}}.stats.json",
+        service(KD.engine_address_pattern()),
     log:
-        "logs/kd_chunk/{job}/{part}/{start}-{stop}.log",
+        "logs/kd_engine/{job}/{engine}.log",
+    wildcard_constraints:
+        engine="\\d{6}",
     conda:
         KD.chunk_env()
-    threads: 2
+    threads: kd_engine_threads
+    resources:
+        gpu=kd_engine_gpus,
+        mem_mb=kd_engine_mem_mb,
+        disk_mb=1000,
+        runtime=240,
+    params:
+        manifest=f"{RESULTS}/kd/{{job}}/manifest.json",
+        flags=kd_engine_flags,
+    # exec: Snakemake stops a service by signalling its shell, which would leave the engines running.
+    shell:
+        "exec distillery kd-engine --manifest {params.manifest} --address {output} {params.flags} > {log} 2>&1"
+
+
+rule kd_chunk:
+    input:
+        **KD_CHUNK_INPUTS,  # teacher.json, its engine job's address, what a job fetches with a storage provider
+    output:
+        **KD.chunk_outputs(),  # the chunk file; its .stats.json too with a storage provider
+    log:
+        KD.chunk_log(),  # its progress lines are what `distillery kd-status` reads
+    conda:
+        KD.chunk_env()
+    threads: KD_CHUNK_RESOURCES["threads"]
     # Plain values where the config allows: Snakemake evaluates a function per job, which costs seconds at 10k chunks.
     resources:
         gpu=KD_CHUNK_RESOURCES["gpu"],
@@ -102,7 +144,17 @@ rule kd_chunk:
         **KD_CHUNK_PARAMS,
     shell:
         "distillery kd-chunk --manifest {params.manifest} --chunk {wildcards.part}/{wildcards.start}-{wildcards.stop}"
-        " --output {output.chunk} {params.copies} > {log} 2>&1"
+        " --output {output} --engine-address={input.engine} {params.copies} > {log} 2>&1"
+
+
+# A chunk whose .stats.json alone is gone: its job again (kd_chunk declares only the chunk file, see KD.chunk_outputs).
+use rule kd_chunk as kd_chunk_stats with:
+    input:
+        **KD.chunk_inputs(ancient, kd_chunk_model, kd_chunk_data, kd_chunk_stats_engine),
+    output:
+        stats=KD.lone_stats_output(),
+    wildcard_constraints:
+        job=KD.lone_stats_jobs(),
 
 
 rule kd_dataset:

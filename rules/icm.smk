@@ -56,7 +56,8 @@ rule icm_labels:
 
 
 # A `vllm serve` for the jobs that ask for one (engine: openai, server: {start: true}): a service job that
-# runs while its consumer does and is stopped when the consumer is done.
+# runs while its consumer does and is stopped when the consumer is done. exec: Snakemake stops a service by
+# signalling its shell, which would leave vLLM running on the GPUs.
 rule vllm_server:
     input:
         model=icm_model_input,
@@ -74,4 +75,4 @@ rule vllm_server:
     params:
         flags=icm_serve_flags,
     shell:
-        "distillery serve --model {input.model} {params.flags} --url-file {output} > {log} 2>&1"
+        "exec distillery serve --model {input.model} {params.flags} --url-file {output} > {log} 2>&1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -124,8 +125,17 @@ def train_with_deepspeed(base: Path, stage: int, output: Path) -> None:
         str(REPO / "tests/helpers/train_with_deepspeed.py"), str(base), str(stage), str(output),
     ]  # fmt: skip
     environment = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # Its own process group, killed whole on a timeout: killing the launcher alone would leave both ranks running.
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True
+    )
+    try:
+        _, stderr = launcher.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        _, stderr = launcher.communicate()
+        raise AssertionError(f"DeepSpeed training did not end within 900 s:\n{stderr[-4000:]}") from None
+    assert launcher.returncode == 0, stderr[-4000:]
 
 
 def pytest_collection_modifyitems(items):

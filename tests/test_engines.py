@@ -73,8 +73,9 @@ def test_stop_string_ends_the_completion_without_it(engine):
 
 def test_vllm_arguments_carry_the_settings():
     settings = EngineSettings(
-        kind="vllm", model_path="/m", tensor_parallel_size=4, max_num_seqs=512, max_model_len=2048
-    )
+        kind="vllm", model_path="/m", tensor_parallel_size=4, max_num_seqs=512, max_model_len=2048,
+        max_num_batched_tokens=16384,
+    )  # fmt: skip
     arguments = vllm_engine_arguments(settings)
     assert arguments["tensor_parallel_size"] == 4 and arguments["max_num_seqs"] == 512
     assert arguments["max_model_len"] == 2048 and arguments["enable_prefix_caching"] is True
@@ -85,6 +86,8 @@ def test_vllm_arguments_carry_the_settings():
         EngineSettings(model_path="/m", tokenizer_path="/t", extra={"quantization": "fp8"})
     )
     assert tokenizer["tokenizer"] == "/t" and tokenizer["quantization"] == "fp8"
+    assert arguments["max_num_batched_tokens"] == 16384
+    assert "max_num_batched_tokens" not in vllm_engine_arguments(EngineSettings(model_path="/m")), "vLLM's default"
     sampling = vllm_sampling_arguments(SamplingSettings(n=3, max_tokens=100, stop=("\n\n",)), seed=11, max_tokens=40)
     assert sampling == {"n": 3, "temperature": 0.8, "top_p": 0.95, "top_k": -1, "max_tokens": 40, "stop": ["\n\n"],
                         "seed": 11}  # fmt: skip

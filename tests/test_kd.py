@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -268,11 +269,54 @@ def test_dataset_and_summary_count_rows_tokens_and_skips(run_cli, model, dataset
 def test_kd_status_counts_done_and_remaining_chunks_and_rows(run_cli, model, dataset, tmp_path):
     manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset))
     assert run_cli("kd-chunk", "--manifest", manifest, "--chunk", "part-001/000000008-000000016").exit_code == 0
-    result = run_cli("kd-status", tmp_path / "job")
+    result = run_cli("kd-status", tmp_path / "job", "--logs", tmp_path / "no-logs")
     assert result.stdout.splitlines()[:2] == [
-        "job kd: 1/7 chunks done, 6 remaining",
-        "rows: 8/47 done (0 saved in unfinished chunks), 39 remaining",
+        "job kd: 8/47 rows done, 39 remaining (0 saved in unfinished chunks)",
+        "chunks: 1 done, 0 running, 0 failed, 6 pending (7 in all)",
     ]
+
+
+def test_chunk_log_gets_a_progress_line_every_interval(run_cli, model, dataset, tmp_path):
+    from workflow_scripts.kd.chunk_progress import parse_progress_line
+
+    manifest = make_manifest(run_cli, tmp_path / "job", *job_flags(model, dataset, **{"-n": 2}))
+    chunk = "part-000/000000000-000000008"
+    result = run_cli("kd-chunk", "--manifest", manifest, "--chunk", chunk, "--progress-seconds", "0.01")
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if parse_progress_line(line)]
+    points = [parse_progress_line(line) for line in lines]
+    assert len(points) >= 3 and {point.chunk for point in points} == {chunk}
+    # From the start, before the engine, to the chunk's end; the counts only grow.
+    assert (points[0].rows, points[0].tokens) == (0, 0) and (points[-1].rows, points[-1].total) == (8, 8)
+    assert [point.rows for point in points] == sorted(point.rows for point in points)
+    stats = json.loads((tmp_path / "job/chunks/part-000/000000000-000000008.stats.json").read_text())
+    assert points[-1].tokens == stats["completion_tokens"]
+    assert re.search(r"output tokens; [\d.]+ rows/s, \d+ tok/s over the last \d+s; ETA 0s$", lines[-1]), lines[-1]
+
+
+def test_kd_status_follows_a_running_chunk_and_names_it_failed_once_killed(run_cli, model, tmp_path):
+    data = tmp_path / "data"
+    write_tiny_dataset(data, files=1, rows=60, row_group_rows=16)
+    flags = job_flags(model, data, **{"--chunk-rows": 60, "--max-tokens": 24, "--gen-batch-size": 2})
+    manifest = make_manifest(run_cli, tmp_path / "job", *flags)
+    logs = tmp_path / "logs/kd_chunk/kd"
+    log = logs / "part-000/000000000-000000060.log"
+    log.parent.mkdir(parents=True)
+    command = [sys.executable, "-m", "workflow_scripts.cli", "kd-chunk", "--manifest", str(manifest),
+               "--chunk", "part-000/000000000-000000060", "--progress-seconds", "0.2"]  # fmt: skip
+    with open(log, "w") as output:  # as the rule's `> {log} 2>&1`
+        job = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not re.search(r": [1-9]\d*/60 rows", log.read_text()):
+        time.sleep(0.05)
+    running = json.loads(run_cli("kd-status", tmp_path / "job", "--logs", logs, "--json").stdout)
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert running["running_chunks"] == 1 and running["rows_per_second"] > 0 and running["eta_seconds"] > 0
+    stopped = json.loads(run_cli("kd-status", tmp_path / "job", "--logs", logs, "--stale-after", "0", "--json").stdout)
+    assert stopped["running_chunks"] == 0 and stopped["failed_chunks"] == 1
+    assert stopped["failed"][0]["why"] == "stopped with no error (killed, or its node went away)"
+    assert stopped["failed"][0]["rows"] == stopped["done_rows"] > 0
 
 
 def test_generate_runs_each_workers_share_then_merges(run_cli, model, dataset, tmp_path, monkeypatch):

@@ -299,25 +299,33 @@ def test_small_read_blocks_give_the_same_model(run_cli, maxtext_models, param_on
 
 
 def test_next_scanned_array_is_spooled_while_the_current_one_is_handed_out(param_only, tmp_path, monkeypatch):
-    """The worker decodes the next array in the conversion's order into its spool file, ahead of being asked."""
+    """The worker decodes the next array in the conversion's order into a spool file, ahead of being asked; two
+    spool files serve every array in turn (an earlier array's file is overwritten by a later one)."""
     import time
 
     from workflow_scripts.formats import maxtext_arrays
 
     monkeypatch.setattr(maxtext_arrays, "SPOOL_ABOVE_BYTES", 0)
     checkpoint = MaxTextCheckpoint(param_only("llama3.1-tiny"))
-    first, second = "decoder.layers.mlp.wi_0.kernel", "decoder.layers.mlp.wo.kernel"
-    arrays = maxtext_arrays.StoredArrays(checkpoint, tmp_path, order=[first, second])
+    order = ["decoder.layers.self_attention.query.kernel", "decoder.layers.mlp.wo.kernel",
+             "decoder.layers.self_attention.key.kernel", "decoder.layers.mlp.wi_0.kernel"]  # fmt: skip
+    sizes = [np.prod(checkpoint.tensors[name].shape) * 2 for name in order]
+    assert sizes[0] != sizes[1]
+    arrays = maxtext_arrays.StoredArrays(checkpoint, tmp_path, order=order)
     try:
-        arrays.layer(first, 0)
-        spool = tmp_path / f".spool-{second}"
-        expected_size = np.prod(checkpoint.tensors[second].shape) * 2
+        arrays.layer(order[0], 0)
         deadline = time.monotonic() + 60
-        while not (spool.is_file() and spool.stat().st_size == expected_size) and time.monotonic() < deadline:
+
+        def spool_sizes() -> list[int]:
+            return sorted(path.stat().st_size for path in tmp_path.glob(".spool-*"))
+
+        while spool_sizes() != sorted(sizes[:2]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert spool.is_file(), "the next array was not spooled ahead"
-        stored = checkpoint.read(second)
-        assert all(np.array_equal(arrays.layer(second, layer), stored[:, layer]) for layer in range(stored.shape[1]))
+        assert spool_sizes() == sorted(sizes[:2]), "the next array was not spooled ahead"
+        for name in order[1:]:
+            stored = checkpoint.read(name)
+            assert all(np.array_equal(arrays.layer(name, layer), stored[:, layer]) for layer in range(stored.shape[1]))
+            assert len(spool_sizes()) == 2
     finally:
         arrays.close()
     assert not list(tmp_path.glob(".spool-*"))

@@ -20,7 +20,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import kd_data_parallel  # noqa: E402
 import parallel_plans_vllm  # noqa: E402
 
-SCRIPTS = ["kd_throughput.py", "kd_data_parallel.py", "icm_vllm.py", "parallel_plans_vllm.py"]
+SCRIPTS = ["kd_throughput.py", "kd_data_parallel.py", "kd_scale.py", "icm_vllm.py", "parallel_plans_vllm.py"]
 
 
 def run(*command: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -51,6 +51,22 @@ def test_the_runs_script_names_each_run_and_refuses_a_wrong_call_in_one_line(tmp
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "unknown run 'kd-tp4'" in unknown.stderr
     no_out = run("bash", shell, "plans", env={"OUT": ""})
     assert no_out.returncode == 2 and "set OUT" in no_out.stderr
+
+
+def test_the_kd_runs_script_takes_one_step_per_device_call_and_refuses_a_wrong_call_in_one_line(tmp_path):
+    shell = BENCHMARKS / "gpu_kd_runs.sh"
+    assert all(step in run("bash", shell, "--help").stdout for step in ("throughput", "scale", "--dry-run"))
+    unknown = run("bash", shell, "scale-bare", env={"OUT": str(tmp_path)})
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "unknown step 'scale-bare'" in unknown.stderr
+    assert "name a step" in run("bash", shell, env={"OUT": str(tmp_path)}).stderr
+    assert "set OUT" in run("bash", shell, "scale", env={"OUT": ""}).stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_kd_runs_script_stops_before_its_step_where_vllm_is_missing(tmp_path):
+    result = run("bash", BENCHMARKS / "gpu_kd_runs.sh", "throughput", env={"OUT": str(tmp_path)})
+    assert result.returncode == 2 and "vLLM is not importable" in result.stderr
+    assert not (tmp_path / "gpu_kd_runs.tsv").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
@@ -111,6 +127,17 @@ def test_kd_dry_run_holds_every_row_once_and_records_the_parallel_sizes(tmp_path
     assert record["rows"]["every_row_once"] and record["rows"]["rows_in_dataset"] == 5
     assert record["workflow"]["config"]["engine"]["tensor_parallel_size"] == 2
     assert {"command", "machine", "versions"} <= record.keys()
+
+
+@pytest.mark.integration
+def test_kd_scale_dry_run_streams_every_chunk_to_one_engine_and_holds_every_row_once(tmp_path):
+    result = script("kd_scale.py", "--dry-run", "--rows", "20", "--max-tokens", "2", "--out", tmp_path / "out",
+                    "--work", tmp_path / "work")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = saved(tmp_path / "out", "kd_scale-dry-run")
+    assert record["workflow"]["chunks"] == 10 and record["workflow"]["engine_starts"] == 1
+    assert record["rows_check"]["every_row_once"] and record["rows_check"]["rows_in_dataset"] == 20
+    assert record["workflow"]["config"]["chunks_per_engine"] == 10 and "ratio" in record
 
 
 @pytest.mark.integration

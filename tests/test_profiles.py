@@ -83,7 +83,8 @@ def test_jobs_go_to_the_partition_their_work_needs(monkeypatch):
     assert rules["verify_model"] == {"slurm_partition": "cpu"}
     assert rules["hf_merge"] == rules["deepspeed_consolidate"] == {"slurm_partition": "bigmem"}
     assert rules["maxtext_to_hf"] == {"slurm_partition": "bigmem"}
-    assert rules["kd_chunk"] == rules["icm_labels"] == {"slurm_partition": "gpu", "gpu_model": "h100"}
+    gpu = {"slurm_partition": "gpu", "gpu_model": "h100"}
+    assert rules["kd_engine"] == rules["kd_chunk"] == rules["icm_labels"] == gpu
     # GPU counts, memory and time come from the rules (tensor x pipeline size, checkpoint size), not from here.
     assert not any({"gpu", "mem_mb", "runtime"} & set(resources) for resources in rules.values())
 
@@ -99,13 +100,11 @@ def test_maxtext_conversions_go_to_tpu_vms_where_the_cluster_has_them(monkeypatc
     assert rules["hf_merge"] == {"slurm_partition": "cpu"}
 
 
-@pytest.mark.parametrize(
-    ("env", "chunks", "gpus"), [({}, "4", "8"), ({"CHUNKS_PER_JOB": "16", "GPUS_PER_NODE": "4"}, "16", "4")]
-)
-def test_kd_chunks_share_allocations_capped_at_a_node(monkeypatch, env, chunks, gpus):
+@pytest.mark.parametrize(("env", "gpus"), [({}, "8"), ({"GPUS_PER_NODE": "4"}, "4")])
+def test_an_engine_job_and_its_chunks_share_one_allocation_capped_at_a_node(monkeypatch, env, gpus):
     profile = read_profile(monkeypatch, **env)
-    assert profile["groups"] == ["kd_chunk=kd_chunks"]
-    assert profile["group-components"] == [f"kd_chunks={chunks}"]
+    assert profile["groups"] == ["kd_engine=kd_engines", "kd_chunk=kd_engines"]
+    assert profile["group-components"] == ["kd_engines=1"]
     assert profile["resources"] == [f"gpu={gpus}"]
     assert profile["set-resource-scopes"] == ["gpu=local"]
 

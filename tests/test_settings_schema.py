@@ -33,7 +33,11 @@ def schema_keys(node: dict, prefix: str = "") -> dict:
 
 # section of the schema, settings class, keys the workflow's wiring reads itself (paths, job resources, the server job)
 SECTIONS = {
-    "kd": (SCHEMA["properties"]["kd"]["additionalProperties"], KdJob, {"model", "gpus"}),
+    "kd": (
+        SCHEMA["properties"]["kd"]["additionalProperties"],
+        KdJob,
+        {"model", "gpus", "engine_server", "engine_slots", "chunks_per_engine"},
+    ),
     # `make` is the list of layouts, the lay_out rule's wildcard
     "layouts": (SCHEMA["properties"]["layouts"]["additionalProperties"], LayOutOptions, {"make"}),
     "icm.jobs": (

@@ -184,8 +184,8 @@ def test_default_workflow_runs_to_completion_through_the_slurm_profile_past_a_ca
             start_new_session=True,
         )  # fmt: skip
         try:
-            # kd_chunk jobs are grouped (profiles/slurm: group kd_chunks), so the SLURM job is the group's.
-            victim = wait_for_running_job(run, log, "kd_chunks")
+            # The engine job and its chunk jobs share an allocation (profiles/slurm: group kd_engines).
+            victim = wait_for_running_job(run, log, "kd_engines")
             # Wait until a chunk is generating (its side file exists), so the cancel lands mid-chunk.
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not list((workdir / "results/kd").glob("*/chunks/*/.*.partial")):
@@ -234,3 +234,45 @@ def test_default_workflow_runs_to_completion_through_the_slurm_profile_past_a_ca
 
     again = run_snakemake(slurm_env, workdir, configfile, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_group_of_chunk_jobs_starts_one_engine_job_with_a_slot_per_gpu_in_one_allocation(
+    slurm_env, tmp_path, tiny_model_store
+):
+    """What profiles/slurm says of KD: one sbatch per engine job, its slots side by side on the allocation's GPUs
+    (two fake GPUs here), all its chunk jobs at once in it, each on slot i mod 2; proven from the jobs' logs."""
+    from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
+
+    workdir = tmp_path / "run"
+    write_tiny_dataset(workdir / "data", files=1, rows=64)
+    # Enough work per chunk that generating outlasts the jitter of four processes starting on a loaded node.
+    job = {"model": str(tiny_model_store("llama")), "dataset": {"path": "data/*.parquet"}, "max_prompt_tokens": 12,
+           "chunk_rows": 16, "gpus": 1, "engine_slots": 2, "chunks_per_engine": 4, "sampling": {"max_tokens": 16},
+           "engine": {"kind": "transformers", "gen_batch_size": 4}}  # fmt: skip
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump({"models": {}, "tiny_models": {}, "kd": {"web": job}}))
+    result = run_snakemake(slurm_env, workdir, configfile, "kd", timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    groups = [jobid for name, jobid in submitted_jobs(result.stderr) if name.startswith("kd_engines_")]
+    assert len(groups) == 1, "one allocation for the engine job and its four chunk jobs"
+    allocation = groups[0]
+    engine_log = (workdir / "logs/kd_engine/web/000000.log").read_text()
+    assert "engine job: 2 slot(s) for web on " in engine_log and f"(SLURM job {allocation})" in engine_log
+    ready = re.findall(r"\[slot (\d)\] slot \d: engine (\S+) ready in [\d.]+ s \(GPUs (\d)", engine_log)
+    assert [(slot, gpus) for slot, _, gpus in ready] in ([("0", "0"), ("1", "1")], [("1", "1"), ("0", "0")])
+    engines = {slot: engine for slot, engine, _ in ready}
+
+    manifest = json.loads((workdir / "results/kd/web/manifest.json").read_text())
+    spans = []
+    for index, chunk in enumerate(manifest["chunks"]):
+        name = f"{chunk['part']}/{chunk['start']:09d}-{chunk['stop']:09d}"
+        log = (workdir / f"logs/kd_chunk/web/{name}.log").read_text()
+        slot = str(index % 2)
+        assert f"engine {engines[slot]} (slot {slot}, SLURM job {allocation}, GPUs {slot})" in log
+        stats = json.loads((workdir / f"results/kd/web/chunks/{name}.stats.json").read_text())
+        spans.append((stats["generated_from"], stats["generated_until"]))
+    assert len(spans) == 4 and max(start for start, _ in spans) < min(end for _, end in spans), "all ran at once"
+    summary = json.loads((workdir / "results/kd/web/summary.json").read_text())
+    assert summary["engine_starts"] == 2 and [run["chunks"] for run in summary["engine_runs"]] == [2, 2]
+    assert accounting(run_id(result.stderr))[allocation]["State"] == "COMPLETED"

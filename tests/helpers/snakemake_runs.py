@@ -26,9 +26,10 @@ def snakemake(
 
 
 def _jobs(text: str) -> list[tuple[str, str]]:
+    """Jobs of a group (an engine job and its chunks) are listed indented below the group."""
     jobs = []
-    for block in re.split(r"\n(?=(?:localrule|rule|localcheckpoint|checkpoint) \w+:)", text):
-        rule = re.match(r"(?:localrule|rule|localcheckpoint|checkpoint) (\w+):", block)
+    for block in re.split(r"\n(?= *(?:localrule|rule|localcheckpoint|checkpoint) \w+:)", text):
+        rule = re.match(r" *(?:localrule|rule|localcheckpoint|checkpoint) (\w+):", block)
         if rule and rule.group(1) != "all":
             wildcards = re.search(r"wildcards: (.*)", block)
             jobs.append((rule.group(1), wildcards.group(1) if wildcards else ""))

@@ -23,7 +23,19 @@ class RandomTokens(Dataset):
         return {"input_ids": ids, "labels": ids.clone()}
 
 
+def without_cpu_only_extensions() -> None:
+    """No C++ extension is compiled for the run: DeepSpeed's CPU accelerator would build its shared-memory
+    collectives (a minute or more of g++ per environment) and its fused CPU Adam, and a build killed half way leaves
+    a lock that every later run waits on forever. Neither exists on the GPUs users train on, and neither changes
+    what a checkpoint holds: gloo does the collectives, and torch's AdamW (the Trainer's own, as the config names
+    no optimizer) keeps the same exp_avg/exp_avg_sq state per partition."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def main() -> None:
+    without_cpu_only_extensions()
     base, stage, output = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     max_steps, save_steps = (int(sys.argv[4]), int(sys.argv[5])) if len(sys.argv) > 5 else (4, 2)
     torch.manual_seed(0)
@@ -37,7 +49,6 @@ def main() -> None:
         "zero_optimization": zero,
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
-        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": 0.0}},
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
     }
@@ -47,6 +58,7 @@ def main() -> None:
         max_steps=max_steps,
         save_steps=save_steps,
         learning_rate=1e-2,
+        weight_decay=0.0,
         deepspeed=deepspeed_config,
         report_to=[],
         logging_steps=1,

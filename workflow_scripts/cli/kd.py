@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ..engines.base import EngineSettings, SamplingSettings
 from ..errors import DistilleryError
+from ..kd.chunk_progress import PROGRESS_SECONDS
 from ..kd.local_copies import LocalCopies
-from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict
+from ..kd.settings import OUTPUT_FORMATS, KdJob, PromptSettings, job_to_dict, teacher_record
 from ..output_guard import check_apart_from_inputs
 from ..setting import add_flags, from_args
 
@@ -70,7 +71,7 @@ def _run_teacher(args: argparse.Namespace) -> int:
     if job.engine.kind != "openai" and not (model / "config.json").is_file():
         where = model if model.exists() else model.parent
         raise DistilleryError(f"no HF model folder {model.name!r} here (config.json missing)", where)
-    record = {"job": job.name, "model": job.model, "settings_hash": job.settings_hash(), "settings": job_to_dict(job)}
+    record = teacher_record(job)
     atomic_write_text(args.output, json.dumps(record, indent=1) + "\n")
     print(f"✓ {args.output}: teacher {job.model}, settings {record['settings_hash']}")
     return 0
@@ -79,13 +80,15 @@ def _run_teacher(args: argparse.Namespace) -> int:
 def _run_chunk(args: argparse.Namespace) -> int:
     from ..kd.chunk import ChunkRunner, chunk_output
     from ..kd.manifest import load_manifest
+    from ..kd.records import chunk_of
 
     manifest = load_manifest(args.manifest)
-    output = args.output or chunk_output(manifest, manifest.chunk(args.chunk))
+    output = chunk_of(args.output) if args.output else chunk_output(manifest, manifest.chunk(args.chunk))
     check_apart_from_inputs(output, read_paths(manifest.settings, _copies(args), manifest.data["files"]))
-    runner = ChunkRunner(manifest, copies=_copies(args))
+    engine = _engine_of_chunk(args, manifest) if args.engine_address else None
+    runner = ChunkRunner(manifest, engine, copies=_copies(args), progress_seconds=args.progress_seconds)
     try:
-        stats = runner.run(manifest.chunk(args.chunk), args.output)
+        stats = runner.run(manifest.chunk(args.chunk), output)
     finally:
         runner.close()
     print(
@@ -93,6 +96,26 @@ def _run_chunk(args: argparse.Namespace) -> int:
         f"{stats['completion_tokens']} tokens in {stats['generate_seconds']} s"
     )
     return 0
+
+
+def _engine_of_chunk(args: argparse.Namespace, manifest):
+    """The chunk's slot of the engine job at --engine-address, named in the log (which engine, which GPUs)."""
+    from ..kd.engine_job import connect_chunk
+
+    chunk = manifest.chunk(args.chunk)
+    engine = connect_chunk(args.engine_address, manifest, chunk.name, args.engine_start_timeout)
+    where = f"SLURM job {os.environ['SLURM_JOB_ID']}, " if os.environ.get("SLURM_JOB_ID") else ""
+    print(f"chunk {chunk.name}: engine {engine.engine_id} (slot {engine.slot}, {where}GPUs {engine.gpus or 'none'}), "
+          f"ready after {engine.wait_seconds:.1f} s", flush=True)  # fmt: skip
+    return engine
+
+
+def _run_engine(args: argparse.Namespace) -> int:
+    from ..kd.engine_job import run_engine_job
+    from ..kd.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    return run_engine_job(manifest, args.address, args.slots, args.gpus_per_slot, _copies(args))
 
 
 def _run_dataset(args: argparse.Namespace) -> int:
@@ -113,11 +136,12 @@ def _run_dataset(args: argparse.Namespace) -> int:
 
 def _run_status(args: argparse.Namespace) -> int:
     from ..kd.manifest import load_manifest
-    from ..kd.status import format_status, job_status
+    from ..kd.status import chunk_logs, format_status, job_status
 
     target = Path(args.job)
     manifest = load_manifest(target / "manifest.json" if target.is_dir() else target)
-    status = job_status(manifest)
+    logs = args.logs or chunk_logs(manifest.job)
+    status = job_status(manifest, logs if logs.is_dir() else None, window=args.window, stale_after=args.stale_after)
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0
 
@@ -171,10 +195,45 @@ def _add_chunk(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--chunk", required=True, help="PART/START-STOP, as in the chunk's path")
-    parser.add_argument("--output", type=Path, help="default: chunks/PART/START-STOP.jsonl beside the manifest")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="where the chunk's files go: its .jsonl, its .stats.json (the .jsonl beside it) or both, as the rule's "
+        "outputs are (default: chunks/PART/START-STOP.jsonl beside the manifest)",
+    )
     parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
     parser.add_argument("--local-dataset", metavar="PATH", help=_LOCAL_DATASET_HELP)
+    parser.add_argument(
+        "--engine-address", type=lambda text: Path(text) if text else None, metavar="FILE",
+        help="stream the rows to the engine job whose address file this is (kd-engine); empty: an engine of its own",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine-start-timeout", type=float, default=3600.0, metavar="SECONDS",
+        help="how long to wait for that engine to be ready (it fails at once if it dies)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=PROGRESS_SECONDS,
+        metavar="S",
+        help="write a progress line to stderr (the rule's log) every S seconds, when it is not a terminal; 0: none",
+    )
     parser.set_defaults(handler=_run_chunk)
+
+
+def _add_engine(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve a KD job's engine to its chunk jobs: one engine per slot, each on its own GPUs, until stopped "
+        "(SIGTERM). Writes --address at once; chunk jobs (kd-chunk --engine-address) wait until their slot is ready."
+    )
+    parser.add_argument("--manifest", required=True, type=Path)
+    parser.add_argument("--address", required=True, type=Path, help="address file to write (a Snakemake service)")
+    parser.add_argument("--slots", type=int, default=1, help="engines side by side; chunk i goes to slot i mod N")
+    parser.add_argument("--gpus-per-slot", type=int, default=0, help="GPUs of each engine (tensor x pipeline size)")
+    parser.add_argument("--local-model", metavar="PATH", help=_LOCAL_MODEL_HELP)
+    parser.set_defaults(handler=_run_engine)
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +245,26 @@ def _add_dataset(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_status(parser: argparse.ArgumentParser) -> None:
+    from ..kd.status import CHUNK_LOGS, STALE_SECONDS, WINDOW_SECONDS
+
+    parser.description = (
+        "Rows done of all, chunks done, running, failed and pending, rows/s and output tokens/s over the last "
+        "minutes and an ETA, from the job folder and its chunk logs (see workflow_scripts/kd/status.py)."
+    )
     parser.add_argument("job", help="the job folder (results/kd/JOB) or its manifest.json")
+    parser.add_argument(
+        "--logs", type=Path, help=f"the folder of the job's chunk logs (default: {CHUNK_LOGS}/JOB, as the workflow's)"
+    )
+    parser.add_argument(
+        "--window", type=float, default=WINDOW_SECONDS, metavar="S", help="rates over the last S seconds"
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=STALE_SECONDS,
+        metavar="S",
+        help="an unfinished chunk whose log and side file are older than S seconds has stopped (failed)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_run_status)
 
@@ -208,6 +286,7 @@ PARSERS = {
     "kd-manifest": _add_manifest,
     "kd-teacher": _add_teacher,
     "kd-chunk": _add_chunk,
+    "kd-engine": _add_engine,
     "kd-dataset": _add_dataset,
     "kd-status": _add_status,
     "generate": _add_generate,

@@ -18,11 +18,14 @@ Memory stays near one layer's tensor whatever the model's size, and each storage
 shards scanned arrays along the embedding axis with all layers in every chunk, so a scanned array is decoded
 block by block into a spool file on disk, from which each layer is read back with positioned reads
 (`SpooledArray`, in formats/maxtext_arrays.py); the embedding is decoded block by block straight into the output.
+Each layer's HF weight is one copy of a view of the stored layer into a buffer reused for every layer
+(convert/maxtext_layers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ from ..formats.maxtext import PARAM_ONLY, MaxTextCheckpoint
 from ..formats.maxtext_arrays import StoredArrays, as_torch
 from ..formats.safetensors_file import TensorPieces, TensorSpec
 from .driver import ConversionPlan, ConversionRequest, check_request, run_conversion
+from .maxtext_layers import LayerBuffers, hf_layer_tensor
 from .model_files import copy_model_files
 from .registry import MaxTextToHFOptions
 
@@ -122,29 +126,6 @@ def check_fits_size(checkpoint: MaxTextCheckpoint, math: MaxTextLlamaMath, scann
         )
 
 
-def _deinterleave(kernel: torch.Tensor) -> torch.Tensor:
-    """MaxText llama3.1 rotary layout (adjacent pairs) -> HF's (halves): evens of head_dim first, then odds."""
-    return torch.cat([kernel[..., 0::2], kernel[..., 1::2]], dim=-1)
-
-
-def hf_layer_tensor(mt_name: str, layer: np.ndarray, math: MaxTextLlamaMath, dtype: torch.dtype) -> torch.Tensor:
-    """One layer's MaxText array -> the HF weight in `dtype` (transposes and reshapes are exact in any dtype)."""
-    size = math.size
-    tensor = as_torch(layer)
-    if mt_name == "self_attention.query.kernel":
-        # MaxText's attention does not divide q·k by sqrt(head_dim); its query kernel carries that factor.
-        tensor = tensor.float() * float(np.sqrt(size.head_dim))
-    if mt_name in ("self_attention.query.kernel", "self_attention.key.kernel") and math.rope_type == "llama3.1":
-        tensor = _deinterleave(tensor)
-    if mt_name in ("self_attention.query.kernel", "self_attention.key.kernel", "self_attention.value.kernel"):
-        tensor = tensor.reshape(size.hidden_size, -1).T
-    elif mt_name == "self_attention.out.kernel":
-        tensor = tensor.reshape(-1, size.hidden_size).T
-    elif mt_name.startswith("mlp."):
-        tensor = tensor.T
-    return tensor.to(dtype).contiguous()
-
-
 def plan_hf_tensors(math: MaxTextLlamaMath, scanned: bool, dtype: torch.dtype) -> list[tuple[TensorSpec, tuple]]:
     """HF tensors in the order that reads each stored array once: (spec, (maxtext name, layer or None, kind))."""
     s = math.size
@@ -183,7 +164,9 @@ def spooled_order(plan: list[tuple[TensorSpec, tuple]]) -> list[str]:
     return [stored for _, (stored, layer, kind) in plan if layer is not None or kind == "transpose"]
 
 
-def produce_tensor(arrays: StoredArrays, source: tuple, spec: TensorSpec, math: MaxTextLlamaMath):
+def produce_tensor(
+    arrays: StoredArrays, source: tuple, spec: TensorSpec, math: MaxTextLlamaMath, buffers: LayerBuffers
+):
     stored, layer, kind = source
     dtype = spec.dtype
     if kind == "copy" and len(spec.shape) == 2:
@@ -191,13 +174,20 @@ def produce_tensor(arrays: StoredArrays, source: tuple, spec: TensorSpec, math: 
     if kind == "copy":
         return as_torch(arrays.whole(stored)).to(dtype)
     if kind == "transpose":
-        return TensorPieces(as_torch(block).T.to(dtype).contiguous() for block in arrays.blocks(stored, axis=1))
+        # Each block is transposed into one buffer reused for all of them (a fresh 32 MB tensor per block: page faults).
+        return TensorPieces(_transposed(as_torch(block), dtype, buffers) for block in arrays.blocks(stored, axis=1))
     if kind == "normalized":
         # MaxText divides logits computed through the embedding by sqrt(emb_dim) (normalize_embedding_logits).
         scale = float(1.0 / np.sqrt(math.size.hidden_size))
         return TensorPieces((as_torch(block).float() * scale).to(dtype) for block in arrays.blocks(stored, axis=0))
     layer_array = arrays.whole(stored) if layer is None else arrays.layer(stored, layer)
-    return hf_layer_tensor(kind, layer_array, math, dtype)
+    return hf_layer_tensor(kind, layer_array, math, dtype, buffers)
+
+
+def _transposed(block: torch.Tensor, dtype: torch.dtype, buffers: LayerBuffers) -> torch.Tensor:
+    out = buffers(tuple(reversed(block.shape)), dtype)
+    out.copy_(block.T)
+    return out
 
 
 def read_math(checkpoint: MaxTextCheckpoint, options: MaxTextToHFOptions) -> tuple[MaxTextLlamaMath, bool]:
@@ -256,9 +246,20 @@ def conversion_plan(options: MaxTextToHFOptions, checkpoint: MaxTextCheckpoint, 
         _return_freed_buffers_to_the_system()
         # Decoded arrays are spooled inside the staging folder: removed with it whatever happens.
         arrays = StoredArrays(checkpoint, staging, order=spooled_order(planned))
+        buffers = LayerBuffers()
+        threads = torch.get_num_threads()
+        # One thread per torch operation: the conversion's parallelism is its own (decoding, spooling and writing
+        # in threads of their own), and torch's OpenMP workers spin between its many short operations (6% of a
+        # conversion's processor time went to that spinning).
+        torch.set_num_threads(1)
+        # The objects that exist by now (torch's and the other modules') are kept out of the collector's passes:
+        # each full pass went over all of them, for about 3% of a conversion's processor time.
+        gc.freeze()
         try:
-            yield lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_)
+            yield lambda spec: produce_tensor(arrays, sources[spec.name], spec, math_, buffers)
         finally:
+            gc.unfreeze()
+            torch.set_num_threads(threads)
             arrays.close()
 
     def write_model_files(staging: Path) -> dict:

@@ -43,6 +43,7 @@ class EngineSettings:
         256, help="sequences per engine batch (vLLM's max_num_seqs, transformers' batch size)",
         aliases=("--gen-batch-size",), env="GEN_BATCH_SIZE", config="gen_batch_size", vllm=True,
     )  # fmt: skip
+    max_num_batched_tokens: int | None = setting(None, help="tokens per engine step (default: vLLM's)", vllm=True)
     enforce_eager: bool = setting(False, help="vLLM without CUDA graphs (faster start)", vllm=True)
     seed: int = setting(0, help="seed of the job's sampling", config="/sampling.seed", vllm=True)
     trust_remote_code: bool = setting(False, help="run the model folder's own code (auto_map); never asked", vllm=True)
@@ -143,6 +144,15 @@ class Engine(Protocol):
     def versions(self) -> dict[str, str]: ...
 
     def close(self) -> None: ...
+
+
+def new_engine_id() -> str:
+    """An engine's name in logs and chunk stats: its host, process and start second."""
+    import os
+    import socket
+    import time
+
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
 
 
 def derive_seed(job_seed: int, *parts: object) -> int:

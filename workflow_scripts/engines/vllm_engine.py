@@ -80,7 +80,7 @@ class VllmEngine:
                 if not output.finished:
                     continue
                 completions = [
-                    Completion(choice.text, list(choice.token_ids), _finish_reason(choice.finish_reason))
+                    Completion(choice.text, list(choice.token_ids), finish_reason_of(choice.finish_reason))
                     for choice in sorted(output.outputs, key=lambda choice: choice.index)
                 ]
                 yield GenerationResult(ours.get(output.request_id, output.request_id), completions)
@@ -130,5 +130,5 @@ def _decoded(llm, token: int, entry) -> str:
     return llm.get_tokenizer().decode([token])
 
 
-def _finish_reason(reason: str | None) -> str:
+def finish_reason_of(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"

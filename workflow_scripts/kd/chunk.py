@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_output_file, atomic_write_text, disk_full_as_error
 from ..engines import Engine, GenerationRequest, open_engine
-from ..engines.base import derive_seed
+from ..engines.base import derive_seed, new_engine_id
 from ..errors import DistilleryError
 from ..progress import progress_bar
+from .chunk_progress import PROGRESS_SECONDS, ChunkProgress
 from .local_copies import IN_PLACE, LocalCopies
 from .manifest import Chunk, Manifest
 from .prompts import Prompt, build_prompt, check_tokenizer
@@ -78,7 +80,8 @@ def chunk_output(manifest: Manifest, chunk: Chunk) -> Path:
 
 
 class ChunkRunner:
-    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks).
+    """Runs chunks of one manifest with one engine (started on first use, shared by the chunks), or with the
+    engine it is given (an engine job's, `engines/remote.py`, whose id and start time it reports).
 
     `copies`: where this job reads the model and the parquet files, if not at the paths the manifest names; the
     records name the manifest's paths either way.
@@ -90,21 +93,25 @@ class ChunkRunner:
         engine: Engine | None = None,
         show_progress: bool = True,
         copies: LocalCopies = IN_PLACE,
+        progress_seconds: float = PROGRESS_SECONDS,
     ) -> None:
         self.manifest = manifest
         self.job = job_from_dict(manifest.settings)
         self.copies = copies
         self.reading_job = copies.job_reading_copies(self.job)
         self.engine = engine
-        self.engine_start_seconds = 0.0
+        self.engine_id = getattr(engine, "engine_id", None)
+        self.engine_start_seconds = float(getattr(engine, "start_seconds", 0.0))
         self.tokenizer = None
         self.show_progress = show_progress
+        self.progress_seconds = progress_seconds
 
     def _ensure_engine(self) -> Engine:
         if self.engine is None:
             started = time.perf_counter()
             self.engine = open_engine(self.reading_job.engine)
             self.engine_start_seconds = time.perf_counter() - started
+            self.engine_id = new_engine_id()
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.reading_job)
             check_tokenizer(self.tokenizer, self.job.prompt, self.reading_job.engine.tokenizer)
@@ -120,11 +127,20 @@ class ChunkRunner:
         partial = side_file(output)
         recovered = recover(partial, job.sampling.n)
         writer = SideFile(partial, recovered.complete_bytes)
+        progress = self._progress_lines(chunk, recovered)
         try:
-            stats = self._generate(chunk, recovered, writer)
+            stats = self._generate(chunk, recovered, progress.counting(writer))
         finally:
+            progress.stop()
             writer.close()
         return self._finish(chunk, output, partial, stats)
+
+    def _progress_lines(self, chunk: Chunk, recovered) -> ChunkProgress:
+        """Progress lines for the log (kd/chunk_progress.py); on a terminal the bar says it instead."""
+        tokens = sum(record["completion_tokens"] for lines in recovered.records.values() for record in lines)
+        interval = 0 if sys.stderr.isatty() else self.progress_seconds
+        total = chunk.stop - chunk.start
+        return ChunkProgress(chunk.name, total, len(recovered.done_rows), tokens, interval).start()
 
     def _generate(self, chunk: Chunk, recovered, writer: SideFile) -> dict:
         job = self.job
@@ -153,7 +169,7 @@ class ChunkRunner:
             prompts[request_id] = (row, prompt)
             requests.append(GenerationRequest(request_id, prompt.token_ids, derive_seed(job.seed, row.row_id), budget))
 
-        started = time.perf_counter()
+        started, wall_started = time.perf_counter(), time.time()
         bar = progress_bar(total=len(requests), desc=chunk.name, unit="row", disable=not self.show_progress or None)
         for result in engine.generate(requests, job.sampling):
             row, prompt = prompts.pop(result.request_id)
@@ -162,7 +178,13 @@ class ChunkRunner:
         bar.close()
         if prompts:
             raise DistilleryError(f"the engine returned no result for {len(prompts)} rows of chunk {chunk.name}")
-        return {"generate_seconds": time.perf_counter() - started, "resumed_rows": len(recovered.done_rows)}
+        return {
+            "generate_seconds": time.perf_counter() - started,
+            # Wall-clock span: chunks sharing an engine run at once, so summary.json takes the union of spans.
+            "generated_from": round(wall_started, 3),
+            "generated_until": round(time.time(), 3),
+            "resumed_rows": len(recovered.done_rows),
+        }
 
     def _records(self, chunk: Chunk, row: RowInput, prompt: Prompt, completions) -> list[dict]:
         job = self.job
@@ -207,7 +229,10 @@ class ChunkRunner:
             "completion_tokens": sum(r["completion_tokens"] for r in records),
             "engine": self.job.engine.kind if self.engine is None else self.engine.kind,
             "versions": self.engine.versions() if self.engine is not None else {},
-            "engine_start_seconds": round(self._take_engine_start(), 3),
+            # Every chunk names its engine and that engine's start: summary.json counts each engine once.
+            "engine_id": self.engine_id,
+            "engine_start_seconds": round(self.engine_start_seconds, 3),
+            "engine_wait_seconds": round(float(getattr(self.engine, "wait_seconds", 0.0)), 3),
             "settings_hash": self.manifest.settings_hash,
             **{key: round(value, 3) if isinstance(value, float) else value for key, value in run_stats.items()},
         }
@@ -218,11 +243,6 @@ class ChunkRunner:
             staging.write(b"".join(json.dumps(record, ensure_ascii=False).encode() + b"\n" for record in records))
         partial.unlink()
         return stats
-
-    def _take_engine_start(self) -> float:
-        """The engine's start time, charged to the first chunk that ran on it."""
-        seconds, self.engine_start_seconds = self.engine_start_seconds, 0.0
-        return seconds
 
     def close(self) -> None:
         if self.engine is not None:

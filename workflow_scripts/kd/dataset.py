@@ -95,11 +95,39 @@ def _chunk_stats(manifest: Manifest) -> list[dict]:
     return [json.loads(stats_file(chunk_output(manifest, c)).read_text()) for c in ordered_chunks(manifest)]
 
 
+def engine_runs(chunk_stats: list[dict]) -> list[dict]:
+    """Each engine that generated chunks, once: its id, start time and chunks. Chunks written before chunk stats
+    named their engine count as an engine of their own where they paid a start."""
+    runs: dict[str, dict] = {}
+    for stats in chunk_stats:
+        engine = stats.get("engine_id") or (f"chunk {stats['chunk']}" if stats["engine_start_seconds"] else None)
+        if engine is None:
+            continue
+        run = runs.setdefault(engine, {"engine_id": engine, "start_seconds": stats["engine_start_seconds"]})
+        run["chunks"] = run.get("chunks", 0) + 1
+    return list(runs.values())
+
+
+def busy_seconds(chunk_stats: list[dict]) -> float | None:
+    """Seconds during which some chunk was generating: the union of the chunks' spans (chunks that share an
+    engine overlap). None where a chunk does not record its span (chunks of older versions)."""
+    spans = sorted((s["generated_from"], s["generated_until"]) for s in chunk_stats if "generated_from" in s)
+    if len(spans) != len(chunk_stats):
+        return None
+    total, end = 0.0, float("-inf")
+    for start, stop in spans:
+        total += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return total
+
+
 def summarize(manifest: Manifest, chunk_stats: list[dict]) -> dict:
     reasons = Counter(skip["skipped"] for stats in chunk_stats for skip in stats["skipped"])
     completion_tokens = sum(s["completion_tokens"] for s in chunk_stats)
-    generate_seconds = sum(s["generate_seconds"] for s in chunk_stats)
-    engine_seconds = sum(s["engine_start_seconds"] for s in chunk_stats)
+    busy = busy_seconds(chunk_stats)
+    generate_seconds = busy if busy is not None else sum(s["generate_seconds"] for s in chunk_stats)
+    engines = engine_runs(chunk_stats)
+    engine_seconds = sum(run["start_seconds"] for run in engines)
     versions: dict[str, str] = {}
     for stats in chunk_stats:
         versions.update(stats["versions"])
@@ -118,12 +146,14 @@ def summarize(manifest: Manifest, chunk_stats: list[dict]) -> dict:
         "prompt_tokens": sum(s["prompt_tokens"] for s in chunk_stats),
         "completion_tokens": completion_tokens,
         "generate_seconds": round(generate_seconds, 3),
+        "engine_starts": len(engines),
         "engine_start_seconds": round(engine_seconds, 3),
         "output_tokens_per_second": round(completion_tokens / generate_seconds, 2) if generate_seconds else None,
         "output_tokens_per_second_with_engine_start": round(completion_tokens / (generate_seconds + engine_seconds), 2)
         if generate_seconds + engine_seconds
         else None,
         "engines": sorted({s["engine"] for s in chunk_stats}),
+        "engine_runs": engines[:1000],
         "versions": {**package_versions(), **versions},
         "per_chunk": [
             {

@@ -104,6 +104,7 @@ class Manifest:
         self.settings_hash: str = data["settings_hash"]
         self.chunks = [Chunk(c["part"], c["file"], c["start"], c["stop"]) for c in data["chunks"]]
         self.by_name = {chunk.name: chunk for chunk in self.chunks}
+        self.positions = {chunk.name: index for index, chunk in enumerate(self.chunks)}  # a chunk's engine job
 
     def chunk(self, name: str) -> Chunk:
         try:

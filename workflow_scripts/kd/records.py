@@ -29,6 +29,12 @@ def stats_file(output: Path) -> Path:
     return output.with_name(output.name[: -len(".jsonl")] + ".stats.json")
 
 
+def chunk_of(paths: list[Path]) -> Path:
+    """The chunk file among a chunk's files, or the one beside its `.stats.json`."""
+    chunks = [path for path in paths if not path.name.endswith(".stats.json")]
+    return chunks[0] if chunks else paths[0].with_name(paths[0].name[: -len(".stats.json")] + ".jsonl")
+
+
 def skip_line(row_index: int, row_id: str, reason: str, detail: str) -> dict:
     return {"skipped": reason, "detail": detail, "row_index": row_index, "id": row_id}
 

@@ -77,6 +77,11 @@ def job_to_dict(job: KdJob) -> dict:
     return to_dict(job)
 
 
+def teacher_record(job: KdJob) -> dict:
+    """What `kd-teacher` writes to teacher.json: every chunk is redone when it changes."""
+    return {"job": job.name, "model": job.model, "settings_hash": job.settings_hash(), "settings": job_to_dict(job)}
+
+
 def job_from_dict(data: dict) -> KdJob:
     engine = {key: value for key, value in data.get("engine", {}).items() if key != "api_key"}  # older manifests
     return from_dict(KdJob, {**data, "engine": engine})

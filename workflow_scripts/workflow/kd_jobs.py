@@ -11,12 +11,12 @@ import glob
 import os
 import re
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import DistilleryError
 from ..kd.local_copies import dataset_root
-from ..kd.settings import KdJob
+from ..kd.settings import KdJob, teacher_record
 from ..kd.sources import is_url
 from ..setting import from_config, to_argv
 
@@ -36,6 +36,13 @@ class KdJobWiring:
     output_format: str
     dataset: str
     settings_hash: str
+    # Chunk jobs stream to engine jobs (kd_engine) of `engine_slots` engines of `gpus` GPUs each, one engine job
+    # per `chunks_per_engine` chunks; without (engine_server: false, or the openai engine) each starts its own.
+    engine_server: bool = False
+    engine_slots: int = 1
+    chunks_per_engine: int = 1
+    teacher: dict = field(default_factory=dict)  # what teacher.json holds once kd_teacher ran on this config
+    engine_kind: str = "auto"
 
 
 def manifest_is_current(manifest_path: str, plan: KdJobWiring) -> bool:
@@ -69,6 +76,26 @@ def chunk_files(job_folder: str, chunks) -> list[str]:
     return [f"{job_folder}/chunks/{chunk.name}{suffix}" for chunk in chunks for suffix in (".jsonl", ".stats.json")]
 
 
+def chunk_targets(job_folder: str, chunks) -> list[str]:
+    """What kd_dataset asks for where Snakemake sees the files (no storage provider): every chunk file, and a
+    chunk's `.stats.json` only where it is gone beside its chunk file (kd_chunk_stats then redoes that chunk).
+
+    The chunk job writes both files, but declares only the chunk file: a second output of each of 10,000 jobs,
+    and a second input of the dataset for each, cost a third of the time Snakemake takes to plan them
+    (benchmarks/dry_run_scale.py). One listing per folder, no stat per file.
+    """
+    listed: dict[str, set[str]] = {}
+    targets = []
+    for chunk in chunks:
+        folder, name = f"{job_folder}/chunks/{chunk.part}", chunk.name.rsplit("/", 1)[1]
+        if folder not in listed:
+            listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+        targets.append(f"{folder}/{name}.jsonl")
+        if f"{name}.jsonl" in listed[folder] and f"{name}.stats.json" not in listed[folder]:
+            targets.append(f"{folder}/{name}.stats.json")
+    return targets
+
+
 def missing_chunk_files(plan: KdJobWiring, job_folder: str, dataset_outputs: list[str]) -> list[str]:
     """The chunk files missing beside a finished dataset. As targets they make Snakemake redo them (and then the
     dataset): it remakes a missing file only where a target or a job that runs needs it, and the dataset is up
@@ -80,7 +107,7 @@ def missing_chunk_files(plan: KdJobWiring, job_folder: str, dataset_outputs: lis
     manifest = f"{job_folder}/manifest.json"
     if not all(os.path.exists(path) for path in dataset_outputs) or not manifest_is_current(manifest, plan):
         return []
-    return [path for path in chunk_files(job_folder, load_manifest(manifest).chunks) if not os.path.exists(path)]
+    return [path for path in chunk_targets(job_folder, load_manifest(manifest).chunks) if not os.path.exists(path)]
 
 
 def check_teachers(plans: dict[str, KdJobWiring], jobs: dict[str, dict], model_names) -> None:
@@ -162,6 +189,7 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
         if gpus is None:
             parallel = job.engine.tensor_parallel_size * job.engine.pipeline_parallel_size
             gpus = parallel if job.engine.kind in ("vllm", "auto") else 0
+        engine_server, slots, per_engine = _engine_layout(name, entry, job)
         plans[name] = KdJobWiring(
             name=name,
             model_path=model_path,
@@ -174,5 +202,22 @@ def wire_kd_jobs(jobs: dict[str, dict], model_dirs: dict[str, str], built_datase
             output_format=job.output_format,
             dataset=dataset,
             settings_hash=job.settings_hash(),
+            engine_server=engine_server,
+            engine_slots=slots,
+            chunks_per_engine=per_engine,
+            teacher=teacher_record(job),
+            engine_kind=job.engine.kind,
         )
     return plans
+
+
+def _engine_layout(name: str, entry: dict, job: KdJob) -> tuple[bool, int, int]:
+    """Whether the job's chunks stream to engine jobs, the engines side by side in one, and its chunks."""
+    slots, per_engine = entry.get("engine_slots", 1), entry.get("chunks_per_engine", 8)
+    if per_engine < slots:
+        raise DistilleryError(
+            f"kd job {name!r}: chunks_per_engine ({per_engine}) is below engine_slots ({slots}): slots would idle",
+            hint="give each engine job at least one chunk per slot",
+        )
+    # An openai engine is a server already: its chunk jobs call it directly.
+    return entry.get("engine_server", True) and job.engine.kind != "openai", slots, per_engine
