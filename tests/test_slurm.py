@@ -101,7 +101,7 @@ def accounting(run: str) -> dict[str, dict[str, str]]:
 
 
 def write_config(tmp_path: Path, change=None) -> Path:
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/examples/tiny-models.yaml").read_text())
     if change:
         change(config)
     path = tmp_path / "config.yaml"
@@ -173,9 +173,9 @@ def test_killed_snakemake_restarts_with_rerun_incomplete_and_reruns_only_the_unf
 
 
 def test_default_workflow_runs_to_completion_through_the_slurm_profile_past_a_cancelled_chunk_job(slurm_env, tmp_path):
-    """The default config through profiles/slurm, and a KD chunk job cancelled with `scancel` mid-chunk on the way:
+    """The tiny-models config through profiles/slurm, and a KD chunk job cancelled with `scancel` mid-chunk on the way:
     it fails, the profile's retries resubmit it, it resumes its chunk, and the dataset has every row once."""
-    configfile = REPO / "config/config.yaml"
+    configfile = REPO / "config/examples/tiny-models.yaml"
     workdir = tmp_path / "run"
     log = tmp_path / "run.log"
     with log.open("w") as sink:
