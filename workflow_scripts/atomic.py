@@ -45,7 +45,8 @@ def atomic_output_dir(output: Path, force: bool = False, inputs: Iterable[str | 
         shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has that id (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -66,7 +67,7 @@ def remove_abandoned_staging(output: Path) -> list[Path]:
     prefix = f".{output.name}.partial-{socket.gethostname()}-"
     for candidate in output.parent.glob(f"{glob.escape(prefix)}*"):
         pid = candidate.name[len(prefix) :]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             shutil.rmtree(candidate, ignore_errors=True) if candidate.is_dir() else candidate.unlink()
             removed.append(candidate)
     return removed

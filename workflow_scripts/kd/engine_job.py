@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, pid_alive
 from ..engines.engine_server import SlotSpec
 from ..engines.gpus import assign_slot_devices
 from ..engines.remote import RemoteEngine
@@ -140,16 +140,6 @@ def _slurm_note() -> str:
     return f" (SLURM job {job})" if job else ""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_address(path: Path, chunk_name: str) -> dict:
     """The engine job's address; a file that is none (what Snakemake gives a chunk whose files were complete
     when it planned) is a one-line error."""
@@ -178,6 +168,6 @@ def connect_chunk(
     describe = f"slot {slot['slot']} of engine job {address.name}, pid {record['pid']}"
     # The job exits as soon as one of its slots dies: its pid says whether the slot may still get ready.
     return RemoteEngine.connect(
-        slot["socket"], manifest.settings_hash, f"chunk {chunk_name}", lambda: _pid_alive(record["pid"]), timeout_s,
+        slot["socket"], manifest.settings_hash, f"chunk {chunk_name}", lambda: pid_alive(record["pid"]), timeout_s,
         describe,
     )  # fmt: skip
