@@ -19,11 +19,16 @@ from .base import (
 )
 
 
-def open_engine(settings: EngineSettings) -> Engine:
+def refuse_untrusted_code(settings: EngineSettings) -> None:
+    """Refuses, in one line, a model or tokenizer folder with its own code unless the settings trust it."""
     from ..architectures.remote_code import allow_remote_code
 
     for folder in {settings.model_path, settings.tokenizer}:
-        allow_remote_code(folder, settings.trust_remote_code)  # refuses a folder with its own code, unless allowed
+        allow_remote_code(folder, settings.trust_remote_code)
+
+
+def open_engine(settings: EngineSettings) -> Engine:
+    refuse_untrusted_code(settings)
     kind = resolve_engine_kind(settings.kind)
     if kind == "vllm":
         from .vllm_engine import VllmEngine

@@ -11,9 +11,15 @@ from __future__ import annotations
 import itertools
 from importlib import metadata
 
-from ..errors import DistilleryError, first_line
+from ..errors import DistilleryError
 from .base import Completion, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings
-from .vllm_engine import finish_reason_of, vllm_engine_arguments, vllm_sampling_arguments
+from .vllm_engine import (
+    finish_reason_of,
+    vllm_engine_arguments,
+    vllm_load_failed,
+    vllm_missing,
+    vllm_sampling_arguments,
+)
 
 
 class VllmAsyncEngine:
@@ -31,15 +37,12 @@ class VllmAsyncEngine:
         try:
             from vllm import AsyncEngineArgs, AsyncLLMEngine
         except ImportError:
-            raise DistilleryError(
-                "engine 'vllm' needs the vllm package",
-                hint="pip install vllm on a GPU machine, or use engine: transformers",
-            ) from None
+            raise vllm_missing() from None
         arguments = {**vllm_engine_arguments(settings), **_no_request_logging(AsyncEngineArgs)}
         try:
             engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**arguments))
         except (OSError, ValueError) as exc:
-            raise DistilleryError(f"vLLM cannot load the model: {first_line(exc)}", settings.model_path) from None
+            raise vllm_load_failed(exc, settings) from None
         return cls(engine, settings, sampling, await _max_model_len(engine))
 
     def versions(self) -> dict[str, str]:

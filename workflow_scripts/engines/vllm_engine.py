@@ -29,6 +29,18 @@ def vllm_engine_arguments(settings: EngineSettings) -> dict:
     return {**arguments, **settings.extra}
 
 
+def vllm_missing() -> DistilleryError:
+    """The error of both vLLM engines (offline and async) where the package is not installed."""
+    return DistilleryError(
+        "engine 'vllm' needs the vllm package",
+        hint="pip install vllm on a GPU machine, or use engine: transformers",
+    )
+
+
+def vllm_load_failed(exc: Exception, settings: EngineSettings) -> DistilleryError:
+    return DistilleryError(f"vLLM cannot load the model: {first_line(exc)}", settings.model_path)
+
+
 def vllm_sampling_arguments(sampling: SamplingSettings, seed: int, max_tokens: int | None = None) -> dict:
     return {
         "n": sampling.n,
@@ -48,15 +60,12 @@ class VllmEngine:
         try:
             from vllm import LLM
         except ImportError:
-            raise DistilleryError(
-                "engine 'vllm' needs the vllm package",
-                hint="pip install vllm on a GPU machine, or use engine: transformers",
-            ) from None
+            raise vllm_missing() from None
         self.settings = settings
         try:
             self.llm = LLM(**vllm_engine_arguments(settings))
         except (OSError, ValueError) as exc:
-            raise DistilleryError(f"vLLM cannot load the model: {first_line(exc)}", settings.model_path) from None
+            raise vllm_load_failed(exc, settings) from None
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def versions(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_output_file, atomic_write_text, disk_full_as_error
-from ..engines import Engine, GenerationRequest, open_engine
+from ..engines import Engine, GenerationRequest, open_engine, refuse_untrusted_code
 from ..engines.base import derive_seed, new_engine_id
 from ..errors import DistilleryError
 from ..progress import progress_bar
@@ -122,6 +122,9 @@ class ChunkRunner:
         stats_path = stats_file(output)
         if output.exists() and stats_path.exists():
             return json.loads(stats_path.read_text())
+        if self.engine is None:
+            # Before the first progress line: a refused model should leave a log holding only the refusal.
+            refuse_untrusted_code(self.reading_job.engine)
         output.parent.mkdir(parents=True, exist_ok=True)
         job = self.job
         partial = side_file(output)
