@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import smollm2  # reads the user's $DISTILLERY_CACHE_DIR before own_cache_folder replaces it
 
 from workflow_scripts.architectures.tiny import TinyModelSpec, build_tiny_model
 from workflow_scripts.cli import main
@@ -75,6 +76,12 @@ def tiny_model(tiny_model_store, tmp_path):
         return destination
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer (a byte-level BPE, as Llama 3's), read from its GGUF file."""
+    return smollm2.smollm2_tokenizer()
 
 
 def free_port() -> int:

@@ -54,7 +54,7 @@ def test_kd_dataset_in_a_folder_the_workflow_builds():
     from workflow_scripts.errors import DistilleryError
     from workflow_scripts.workflow.kd_jobs import wire_kd_jobs
 
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/examples/tiny-models.yaml").read_text())
     validate(config, SCHEMA)
     built = {"tiny-web": "work/datasets/tiny-web"}
     for path in (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +11,10 @@ from workflow_scripts.architectures.tiny import train_tokenizer
 from workflow_scripts.engines.base import TokenLogprob
 from workflow_scripts.errors import DistilleryError
 from workflow_scripts.icm.data import load_dataset, select_batch
-from workflow_scripts.icm.prompts import PromptBuilder, Query, prompt_text
+from workflow_scripts.icm.prompts import LABEL_WORDS, PromptBuilder, Query, prompt_text
 from workflow_scripts.icm.scoring import label_margin
+
+CAPITALS = Path(__file__).resolve().parents[1] / "config" / "icm" / "capitals.jsonl"
 
 
 def write_json(path, rows):
@@ -106,6 +109,8 @@ def test_a_batch_holds_whole_groups_drawn_by_the_seed(tmp_path):
 
 
 def test_prompts_assembled_from_pieces_equal_the_whole_text_tokenized(tmp_path):
+    """This tokenizer keeps the trailing space apart from "True" in the demonstrations too, so the query keeps
+    it: the prompt is exactly the whole text tokenized."""
     path = tmp_path / "claims.jsonl"
     path.write_text("".join(json.dumps({"text": f"{i} + {i} = {2 * i}"}) + "\n" for i in range(5)))
     examples = load_dataset(path, "generic").examples
@@ -114,6 +119,21 @@ def test_prompts_assembled_from_pieces_equal_the_whole_text_tokenized(tmp_path):
     text = prompt_text(examples, query)
     assert text.startswith("0 + 0 = 0\nI think this claim is True\n\n4 + 4 = 8\nI think this claim is False\n\n")
     assert PromptBuilder(tokenizer, examples).token_ids(query) == tokenizer(text)["input_ids"]
+
+
+def test_on_a_real_tokenizer_the_query_ends_where_its_demonstrations_hold_the_label(smollm2_tokenizer):
+    """SmolLM2's byte-level BPE (as Llama 3's) tokenizes the prompt alone with its trailing space as a token of
+    its own, but " True" as one token after "is" in a demonstration: the query is cut before the space, so the
+    model is asked for the label at the boundary where every demonstration shows one."""
+    examples = load_dataset(CAPITALS, "generic").examples[:6]
+    builder = PromptBuilder(smollm2_tokenizer, examples)
+    for example in examples:
+        query = builder.query(example.uid)
+        assert smollm2_tokenizer.decode(query).endswith("I think this claim is")
+        for label, word in enumerate(LABEL_WORDS):
+            demonstration = builder.demonstration(example.uid, label)
+            assert demonstration[: len(query)] == query
+            assert smollm2_tokenizer.decode(demonstration[len(query)]) == f" {word}"
 
 
 def test_label_margin_sums_true_and_false_tokens_as_the_reference_does():

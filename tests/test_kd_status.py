@@ -121,10 +121,18 @@ def test_a_chunk_whose_log_stopped_growing_has_failed_even_without_an_error_line
     assert status_of(job, logs, stale_after=600)["running_chunks"] == 1
 
 
-def test_a_warning_after_the_last_progress_line_is_not_why_a_chunk_stopped(job, tmp_path):
+@pytest.mark.parametrize(
+    "warning",
+    [
+        "/venv/torch/nn/modules/module.py:1789: FutureWarning: `past_key_values` is deprecated\n  return f(*args)",
+        "WARNING: `past_key_values`/`cache_params` are deprecated. Use `cache` instead.",
+        "2026-12-01 10:42:05,123 WARNING transformers.utils.generic: `cache_params` are deprecated.",
+    ],
+    ids=["python warning", "logged warning", "logged warning with --verbose"],
+)
+def test_a_warning_after_the_last_progress_line_is_not_why_a_chunk_stopped(job, tmp_path, warning):
     logs = tmp_path / "logs/kd_chunk/web"
     name = chunk_name(*CHUNKS[0])
-    warning = "/venv/torch/nn/modules/module.py:1789: FutureWarning: `past_key_values` is deprecated\n  return f(*args)"
     write_log(logs, name, [(700, 0, 0), (400, 60, 600)], 100, warning)
     assert status_of(job, logs)["failed"][0]["why"] == "stopped with no error (killed, or its node went away)"
 

@@ -258,7 +258,7 @@ def test_workflow_turns_a_training_checkpoint_into_a_verified_model(full_state, 
 
     repo = Path(__file__).resolve().parents[1]
     hf, config, _ = maxtext_models["llama3.1-tiny"]
-    settings = yaml.safe_load((repo / "config/config.yaml").read_text())
+    settings = yaml.safe_load((repo / "config/examples/tiny-models.yaml").read_text())
     settings["tiny_models"] = {}
     settings["verify"]["parallel_sizes"] = []
     # The default KD and ICM jobs use the default models, which this config replaces.

@@ -131,13 +131,14 @@ def test_kd_dry_run_holds_every_row_once_and_records_the_parallel_sizes(tmp_path
 
 @pytest.mark.integration
 def test_kd_scale_dry_run_streams_every_chunk_to_one_engine_and_holds_every_row_once(tmp_path):
-    result = script("kd_scale.py", "--dry-run", "--rows", "20", "--max-tokens", "2", "--out", tmp_path / "out",
-                    "--work", tmp_path / "work")  # fmt: skip
+    # Three chunks, not the full run's ten: each chunk job is a process start, and the path is the same.
+    result = script("kd_scale.py", "--dry-run", "--rows", "12", "--chunks", "3", "--max-tokens", "2",
+                    "--out", tmp_path / "out", "--work", tmp_path / "work")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = saved(tmp_path / "out", "kd_scale-dry-run")
-    assert record["workflow"]["chunks"] == 10 and record["workflow"]["engine_starts"] == 1
-    assert record["rows_check"]["every_row_once"] and record["rows_check"]["rows_in_dataset"] == 20
-    assert record["workflow"]["config"]["chunks_per_engine"] == 10 and "ratio" in record
+    assert record["workflow"]["chunks"] == 3 and record["workflow"]["engine_starts"] == 1
+    assert record["rows_check"]["every_row_once"] and record["rows_check"]["rows_in_dataset"] == 12
+    assert record["workflow"]["config"]["chunks_per_engine"] == 3 and "ratio" in record
 
 
 @pytest.mark.integration

@@ -67,7 +67,7 @@ def snakemake(workdir: Path, configfile: Path, endpoint: str, *args: str) -> sub
 
 
 def write_config(tmp_path: Path, change) -> Path:
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/examples/tiny-models.yaml").read_text())
     change(config)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -14,6 +14,7 @@ import pytest
 
 from workflow_scripts.icm.algorithm import ICMSearch, ICMSettings
 from workflow_scripts.icm.run import label_rows, summarize
+from workflow_scripts.icm.zero_shot import zero_shot_margins, zero_shot_summary
 from workflow_scripts.report import icm, kd, models
 from workflow_scripts.report.artifacts import first_records
 from workflow_scripts.report.svg import nice_ticks
@@ -174,7 +175,9 @@ def icm_run():
     examples, planted = gsm8k_like(4)
     settings = ICMSettings(alpha=30, num_seed=4, iterations=40, seed=3)
     state = ICMSearch(examples, PlantedScorer(planted), settings).run()
-    return summarize(examples, state, settings), label_rows(examples, state)
+    zero_shot = zero_shot_margins(PlantedScorer(planted), examples)
+    report = {**summarize(examples, state, settings), "zero_shot": zero_shot_summary(examples, state.labels, zero_shot)}
+    return report, label_rows(examples, state, zero_shot)
 
 
 def test_icm_summary_counts_the_labels_against_gold_from_labels_jsonl(icm_run):

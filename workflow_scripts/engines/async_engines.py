@@ -12,6 +12,7 @@ import asyncio
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Protocol
 
 from .base import Engine, EngineSettings, GenerationRequest, GenerationResult, SamplingSettings, resolve_engine_kind
@@ -70,15 +71,19 @@ class BatchingEngine:
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            futures = {request.request_id: (future, loop) for request, future, loop in batch}
+            # Clients number their requests on their own (a chunk by row index), so two chunks of one batch can
+            # share an id: the engine sees the batch's positions instead, and each result gets its id back.
+            futures = {str(position): item for position, item in enumerate(batch)}
+            requests = [replace(request, request_id=position) for position, (request, _, _) in futures.items()]
             try:
-                for result in self.engine.generate([request for request, _, _ in batch], self.sampling):
-                    future, loop = futures.pop(result.request_id)
+                for result in self.engine.generate(requests, self.sampling):
+                    request, future, loop = futures.pop(result.request_id)
+                    result = replace(result, request_id=request.request_id)
                     loop.call_soon_threadsafe(_settle, future, result, None)
                 missing = RuntimeError("the engine returned no result for this request")
             except Exception as exc:  # the engine failed: every caller of this batch hears it
                 missing = exc
-            for future, loop in futures.values():
+            for _, future, loop in futures.values():
                 loop.call_soon_threadsafe(_settle, future, None, missing)
 
     def _next_batch(self) -> list | None:
@@ -117,14 +122,13 @@ def _settle(future: asyncio.Future, result: GenerationResult | None, error: Base
 async def open_async_engine(settings: EngineSettings, sampling: SamplingSettings) -> AsyncEngine:
     """The engine the settings name, ready for concurrent requests (`openai` has no place here: it is a server
     already, and chunk jobs call it directly)."""
-    from ..architectures.remote_code import allow_remote_code
     from ..errors import DistilleryError
+    from . import refuse_untrusted_code
 
     kind = resolve_engine_kind(settings.kind)
     if kind == "openai":
         raise DistilleryError("engine 'openai' is a server already: chunk jobs call it directly, not through ours")
-    for folder in {settings.model_path, settings.tokenizer}:
-        allow_remote_code(folder, settings.trust_remote_code)  # as open_engine: own code only when allowed
+    refuse_untrusted_code(settings)
     if kind == "vllm":
         from .vllm_async_engine import VllmAsyncEngine
 

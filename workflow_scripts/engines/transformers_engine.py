@@ -13,6 +13,7 @@ from importlib import metadata
 
 from ..errors import DistilleryError, first_line
 from .base import Completion, GenerationRequest, GenerationResult, SamplingSettings, TokenLogprob
+from .shared_prefix_scoring import can_share_prefixes, score_sharing_prefixes, top_candidates
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class TransformersEngine:
         self.eos_token_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.batch_size = max(1, settings.max_num_seqs)
+        self._shares_prefixes: bool | None = None
 
     def versions(self) -> dict[str, str]:
         return {package: metadata.version(package) for package in ("torch", "transformers")}
@@ -184,15 +186,24 @@ class TransformersEngine:
         return text[: min(positions)] if positions else None
 
     def next_token_logprobs(self, prompts: list[list[int]], top_k: int) -> list[list[TokenLogprob]]:
-        """Batched forward passes (prompts of similar length together, left-padded), last position only."""
-        import torch
-
+        """Each shared prefix computed once (`shared_prefix_scoring.py`) where the model allows it, else batched
+        passes over whole prompts."""
         for prompt in prompts:
             if len(prompt) >= self.max_model_len:
                 raise DistilleryError(
                     f"a prompt of {len(prompt)} tokens does not fit max_model_len {self.max_model_len}",
                     hint="use fewer or shorter examples per batch (icm batch_size)",
                 )
+        if not prompts:
+            return []
+        if self.shares_prefixes:
+            return self.score_sharing_prefixes(prompts, top_k)
+        return self.score_whole_prompts(prompts, top_k)
+
+    def score_whole_prompts(self, prompts: list[list[int]], top_k: int) -> list[list[TokenLogprob]]:
+        """Batched forward passes over whole prompts (similar lengths together, left-padded)."""
+        import torch
+
         results: list[list[TokenLogprob] | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
         start = 0
@@ -215,11 +226,15 @@ class TransformersEngine:
                     position_ids=positions.to(self.device),
                     logits_to_keep=1,
                 ).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            values, ids = torch.topk(logprobs, min(top_k, logprobs.shape[-1]), dim=-1)
-            for row, index in enumerate(chunk):
-                results[index] = [
-                    TokenLogprob(int(token), self.tokenizer.decode([int(token)]), float(value))
-                    for value, token in zip(values[row].tolist(), ids[row].tolist(), strict=True)
-                ]
+            for index, candidates in zip(chunk, top_candidates(logits, top_k, self.tokenizer), strict=True):
+                results[index] = candidates
         return results  # type: ignore[return-value]
+
+    def score_sharing_prefixes(self, prompts: list[list[int]], top_k: int) -> list[list[TokenLogprob]]:
+        return score_sharing_prefixes(self.model, self.tokenizer, prompts, top_k, self.device)
+
+    @property
+    def shares_prefixes(self) -> bool:
+        if self._shares_prefixes is None:
+            self._shares_prefixes = can_share_prefixes(self.model)
+        return self._shares_prefixes

@@ -1,9 +1,18 @@
 """ICM's few-shot prompts, as the reference writes them, assembled as token ids.
 
-A prompt is the labeled demonstrations, each `{prompt}{True|False}\n\n`, then the query's own `{prompt}` (which
-ends in "I think this claim is "). Each demonstration and query is tokenized once and prompts are concatenated
-from those pieces, so a batch of hundreds of long prompts costs no tokenizer time, and every prompt that shares
-the same demonstrations starts with the same token ids (what the server's prefix cache keys on).
+A prompt is the labeled demonstrations, each `{prompt}{True|False}\n\n`, then the query: the claim's `{prompt}`
+(which ends in "I think this claim is "), cut where the label word's first token begins in its demonstrations.
+
+The cut is what makes a score mean what the demonstrations show. Tokenized alone, the reference's query ends in
+the trailing space, which a byte-level BPE (SmolLM2's, Llama 3's) makes a token of its own, while every
+demonstration holds " True" as one token after "is": the model would be asked for the next token at a boundary
+no demonstration has. So each claim is tokenized with both label words, and its query is the longest common
+prefix of the two: the label is then scored exactly where every demonstration's label starts, whatever the
+tokenizer does with the space (a tokenizer that keeps " " apart from "True" keeps it in the query).
+
+Each demonstration and query is tokenized once and prompts are concatenated from those pieces, so a batch of
+hundreds of long prompts costs no tokenizer time, and every prompt that shares the same demonstrations starts
+with the same token ids (what a prefix cache keys on).
 """
 
 from __future__ import annotations
@@ -29,8 +38,18 @@ def demonstration_text(example: Example, label: int) -> str:
 
 
 def prompt_text(examples: Sequence[Example], query: Query) -> str:
+    """The prompt as text, the query's trailing space included: what the prompt says, not where it is cut."""
     demos = "".join(demonstration_text(examples[uid], label) for uid, label in query.demonstrations)
     return demos + examples[query.uid].prompt
+
+
+def common_prefix(first: Sequence[int], second: Sequence[int]) -> list[int]:
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return list(first[:length])
 
 
 class PromptBuilder:
@@ -56,8 +75,9 @@ class PromptBuilder:
         return self._demos[key]
 
     def query(self, uid: int) -> list[int]:
+        """The claim's tokens up to where its label word starts in both of its demonstrations."""
         if uid not in self._queries:
-            self._queries[uid] = self._encode(self.examples[uid].prompt)
+            self._queries[uid] = common_prefix(self.demonstration(uid, 0), self.demonstration(uid, 1))
         return self._queries[uid]
 
     def token_ids(self, query: Query) -> list[int]:

@@ -2,11 +2,12 @@
 
 labels.jsonl: one line per claim of the batch, in batch order: {"uid", "row" (line in the input file, from 0),
 "consistency_id", "consistency_key", "label" (1 true, 0 false, null if never labeled), "score" (the model's
-log-odds of "True" given the other labels), "gold" (where the data has it), "prompt"}.
-report.json: accuracy against gold labels, label balance, iterations, proposals and acceptance rate, the
-objective U after each iteration,
-consistency violations left, seconds / tokens / engine calls per iteration, the prefix-cache hit rate (from
-vLLM's metrics where the engine exposes them), the settings and versions.
+log-odds of "True" given the other labels), "gold" (where the data has it), "zero_shot_margin" (the same
+log-odds with no demonstrations), "prompt"}.
+report.json: accuracy against gold labels, the zero-shot answers' accuracy and agreement (`zero_shot.py`),
+label balance, iterations, proposals and acceptance rate, the objective U after each iteration, consistency
+violations left, seconds / tokens / engine calls per iteration, the prefix-cache hit rate (from vLLM's metrics
+where the engine exposes them), the settings and versions.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .data import Example, load_dataset, select_batch
 from .job import ICMJob
 from .prompts import PromptBuilder
 from .scoring import EngineScorer
+from .zero_shot import zero_shot_margins, zero_shot_summary
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def hit_rate(before: dict | None, after: dict | None) -> dict:
     return {"hit_rate": round(hits / queries, 4) if queries else None, "hit_tokens": hits, "query_tokens": queries}
 
 
-def label_rows(batch: list[Example], state: SearchState) -> list[dict]:
+def label_rows(batch: list[Example], state: SearchState, zero_shot: dict[int, float]) -> list[dict]:
     scores = state.current.scores if state.current else {}
     return [
         {
@@ -75,6 +77,7 @@ def label_rows(batch: list[Example], state: SearchState) -> list[dict]:
             "label": state.labels[example.uid],
             "score": scores.get(example.uid),
             "gold": example.gold,
+            "zero_shot_margin": zero_shot[example.uid],
             "prompt": example.prompt,
         }
         for example in batch
@@ -147,6 +150,8 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
         if bar:
             bar.close()
         after = cache_counters(engine)
+        # Scored apart from the search, so that its calls and tokens stay out of the per-iteration figures.
+        zero_shot = zero_shot_margins(EngineScorer(engine, builder, job.top_logprobs), batch)
         versions = {**package_versions(), **{f"engine:{k}": v for k, v in engine.versions().items()}}
     finally:
         engine.close()
@@ -161,6 +166,7 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
         "batch_size": job.batch_size,
         "resumed_from_iteration": search.resumed_from,
         **summarize(batch, state, settings),
+        "zero_shot": zero_shot_summary(batch, state.labels, zero_shot),
         "prefix_cache": {**hit_rate(before, after), "scope": "this run (a resumed run counts only its own part)"},
         "this_run": {
             "engine_calls": scorer.calls,
@@ -175,7 +181,7 @@ def run_icm_job(job: ICMJob, progress: bool = True) -> dict:
             "consistency keys were derived from the data's gold labels, as the reference does for this testbed: "
             "the search knows which claims agree, so accuracy is not that of a gold-free run"
         )
-    rows = label_rows(batch, state)
+    rows = label_rows(batch, state, zero_shot)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(job.output_dir / "labels.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     atomic_write_text(job.output_dir / "report.json", json.dumps(report, indent=2) + "\n")

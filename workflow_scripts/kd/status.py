@@ -29,7 +29,9 @@ CHUNK_LOGS = "logs/kd_chunk"  # the kd_chunk rule's log folder, below Snakemake'
 WINDOW_SECONDS = 300.0
 STALE_SECONDS = 300.0
 # A Python warning's first line ("file.py:12: FutureWarning: ..."); its second, the source line, is indented.
-PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
+# Python's warnings ("file.py:12: FutureWarning: ...") and logging's at WARNING ("WARNING: ...", as the CLI formats
+# it; with --verbose "2026-... WARNING name: ...").
+PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: |^WARNING: |^\S+ \S+ WARNING \S+: ")
 LOG_TAIL_BYTES = 1 << 20  # a day of progress lines, whatever an engine logs besides
 
 
@@ -110,7 +112,8 @@ def chunk_state(
 
 def _why_stopped(log_lines: list[str]) -> str:
     """The log's last line, where it is not a progress line: the error the job ended on. Warnings (a library's
-    deprecation notice between two progress lines) and the indented lines under them say nothing of that."""
+    deprecation notice between two progress lines, from `warnings` or `logging`) and the indented lines under
+    them say nothing of that."""
     said = (line for line in reversed(log_lines) if line.strip() and not line[0].isspace())
     last = next((line for line in said if not PYTHON_WARNING.match(line)), "")
     if last and not parse_progress_line(last):

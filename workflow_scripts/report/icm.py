@@ -30,6 +30,18 @@ def _accuracy_figures(report: dict) -> list[tuple[str, object]]:
     ]
 
 
+def _zero_shot_figures(zero_shot: dict | None) -> list[tuple[str, object]]:
+    """The model asked with no demonstrations (icm/zero_shot.py): the baseline the labels are judged against."""
+    if not zero_shot:  # a report written before zero-shot answers were recorded
+        return []
+    percent = lambda value: "-" if value is None else f"{value:.1%}"  # noqa: E731
+    return [
+        ("zero-shot accuracy", percent(zero_shot.get("accuracy"))),
+        ("zero-shot answered True", percent(zero_shot.get("answered_true"))),
+        ("labels agreeing with zero-shot", percent(zero_shot.get("icm_labels_agreeing"))),
+    ]
+
+
 def agreement_table(labels: list[dict]) -> str:
     """Labels against gold, counted from labels.jsonl itself: the numbers the report's accuracy comes from."""
     counts = Counter((row.get("label"), row.get("gold")) for row in labels)
@@ -67,6 +79,7 @@ def summary_page(job: str, report: dict, labels: list[dict]) -> str:
         [
             *_accuracy_figures(report),
             ("gold labels compared", report.get("gold_labels_compared")),
+            *_zero_shot_figures(report.get("zero_shot")),
             (
                 "labeled True / False / unlabeled",
                 f"{balance.get('true')} / {balance.get('false')} / {balance.get('unlabeled')}",
