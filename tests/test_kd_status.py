@@ -127,14 +127,23 @@ def test_a_chunk_whose_log_stopped_growing_has_failed_even_without_an_error_line
         "/venv/torch/nn/modules/module.py:1789: FutureWarning: `past_key_values` is deprecated\n  return f(*args)",
         "WARNING: `past_key_values`/`cache_params` are deprecated. Use `cache` instead.",
         "2026-12-01 10:42:05,123 WARNING transformers.utils.generic: `cache_params` are deprecated.",
+        "[transformers] `past_key_values`/`cache_params` are deprecated. Use `cache` instead.",
     ],
-    ids=["python warning", "logged warning", "logged warning with --verbose"],
+    ids=["python warning", "logged warning", "logged warning with --verbose", "a library's own log format"],
 )
 def test_a_warning_after_the_last_progress_line_is_not_why_a_chunk_stopped(job, tmp_path, warning):
     logs = tmp_path / "logs/kd_chunk/web"
     name = chunk_name(*CHUNKS[0])
     write_log(logs, name, [(700, 0, 0), (400, 60, 600)], 100, warning)
     assert status_of(job, logs)["failed"][0]["why"] == "stopped with no error (killed, or its node went away)"
+
+
+def test_a_traceback_after_the_last_progress_line_is_why_a_chunk_stopped(job, tmp_path):
+    logs = tmp_path / "logs/kd_chunk/web"
+    name = chunk_name(*CHUNKS[0])
+    traceback = "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nKeyError: 'row_index'"
+    write_log(logs, name, [(700, 0, 0), (400, 60, 600)], 100, traceback)
+    assert status_of(job, logs)["failed"][0]["why"] == "KeyError: 'row_index'"
 
 
 def test_rates_are_the_rows_and_tokens_the_logs_show_over_the_window(job, tmp_path):

@@ -18,7 +18,7 @@ from workflow_scripts.kd.tiny_dataset import write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.integration, pytest.mark.long]
+pytestmark = [pytest.mark.integration, pytest.mark.long(seconds=350)]
 
 
 def kd_config(workdir: Path, model: Path, **changes) -> Path:

@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
+pytestmark = pytest.mark.long(seconds=200)  # its dry runs; the other tests take seconds
 sys.path.insert(0, str(BENCHMARKS))
 
 import kd_data_parallel  # noqa: E402

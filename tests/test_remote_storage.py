@@ -18,7 +18,7 @@ from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "distillery-test"
-pytestmark = [pytest.mark.integration, pytest.mark.long]
+pytestmark = [pytest.mark.integration, pytest.mark.long(seconds=140)]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ from helpers.snakemake_runs import planned_jobs, snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config/config.yaml"
-pytestmark = [pytest.mark.integration, pytest.mark.long]
+# The first test's budget covers the module fixture: the default run itself, 5 minutes alone on 2 cores and 9
+# beside the other pytest worker; the rest take seconds to a minute each.
+pytestmark = [pytest.mark.integration, pytest.mark.long(seconds=600), pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import pairwise, takewhile
 from pathlib import Path
 
 from .chunk_progress import ProgressPoint, duration, parse_progress_line
@@ -28,10 +28,10 @@ from .records import recover, side_file, stats_file
 CHUNK_LOGS = "logs/kd_chunk"  # the kd_chunk rule's log folder, below Snakemake's working directory
 WINDOW_SECONDS = 300.0
 STALE_SECONDS = 300.0
-# A Python warning's first line ("file.py:12: FutureWarning: ..."); its second, the source line, is indented.
-# Python's warnings ("file.py:12: FutureWarning: ...") and logging's at WARNING ("WARNING: ...", as the CLI formats
-# it; with --verbose "2026-... WARNING name: ...").
-PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: |^WARNING: |^\S+ \S+ WARNING \S+: ")
+# How a chunk job ends on an error: distillery's one line, or (a bug of ours) a traceback's last line. Anything
+# else after the last progress line (a library's warning, in whatever format it logs) says nothing of why it stopped.
+ERROR_LINE = re.compile(r"^distillery \S+: error: ")
+TRACEBACK = "Traceback (most recent call last):"
 LOG_TAIL_BYTES = 1 << 20  # a day of progress lines, whatever an engine logs besides
 
 
@@ -111,13 +111,16 @@ def chunk_state(
 
 
 def _why_stopped(log_lines: list[str]) -> str:
-    """The log's last line, where it is not a progress line: the error the job ended on. Warnings (a library's
-    deprecation notice between two progress lines, from `warnings` or `logging`) and the indented lines under
-    them say nothing of that."""
-    said = (line for line in reversed(log_lines) if line.strip() and not line[0].isspace())
-    last = next((line for line in said if not PYTHON_WARNING.match(line)), "")
-    if last and not parse_progress_line(last):
-        return last.strip()
+    """The error the job ended on, after its last progress line: distillery's error line, else the last line
+    of a traceback; a log with neither stopped without saying why."""
+    tail = list(takewhile(lambda line: not parse_progress_line(line), reversed(log_lines)))[::-1]
+    errors = [line for line in tail if ERROR_LINE.match(line)]
+    if errors:
+        return errors[-1].strip()
+    if TRACEBACK in tail:
+        said = [line for line in tail[tail.index(TRACEBACK) + 1 :] if line.strip() and not line[0].isspace()]
+        if said:
+            return said[-1].strip()
     return "stopped with no error (killed, or its node went away)"
 
 
