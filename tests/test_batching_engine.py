@@ -61,9 +61,8 @@ def test_an_engine_that_fails_tells_every_caller_of_its_batch():
 
     async def caller():
         engine = BatchingEngine(Failing(), SamplingSettings(), batch_size=4)
-        outcome = await asyncio.gather(
-            *(engine.generate(GenerationRequest("0", [row], seed=0)) for row in range(3)), return_exceptions=True
-        )
+        calls = (engine.generate(GenerationRequest("0", [row], seed=0)) for row in range(3))
+        outcome = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
         await engine.close()
         return outcome
 
