@@ -10,6 +10,7 @@ it starts first and runs on one worker.
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -166,6 +167,27 @@ def test_a_bad_source_is_refused_in_one_line(damage, message, tmp_path, run_cli)
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
     assert message in result.stderr
     assert not (tmp_path / "hf").exists()
+
+
+def test_without_the_gguf_package_the_source_is_refused_in_one_line_naming_the_extra(tmp_path, run_cli, monkeypatch):
+    source = tmp_path / "source"
+    source.mkdir()
+    write_gguf(source / "a.gguf")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed: importing it raises ModuleNotFoundError
+    result = run_cli("gguf-to-hf", "--input", source, "--output", tmp_path / "hf")
+    assert (result.exit_code, result.stderr.splitlines()) == (1, [
+        f"distillery gguf-to-hf: error: {source / 'a.gguf'}: reading a GGUF file needs the gguf package; "
+        "pip install 'distillery[gguf]'"
+    ])  # fmt: skip
+    assert not (tmp_path / "hf").exists()
+
+
+def test_the_workflow_extra_installs_what_the_default_config_reads():
+    """The README's quick start installs `.[workflow]`, and the default config's teacher is a GGUF file."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(requirement.startswith("gguf") for requirement in extras["optional-dependencies"]["workflow"])
 
 
 # --- fetch_wheel: the pinned sha256 or nothing ---------------------------------------------------------------------

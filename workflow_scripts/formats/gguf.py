@@ -151,15 +151,26 @@ def _read_header(cursor: _Cursor) -> tuple[int, dict[str, Any], list[tuple[str, 
     return version, metadata, infos, cursor.handle.tell()
 
 
+def _gguf_constants(path: Path):
+    """The `gguf` package's constants module, or one line saying how to install it."""
+    try:
+        from gguf import constants
+    except ModuleNotFoundError:
+        raise DistilleryError(
+            "reading a GGUF file needs the gguf package", path, hint="pip install 'distillery[gguf]'"
+        ) from None
+    return constants
+
+
 def _stored_bytes(ggml_type: int, dims: list[int], name: str, path: Path) -> tuple[str, int]:
     """(the type's name, the tensor's bytes in the file)."""
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+    constants = _gguf_constants(path)
 
     try:
-        quantization = GGMLQuantizationType(ggml_type)
+        quantization = constants.GGMLQuantizationType(ggml_type)
     except ValueError:
         raise DistilleryError(f"tensor {name!r} has unknown ggml type {ggml_type}", path) from None
-    block_size, block_bytes = GGML_QUANT_SIZES[quantization]
+    block_size, block_bytes = constants.GGML_QUANT_SIZES[quantization]
     if dims and dims[0] % block_size:
         raise DistilleryError(f"tensor {name!r}: rows of {dims[0]} are no whole {quantization.name} blocks", path)
     return quantization.name, math.prod(dims) // block_size * block_bytes
