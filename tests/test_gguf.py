@@ -187,7 +187,10 @@ def test_the_workflow_extra_installs_what_the_default_config_reads():
     import tomllib
 
     extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
-    assert any(requirement.startswith("gguf") for requirement in extras["optional-dependencies"]["workflow"])
+    extras = extras["optional-dependencies"]
+    assert "distillery[gguf]" in extras["workflow"]
+    # gguf reads the file, accelerate is what transformers' own GGUF load (verify's reference) asks for.
+    assert {requirement.split(">")[0] for requirement in extras["gguf"]} == {"gguf", "accelerate"}
 
 
 # --- fetch_wheel: the pinned sha256 or nothing ---------------------------------------------------------------------
