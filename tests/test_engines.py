@@ -91,3 +91,19 @@ def test_vllm_arguments_carry_the_settings():
     sampling = vllm_sampling_arguments(SamplingSettings(n=3, max_tokens=100, stop=("\n\n",)), seed=11, max_tokens=40)
     assert sampling == {"n": 3, "temperature": 0.8, "top_p": 0.95, "top_k": -1, "max_tokens": 40, "stop": ["\n\n"],
                         "seed": 11}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "resolves_to", "gpus"),
+    [("auto", "vllm", 6), ("auto", "transformers", 0), ("transformers", "transformers", 0), ("vllm", "vllm", 0)],
+)
+def test_an_auto_engine_configured_with_no_gpus_claims_its_parallel_devices_where_it_becomes_vllm(
+    monkeypatch, kind, resolves_to, gpus
+):
+    """The default config's `gpus: 0` keeps it runnable anywhere; on a GPU machine its engine jobs still hold
+    their devices, so two of them never start vLLM on the same GPU. Explicit kinds keep the configured count."""
+    from workflow_scripts.kd import engine_job
+
+    monkeypatch.setattr(engine_job, "resolve_engine_kind", lambda _: resolves_to)
+    settings = EngineSettings(kind=kind, tensor_parallel_size=3, pipeline_parallel_size=2)
+    assert engine_job.auto_engine_gpus(settings) == gpus

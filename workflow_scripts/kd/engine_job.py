@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ..atomic import atomic_write_text, pid_alive
+from ..engines.base import resolve_engine_kind
 from ..engines.engine_server import SlotSpec
 from ..engines.gpus import assign_slot_devices
 from ..engines.remote import RemoteEngine
@@ -41,6 +42,16 @@ DEFAULT_START_TIMEOUT_S = 3600.0
 
 def slot_of_chunk(chunk_index: int, slots: int) -> int:
     return chunk_index % slots
+
+
+def auto_engine_gpus(engine) -> int:
+    """The GPUs an `auto` engine configured with none takes where it becomes vLLM (a GPU and vLLM are here): its
+    tensor x pipeline devices, claimed like any engine's, so two engine jobs on one machine never share a GPU.
+    The default config sets `gpus: 0` so that it plans and runs on any machine; on a GPU machine its engines still
+    run on vLLM."""
+    if engine.kind != "auto" or resolve_engine_kind("auto") != "vllm":
+        return 0
+    return engine.tensor_parallel_size * engine.pipeline_parallel_size
 
 
 def run_engine_job(
@@ -60,7 +71,7 @@ def run_engine_job(
         _publish(address, manifest.settings_hash, sockets, slots)
         print(f"engine job: {slots} slot(s) for {manifest.job} on {socket.gethostname()}"
               f"{_slurm_note()}; address {address}", flush=True)  # fmt: skip
-        devices, locks = assign_slot_devices(slots, gpus_per_slot)
+        devices, locks = assign_slot_devices(slots, gpus_per_slot or auto_engine_gpus(job.engine))
         for slot, slot_devices in enumerate(devices):
             spec = SlotSpec(job.engine, job.sampling, manifest.settings_hash, slot, ",".join(slot_devices))
             servers.append(_start_server(spec, sockets / f"slot{slot}.sock", slot_devices, slots))
