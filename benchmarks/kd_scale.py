@@ -185,6 +185,9 @@ def parse_arguments() -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {full}, {dry} with --dry-run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dry-run", action="store_true", help="on the CPU: tiny model, transformers, 40 rows")
+    parser.add_argument("--bare-result", type=Path,
+                        help="a result JSON of an earlier call whose bare side finished: run only the workflow side "
+                        "(the bare run's batch limits and row lengths come from it; the record says so)")  # fmt: skip
     parser.add_argument("--bare-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_run:
@@ -220,7 +223,15 @@ def main() -> None:
     path = result_path(args.out, f"kd_scale{'-dry-run' if args.dry_run else ''}")
     record = new_record("kd_scale", settings=settings, model_sizes=sizes)
 
-    record["bare"] = run_bare(settings)
+    if args.bare_result:
+        # The two sides in separate calls (a device call's time limit): the same settings, the bare side reused.
+        earlier = json.loads(args.bare_result.read_text())
+        same = {key for key in settings if key not in ("out", "bare_result")}
+        if {key: earlier["settings"].get(key) for key in same} != {key: settings[key] for key in same}:
+            raise SystemExit(f"{args.bare_result} was run with other settings: {earlier['settings']}")
+        record["bare"], record["bare_from"] = earlier["bare"], {"file": str(args.bare_result), "date": earlier["date"]}
+    else:
+        record["bare"] = run_bare(settings)
     print(f"bare: {record['bare']['wall_seconds']:.1f} s", flush=True)
     write_result(path, record)
     record["workflow"] = workflow_run(args, args.work / "workflow", record["bare"]["engine_defaults"])
