@@ -35,6 +35,18 @@ def test_auto_picks_transformers_without_a_gpu():
     assert result.stdout.strip() == "transformers"
 
 
+def test_auto_asks_the_driver_tools_not_cuda_whether_a_gpu_is_here():
+    """`torch.cuda.is_available()` initializes CUDA, and vLLM's forked engine core then dies ("Cannot
+    re-initialize CUDA in forked subprocess"): resolving `auto` leaves torch unimported."""
+    code = (
+        "import sys; from workflow_scripts.engines.base import resolve_engine_kind; resolve_engine_kind('auto'); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_an_unknown_engine_is_named():
     with pytest.raises(DistilleryError, match="unknown engine 'tgi'"):
         resolve_engine_kind("tgi")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -163,11 +164,12 @@ def derive_seed(job_seed: int, *parts: object) -> int:
 
 
 def gpu_available() -> bool:
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
+    """Whether this process sees a GPU, asked of the driver's tools (nvidia-smi) and CUDA_VISIBLE_DEVICES, not of
+    CUDA: `torch.cuda.is_available()` initializes the driver, after which vLLM's forked engine core dies with
+    "Cannot re-initialize CUDA in forked subprocess" (seen on an H200 with engine `auto`)."""
+    from .gpus import visible_devices
 
-    return torch.cuda.is_available()
+    return bool(visible_devices(os.environ))
 
 
 def resolve_engine_kind(kind: str) -> str:
