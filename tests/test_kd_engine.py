@@ -170,6 +170,31 @@ def test_an_engine_killed_mid_chunk_fails_the_chunk_in_one_line_and_the_rerun_re
     assert json.loads((manifest.parent / f"chunks/{chunk}.stats.json").read_text())["resumed_rows"] >= 6
 
 
+def test_an_engine_job_whose_snakemake_is_killed_stops_its_engines(model, tmp_path):
+    """Snakemake killed with SIGKILL stops none of its services: the engine job notices its parent is gone."""
+    manifest = make_manifest(tmp_path, model, 8, 8)
+    address = tmp_path / "engine.json"
+    # The stand-in for Snakemake: it starts the engine job, says its pid, and waits for it.
+    parent_code = (
+        "import subprocess, sys; job = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL); print(job.pid, flush=True); job.wait()"
+    )
+    command = distillery("kd-engine", "--manifest", manifest, "--address", address)
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, *command], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    job = int(parent.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not address.exists():
+        assert alive(job) and time.monotonic() < deadline, "the engine job did not publish its address"
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while alive(job) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(job), "the engine job outlived the process that started it"
+
+
 def test_a_chunk_job_killed_mid_chunk_resumes_on_the_running_engine_with_every_row_once(model, tmp_path):
     manifest = make_manifest(tmp_path, model, 40, 40, "--gen-batch-size", 2, "--max-tokens", 24)
     chunk = load_manifest(manifest).chunks[0].name

@@ -7,8 +7,9 @@ streams to slot i mod slots (`connect_chunk`). The servers' output goes to this 
 with its slot.
 
 It runs until Snakemake stops it (SIGTERM, once its chunk jobs are done), then stops the servers. A server that
-dies stops the job (exit 1); the job's own death stops the servers (they die with their parent), so nothing is
-left holding the GPUs, and the chunk jobs fail with one line, keeping the rows they saved.
+dies stops the job (exit 1); the job's own death stops the servers (they die with their parent), and so does the
+death of the process that started it (a Snakemake killed with SIGKILL stops no service), so nothing is left
+holding the GPUs, and the chunk jobs fail with one line, keeping the rows they saved.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def run_engine_job(
     if slots < 1:
         raise DistilleryError(f"--slots must be at least 1, not {slots}")
     job = copies.job_reading_copies(job_from_dict(manifest.settings))
+    parent = os.getppid()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -75,7 +77,7 @@ def run_engine_job(
         for slot, slot_devices in enumerate(devices):
             spec = SlotSpec(job.engine, job.sampling, manifest.settings_hash, slot, ",".join(slot_devices))
             servers.append(_start_server(spec, sockets / f"slot{slot}.sock", slot_devices, slots))
-        return _supervise(servers, stopping)
+        return _supervise(servers, stopping, parent)
     finally:
         _stop(servers)
         shutil.rmtree(sockets, ignore_errors=True)
@@ -123,8 +125,12 @@ def _publish(address: Path, tag: str, sockets: Path, slots: int) -> None:
     atomic_write_text(address, json.dumps(record, indent=1) + "\n")
 
 
-def _supervise(servers: list[subprocess.Popen], stopping: threading.Event) -> int:
+def _supervise(servers: list[subprocess.Popen], stopping: threading.Event, parent: int) -> int:
     while not stopping.wait(0.5):
+        # A Snakemake killed with SIGKILL never stops its services: the job would hold its GPUs for good.
+        if os.getppid() != parent:
+            print(f"engine job: the process that started it (pid {parent}) is gone; stopping the engines", flush=True)
+            return 1
         for slot, server in enumerate(servers):
             if server.poll() is not None:
                 print(f"engine job: slot {slot} exited with code {server.returncode}; stopping the others", flush=True)
