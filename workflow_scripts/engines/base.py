@@ -178,6 +178,7 @@ def resolve_engine_kind(kind: str) -> str:
         raise DistilleryError(f"unknown engine {kind!r}", hint=f"choose one of {', '.join(ENGINE_KINDS)}")
     if kind != "auto":
         return kind
-    if gpu_available() and importlib.util.find_spec("vllm") is not None:
+    # vLLM's presence first: it costs nothing, where counting GPUs runs nvidia-smi.
+    if importlib.util.find_spec("vllm") is not None and gpu_available():
         return "vllm"
     return "transformers"
