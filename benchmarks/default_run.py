@@ -168,7 +168,7 @@ def vllm_on_a_gpu() -> bool:
 
 def print_table(record: dict) -> None:
     run = record["workflow"]
-    print(f"\ndefault run: {run['wall_seconds']} s, {run['steps']} steps, {args_cores(record)} cores")
+    print(f"\ndefault run: {run['wall_seconds']} s, {run['steps']} steps, {record['settings']['cores']} cores")
     print("| rule | jobs | job seconds | longest |\n|---|---|---|---|")
     for rule, spans in sorted(run["rules"].items(), key=lambda item: -item[1]["seconds"]):
         print(f"| {rule} | {spans['jobs']} | {spans['seconds']} | {spans['longest']} |")
@@ -190,10 +190,6 @@ def print_table(record: dict) -> None:
         print(f"anchor {job}: {compared['identical_completions']}/{compared['rows']} completions identical; "
               f"bare {compared['bare_output_tokens_per_second']} vs workflow "
               f"{compared['workflow_output_tokens_per_second']} output tokens/s while generating")  # fmt: skip
-
-
-def args_cores(record: dict) -> int:
-    return record["settings"]["cores"]
 
 
 def main() -> None:

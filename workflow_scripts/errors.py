@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 
 
@@ -48,3 +49,11 @@ def os_error_line(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     cause = f"{exc.strerror} (errno {exc.errno})" if exc.strerror else first_line(exc)
     return f"{where}{cause}; {_OS_ERROR_HINTS.get(exc.errno, 'check the path and rerun')}"
+
+
+def command_error_line(command: str, message: object) -> str:
+    """How a command reports a user's mistake on stderr: one line, which `kd-status` finds in a chunk's log."""
+    return f"distillery {command}: error: {message}"
+
+
+COMMAND_ERROR_LINE = re.compile(r"^distillery \S+: error: ")  # a line of command_error_line's, whatever the command

@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 from ..convert.registry import converters
-from ..errors import DistilleryError, os_error_line
+from ..errors import DistilleryError, command_error_line, os_error_line
 
 # Each module of workflow_scripts.cli (with its PARSERS) and the help lines of its commands in `distillery --help`.
 _HELP_LINES: dict[str, dict[str, str]] = {
@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     except DistilleryError as exc:
         if args.debug:
             raise
-        print(f"distillery {args.command}: error: {exc}", file=sys.stderr)
+        print(command_error_line(args.command, exc), file=sys.stderr)
         return 1
     except OSError as exc:  # the disk or the file system (full, read-only, ...), not the user's input
         if args.debug:
             raise
-        print(f"distillery {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        print(command_error_line(args.command, os_error_line(exc)), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"distillery {args.command}: interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..errors import DistilleryError
 from ..setting import setting, to_dict
+from .gpus import visible_devices
 
 ENGINE_KINDS = ("auto", "vllm", "transformers", "openai")
 
@@ -167,8 +168,6 @@ def gpu_available() -> bool:
     """Whether this process sees a GPU, asked of the driver's tools (nvidia-smi) and CUDA_VISIBLE_DEVICES, not of
     CUDA: `torch.cuda.is_available()` initializes the driver, after which vLLM's forked engine core dies with
     "Cannot re-initialize CUDA in forked subprocess" (seen on an H200 with engine `auto`)."""
-    from .gpus import visible_devices
-
     return bool(visible_devices(os.environ))
 
 

@@ -15,12 +15,12 @@ seconds; the ETA is the remaining rows at that rate.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from itertools import pairwise, takewhile
 from pathlib import Path
 
+from ..errors import COMMAND_ERROR_LINE
 from .chunk_progress import ProgressPoint, duration, parse_progress_line
 from .manifest import Chunk, Manifest
 from .records import recover, side_file, stats_file
@@ -30,7 +30,6 @@ WINDOW_SECONDS = 300.0
 STALE_SECONDS = 300.0
 # How a chunk job ends on an error: distillery's one line, or (a bug of ours) a traceback's last line. Anything
 # else after the last progress line (a library's warning, in whatever format it logs) says nothing of why it stopped.
-ERROR_LINE = re.compile(r"^distillery \S+: error: ")
 TRACEBACK = "Traceback (most recent call last):"
 LOG_TAIL_BYTES = 1 << 20  # a day of progress lines, whatever an engine logs besides
 
@@ -114,7 +113,7 @@ def _why_stopped(log_lines: list[str]) -> str:
     """The error the job ended on, after its last progress line: distillery's error line, else the last line
     of a traceback; a log with neither stopped without saying why."""
     tail = list(takewhile(lambda line: not parse_progress_line(line), reversed(log_lines)))[::-1]
-    errors = [line for line in tail if ERROR_LINE.match(line)]
+    errors = [line for line in tail if COMMAND_ERROR_LINE.match(line)]
     if errors:
         return errors[-1].strip()
     if TRACEBACK in tail:
